@@ -1,0 +1,163 @@
+"""Datasets and the one preprocessing path that training, encoding and querying share.
+
+Every image enters the model the same way: grayscale uint8 (H, W) at the model's size
+-> float in [0, 1] -> (x - mean) / std, i.e. [-1, 1] for the default mean = std = 0.5.
+MNIST-style data are white digits on a black background; a query image must be too
+(or be inverted with `invert=True`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from hashing.errors import HashingError
+
+DATASETS = ("mnist", "fashion-mnist", "digits")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "FashionMNIST")}
+
+
+@dataclass
+class ImageSet:
+    """A labelled split held in memory: images (N, H, W) uint8, labels (N,) int64."""
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    data_dir: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def source(self, i: int) -> str:
+        return f"{self.name}/{self.split}/{i}"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("HASHING_DATA", Path.home() / ".cache" / "hashing" / "data"))
+
+
+def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
+    """Load `split` ('train' or 'test') of a named dataset into memory."""
+    if name not in DATASETS:
+        raise HashingError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise HashingError(f"unknown split {split!r}: choose train or test")
+    if name == "digits":
+        images, labels = _digits(split)
+        return ImageSet(name, split, images, labels, None)
+    return _torchvision(name, split, data_dir)
+
+
+def _torchvision(name: str, split: str, data_dir) -> ImageSet:
+    import torchvision
+
+    folder, cls_name = _TORCHVISION[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    raw = root / folder / "raw"
+    if data_dir is not None and not raw.is_dir():
+        raise HashingError(
+            f"{name} not found: expected the IDX files under {raw} "
+            f"(torchvision layout {folder}/raw/*-ubyte); check --data-dir")
+    try:
+        ds = cls(str(root), train=(split == "train"), download=data_dir is None)
+    except Exception as e:  # torchvision raises RuntimeError or URLError, depending on what failed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ("pass --data-dir DIR with the IDX files in DIR/" + folder + "/raw"
+                if data_dir is None else "check the files under " + str(raw))
+        raise HashingError(f"{name} ({split}) could not be loaded ({first}); {hint}") from None
+    return ImageSet(name, split, ds.data.numpy().astype(np.uint8), ds.targets.numpy().astype(np.int64),
+                    str(root.resolve()))
+
+
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (0..16) as MNIST-like 28x28 uint8.
+
+    MNIST centres each digit in a 20x20 box inside a 28x28 frame, so the 8x8 digit is
+    scaled to 20x20 (bilinear) and padded by 4 on every side; values map 0..16 -> 0..255.
+    Split: stratified 80/20, random_state 0, fixed forever so tests are reproducible.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    small = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.zeros((len(small), 28, 28), dtype=np.uint8)
+    for i, im in enumerate(small):
+        big[i, 4:24, 4:24] = np.asarray(Image.fromarray(im).resize((20, 20), Image.BILINEAR))
+    idx = np.arange(len(big))
+    train_idx, test_idx = train_test_split(idx, test_size=0.2, stratify=d.target, random_state=0)
+    sel = train_idx if split == "train" else test_idx
+    return big[sel], d.target[sel].astype(np.int64)
+
+
+def read_image(path: str | os.PathLike, size: int = 28, invert: bool = False) -> np.ndarray:
+    """Any image file, any size and mode -> grayscale uint8 (size, size), as the model expects.
+
+    Transparent pixels are composited on black (the MNIST background) before the
+    grayscale conversion; the resize uses antialiasing like a downsampled scan.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise HashingError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            gray = im.convert("L")
+            if gray.size != (size, size):
+                gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=None)
+            arr = np.asarray(gray, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise HashingError(f"not a readable image: {path} ({type(e).__name__})") from None
+    return 255 - arr if invert else arr
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Every PNG/JPEG under `folder`, recursively, in a stable (sorted) order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HashingError(f"not a folder: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise HashingError(f"no PNG or JPEG images under {folder}")
+    return files
+
+
+def iter_image_batches(paths: list[Path], batch_size: int, size: int = 28,
+                       invert: bool = False) -> Iterator[np.ndarray]:
+    """Stream (B, size, size) uint8 batches so a million files are never all in memory."""
+    for start in range(0, len(paths), batch_size):
+        yield np.stack([read_image(p, size, invert) for p in paths[start:start + batch_size]])
+
+
+def load_source(source: str, datasets: dict[str, str | None], size: int = 28) -> np.ndarray:
+    """The uint8 image behind an index item's `source` ("name/split/i" or a file path)."""
+    parts = source.split("/")
+    if len(parts) == 3 and parts[0] in DATASETS and parts[1] in ("train", "test") and parts[2].isdigit():
+        key = f"{parts[0]}/{parts[1]}"
+        ds = _cached(parts[0], parts[1], datasets.get(key))
+        return ds.images[int(parts[2])]
+    return read_image(source, size)
+
+
+_CACHE: dict[tuple, ImageSet] = {}
+
+
+def _cached(name: str, split: str, data_dir: str | None) -> ImageSet:
+    key = (name, split, data_dir)
+    if key not in _CACHE:
+        _CACHE[key] = load_dataset(name, split, data_dir)
+    return _CACHE[key]

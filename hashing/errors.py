@@ -1,0 +1,5 @@
+"""The one exception a user can cause; the CLI prints its message on one line and exits non-zero."""
+
+
+class HashingError(Exception):
+    """A problem with the user's input (a path, a file, an option), with what to do about it."""

@@ -1,0 +1,117 @@
+"""The convolutional hashing autoencoder and the one config it is built from.
+
+`HashConfig` holds everything needed to rebuild the model and its preprocessing; the
+checkpoint stores it as config.json beside the safetensors weights.
+
+Encoder (seed design): Conv2d 1->64->128->256->bits, kernel 4, stride 2, padding 1
+(28 -> 14 -> 7 -> 3 -> 1), BatchNorm after every conv but the first, ReLU between,
+then the binarizer on the (B, bits) pre-activations.
+
+`head="batchnorm"` (default) binarizes the last BatchNorm's output. `head="relu"` is the
+seed's exact variant, a ReLU right before the binarizer: the forward bits are the same,
+but ReLU's zero derivative blocks the gradient of every bit that is 0 for an image, so
+a bit can be switched off by gradient descent but never back on.
+
+Decoder: ConvTranspose2d bits->256 (k5), 256->128 (k5), 128->64 (k4), 64->1 (k4),
+stride 2, padding 1 (1 -> 3 -> 7 -> 14 -> 28), BatchNorm+ReLU between, Tanh out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+from hashing import estimators
+from hashing.bits import check_bits
+
+HEADS = ("batchnorm", "relu")
+
+
+@dataclass
+class HashConfig:
+    bits: int = 512
+    estimator: str = "identity"
+    estimator_options: dict = field(default_factory=dict)
+    domain: str = "01"               # code values fed to the decoder: {0,1} or {-1,+1}
+    head: str = "batchnorm"          # "relu" = the seed's ReLU before the binarizer
+    width: int = 64                  # channels of the first conv; doubles per layer
+    image_size: int = 28
+    channels: int = 1
+    mean: float = 0.5                # preprocessing: x/255 -> (x - mean) / std, i.e. [-1, 1]
+    std: float = 0.5
+    dataset: str = "mnist"           # what it was trained on (for the record and for queries)
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.estimator not in estimators.names():
+            raise ValueError(f"unknown estimator {self.estimator!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HashConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: HashConfig):
+        super().__init__()
+        w = cfg.width
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.channels, w, 4, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(4 * w, cfg.bits, 4, 2, 1), nn.BatchNorm2d(cfg.bits),
+        )
+        self.head = nn.ReLU() if cfg.head == "relu" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, 28, 28) -> pre-activations (B, bits)."""
+        return self.head(self.net(x)).flatten(1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: HashConfig):
+        super().__init__()
+        w = cfg.width
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(cfg.bits, 4 * w, 5, 2, 1), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(4 * w, 2 * w, 5, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(w, cfg.channels, 4, 2, 1), nn.Tanh(),
+        )
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        """(B, bits) -> (B, C, 28, 28) in [-1, 1]."""
+        return self.net(code[:, :, None, None])
+
+
+class HashAutoencoder(nn.Module):
+    def __init__(self, cfg: HashConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.binarizer = estimators.get(cfg.estimator, domain=cfg.domain, **cfg.estimator_options)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (pre-activations (B, bits), codes (B, bits), reconstruction (B, C, H, W))."""
+        z = self.encoder(x)
+        code = self.binarizer(z)
+        return z, code, self.decoder(code)
+
+    @torch.inference_mode()
+    def bits(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic bits (B, bits) as uint8 0/1: the codes an index stores."""
+        return (self.encoder(x) > 0).to(torch.uint8)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W) -> float (B, 1, H, W) normalised as in training."""
+        x = images.to(torch.float32).div_(255.0).unsqueeze(1)
+        return x.sub_(self.cfg.mean).div_(self.cfg.std)

@@ -1,0 +1,140 @@
+"""The workflows behind `hashing encode`, `hashing index` and `hashing query`.
+
+Each function takes paths and options, does one job end to end, and returns a small
+result object that the CLI prints. Images are streamed in batches; only codes
+(bits/8 bytes per image) are kept in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hashing import checkpoint
+from hashing.atomic import atomic_path
+from hashing.codes import encode_array, encode_batches
+from hashing.data import find_images, iter_image_batches, load_dataset, load_source, read_image
+from hashing.errors import HashingError
+from indexes import BinaryIndex, Hit, IndexInfo, create, open_index
+
+
+def model_record(run_dir: str | Path, meta: dict) -> dict:
+    """How an index remembers the model that made its codes."""
+    m = meta["model"]
+    return {"run_dir": str(Path(run_dir).resolve()), "fingerprint": meta.get("fingerprint"), "bits": m["bits"],
+            "estimator": m.get("estimator"), "dataset": m.get("dataset")}
+
+
+def _device(name: str = "auto"):
+    from hashing.train import resolve_device
+    return resolve_device(name)
+
+
+@dataclass
+class EncodeResult:
+    out: Path
+    count: int
+    bits: int
+    images_per_second: float
+
+
+def encode_dataset(run_dir: str | Path, dataset: str, split: str, out: str | Path, data_dir: str | None = None,
+                   batch_size: int = 1024, device: str = "auto", progress: bool = True) -> EncodeResult:
+    """Write CODES.npz with `codes` (N, bits/8) uint8 and `labels` (N,) int64."""
+    model, meta = checkpoint.load(run_dir, _device(device))
+    ds = load_dataset(dataset, split, data_dir)
+    enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, codes=enc.codes, labels=ds.labels.astype(np.int64))
+    return EncodeResult(Path(out), len(enc.codes), model.cfg.bits, enc.images_per_second)
+
+
+@dataclass
+class IndexResult:
+    location: str
+    added: int
+    total: int
+    bits: int
+    index_type: str
+    images_per_second: float
+
+
+def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split: str = "train",
+                images: str | Path | None = None, data_dir: str | None = None, index_type: str = "flat",
+                backend: str | None = None, collection: str | None = None, append: bool = False,
+                batch_size: int = 1024, device: str = "auto", progress: bool = True) -> IndexResult:
+    """Encode a dataset split or a folder of images and store the codes with their metadata."""
+    if (dataset is None) == (images is None):
+        raise HashingError("give exactly one of --dataset or --images")
+    model, meta = checkpoint.load(run_dir, _device(device))
+    record = model_record(run_dir, meta)
+    if append:
+        index = open_index(out, collection, backend)
+        index.info.check_model(record)
+    else:
+        index = create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
+    if dataset is not None:
+        ds = load_dataset(dataset, split, data_dir)
+        enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
+        labels, sources = ds.labels, [ds.source(i) for i in range(len(ds))]
+        index.info.datasets[f"{dataset}/{split}"] = ds.data_dir
+    else:
+        paths = find_images(images)
+        enc = encode_batches(model, iter_image_batches(paths, batch_size, model.cfg.image_size), len(paths),
+                             progress, desc="encoding images")
+        labels, sources = None, [str(p.resolve()) for p in paths]
+    index.add(enc.codes, labels, sources)
+    index.save()
+    return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
+                       enc.images_per_second)
+
+
+@dataclass
+class QueryResult:
+    image: str
+    hits: list[Hit]
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "results": [h.to_dict() for h in self.hits]}
+
+
+def query_images(paths: list[str | os.PathLike], index_location: str, k: int = 10, radius: int | None = None,
+                 collection: str | None = None, invert: bool = False, grid: str | Path | None = None,
+                 device: str = "auto") -> list[QueryResult]:
+    """Encode each image with the index's model and return its neighbours."""
+    index = open_index(index_location, collection)
+    if index.count == 0:
+        raise HashingError("the index is empty: add items with `hashing index` first")
+    if radius is None and k > index.count:
+        raise HashingError(f"-k {k} is larger than the index ({index.count} items); ask for at most {index.count}")
+    model, meta = load_model_for(index)
+    size = model.cfg.image_size
+    arrays = [read_image(p, size, invert) for p in paths]  # all read before any work: fail early
+    xq = encode_array(model, np.stack(arrays), progress=False).codes
+    results = [QueryResult(str(p), hits) for p, hits in zip(paths, index.query(xq, k=k, radius=radius))]
+    if grid is not None:
+        save_grid(results, arrays, index, grid)
+    return results
+
+
+def load_model_for(index: BinaryIndex):
+    run_dir = index.info.model.get("run_dir")
+    if not run_dir:
+        raise HashingError("the index does not record the model that built it; rebuild it with `hashing index`")
+    model, meta = checkpoint.load(run_dir, _device())
+    index.info.check_model(model_record(run_dir, meta))
+    return model, meta
+
+
+def save_grid(results: list[QueryResult], arrays: list[np.ndarray], index: BinaryIndex, path: str | Path,
+              max_neighbours: int = 16) -> None:
+    from hashing.plots import retrieval_grid
+
+    size = arrays[0].shape[0]
+    neighbours = [[load_source(h.source, index.info.datasets, size) for h in r.hits[:max_neighbours]]
+                  for r in results]
+    retrieval_grid(arrays, neighbours, path)

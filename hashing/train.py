@@ -1,0 +1,169 @@
+"""Training: the whole split lives in one tensor on the device; batches are index lookups.
+
+No DataLoader and no per-image host work: a batch is `images[perm[i:i+B]]`, normalised
+on the device. On CUDA the forward/backward runs under bf16 autocast with channels_last
+tensors. After every epoch the run dir is saved atomically, so an interrupted run keeps
+the last complete epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hashing import checkpoint
+from hashing.data import load_dataset
+from hashing.errors import HashingError
+from hashing.model import HashAutoencoder, HashConfig
+from hashing.objectives import Objective, compute, hadamard_centres
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    device: str = "auto"
+    seed: int = 0
+    recipe: str = "default"
+    objective: Objective = field(default_factory=Objective)
+    amp: bool = True                # bf16 autocast, CUDA only
+    compile: bool = False           # torch.compile the model (CUDA; slow first epoch)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# Named recipes: overrides of (HashConfig, Objective). "seed" is the original recipe, kept
+# for comparison; "default" is what `hashing train` uses.
+RECIPES: dict[str, dict] = {
+    "seed": {"model": {"head": "relu", "estimator": "identity"}, "objective": {}},
+    "default": {"model": {"head": "batchnorm", "estimator": "identity"}, "objective": {}},
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HashingError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise HashingError(f"unknown device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def apply_recipe(name: str, model: dict, objective: dict) -> tuple[HashConfig, Objective]:
+    """Recipe defaults, then the caller's explicit settings on top."""
+    if name not in RECIPES:
+        raise HashingError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    r = RECIPES[name]
+    return HashConfig(**{**r["model"], **model}), Objective(**{**r["objective"], **objective})
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: dict
+    seconds: float
+    images_per_second: float
+    device: str
+
+
+def train(cfg: HashConfig, tcfg: TrainConfig, out: str | Path, progress: bool = True) -> TrainResult:
+    """Train the model described by `cfg` under `tcfg`, saving to `out` after every epoch."""
+    from tqdm import tqdm
+
+    device = resolve_device(tcfg.device)
+    torch.manual_seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    train_set = load_dataset(tcfg.dataset, "train", tcfg.data_dir)
+    cfg = replace(cfg, dataset=tcfg.dataset)
+    images = torch.from_numpy(train_set.images).to(device)          # (N, 28, 28) uint8
+    labels = torch.from_numpy(train_set.labels).to(device)          # (N,)
+    n = len(train_set)
+    if n < 2:
+        raise HashingError(f"{tcfg.dataset} train split has {n} images; need at least 2")
+    bs = min(tcfg.batch_size, n)
+
+    model = HashAutoencoder(cfg).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    step_model = torch.compile(model) if (tcfg.compile and cuda) else model
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas))
+    obj = tcfg.objective
+    centres = hadamard_centres(int(labels.max()) + 1, cfg.bits, tcfg.seed).to(device) if obj.needs_labels else None
+    gen = torch.Generator(device=device).manual_seed(tcfg.seed)
+
+    # Batches of one break BatchNorm: fold a last batch of 1 into nothing.
+    steps = n // bs + (1 if n % bs >= 2 else 0)
+    history: dict = {"epoch_loss": [], "step_loss": [], "parts": [], "seconds": []}
+    total_steps = steps * tcfg.epochs
+    t_start = time.perf_counter()
+    seen = 0
+    for epoch in range(tcfg.epochs):
+        model.train()
+        perm = torch.randperm(n, device=device, generator=gen)
+        t0 = time.perf_counter()
+        run_loss = torch.zeros((), device=device)
+        parts_sum: dict[str, torch.Tensor] = {}
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
+                   unit="batch", leave=True, dynamic_ncols=True)
+        for i in bar:
+            model.binarizer.set_progress((epoch * steps + i) / max(1, total_steps - 1))
+            idx = perm[i * bs:(i + 1) * bs]
+            x = model.preprocess(images[idx])
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tcfg.amp):
+                loss, per_image, parts = compute(step_model, x, labels[idx], obj, centres)
+                aux = model.binarizer.auxiliary_loss(per_image)
+                if aux is not None:
+                    loss = loss + aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run_loss += loss.detach()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0) + v.detach()
+            seen += len(idx)
+            if i % 25 == 0 or i == steps - 1:  # .item() syncs the GPU: not every step
+                value = (run_loss / (i + 1)).item()
+                history["step_loss"].append([epoch * steps + i, round(value, 6)])
+                bar.set_postfix(loss=f"{value:.4f}")
+        if not torch.isfinite(run_loss):
+            raise HashingError(f"training diverged (loss is {run_loss.item()}) in epoch {epoch + 1}; lower --lr")
+        history["epoch_loss"].append(round((run_loss / steps).item(), 6))
+        history["parts"].append({k: round((v / steps).item(), 6) for k, v in parts_sum.items()})
+        history["seconds"].append(round(time.perf_counter() - t0, 3))
+        checkpoint.save(out, model, tcfg.to_dict(), history)
+    seconds = time.perf_counter() - t_start
+    save_reconstructions(model, tcfg, out, device)
+    return TrainResult(Path(out), history, seconds, seen / seconds, str(device))
+
+
+@torch.inference_mode()
+def save_reconstructions(model: HashAutoencoder, tcfg: TrainConfig, out: str | Path, device, count: int = 32) -> None:
+    """reconstructions.png: test originals above their reconstructions from the binary codes."""
+    from hashing.plots import reconstructions
+
+    model.eval()
+    test = load_dataset(tcfg.dataset, "test", tcfg.data_dir)
+    imgs = torch.from_numpy(test.images[:count]).to(device)
+    _, _, recon = model(model.preprocess(imgs))
+    recon_u8 = ((recon.float().squeeze(1) * model.cfg.std + model.cfg.mean).clamp(0, 1) * 255).round()
+    reconstructions(test.images[:count], recon_u8.to(torch.uint8).cpu().numpy(), Path(out) / "reconstructions.png")
+
+
+def config_fields(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
