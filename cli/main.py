@@ -197,6 +197,46 @@ def estimators(plot):
         click.echo(f"wrote {plot}")
 
 
+@cli.command()
+@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder written by `hashing train`.")
+@_dataset_option()
+@_data_dir_option()
+@click.option("--database-split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--query-split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--k", "ks", default="1,10,100,1000", show_default=True, help="Comma-separated k for precision@k.")
+@click.option("--baselines", default="lsh,pcah,itq,l2", show_default=True,
+              help="Comma-separated: lsh, pcah, itq (same bit count, raw pixels), l2 (exact float kNN); '' for none.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("--plots", type=click.Path(file_okay=False), default=None,
+              help="Folder for pr_curve.png, precision_at_k.png and retrieval.png.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(run_dir, dataset, data_dir, database_split, query_split, ks, baselines, json_out, plots, device, quiet):
+    """Precision@k, mAP, mAP@1000 and radius-2 precision/recall of the model beside LSH, PCAH, ITQ and L2.
+
+    Every query ranks the whole database by Hamming distance; relevant = same label; tied
+    distances count as the expectation over a random order within the tie.
+    """
+    from hashing.atomic import write_json
+    from hashing.evaluation import evaluate as run
+
+    try:
+        k_list = tuple(int(k) for k in ks.split(",") if k.strip())
+    except ValueError:
+        raise click.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
+    if not k_list or min(k_list) < 1:
+        raise click.BadParameter("--k needs positive integers")
+    names = tuple(b.strip() for b in baselines.split(",") if b.strip())
+    report = run(run_dir, dataset, data_dir, database_split, query_split, k_list, names, plots, device,
+                 progress=not quiet)
+    click.echo(report.table())
+    if json_out:
+        write_json(json_out, report.to_json())
+        click.echo(f"wrote {json_out}")
+    if plots:
+        click.echo(f"wrote {plots}/pr_curve.png, precision_at_k.png, retrieval.png")
+
+
 def main() -> None:
     cli(prog_name="hashing")
 

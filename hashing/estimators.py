@@ -10,7 +10,7 @@ thin `nn.Module` (`Estimator`) that carries options and schedules, and a registr
 entry: `get(name, **options)` builds one, `names()` lists them.
 
 Output domain: {0, 1} by default; with ``domain="pm1"`` the code is b = 2h - 1 in
-{-1, +1}, so every backward rule is scaled by 2. x = 0 maps to 0 (resp. -1), never to a
+{-1, +1}, so each backward rule receives dL/dh = 2 dL/db. x = 0 maps to 0 (resp. -1), never to a
 third value: binarization never yields 0 in the +-1 domain.
 
 Schedules: the trainer calls ``module.set_progress(t)`` with t in [0, 1] (fraction of

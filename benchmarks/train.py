@@ -1,0 +1,106 @@
+"""Training throughput: the seed's plain loop beside `hashing train`'s loop, in one run.
+
+The seed loop: torchvision MNIST with ToTensor + Normalize per image, a shuffling
+DataLoader (batch 64), the seed model (ReLU before the binarizer), Adam, MSE.
+Ours: hashing.train's loop (the whole split in one device tensor, index batches,
+bf16 autocast + channels_last on CUDA) on the default model.
+
+    python benchmarks/train.py --data-dir ../shared/data/mnist [--device cpu|cuda] [--quick]
+
+Prints images/s of each and their ratio. Both run the same number of images after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def seed_loop(data_dir: str, device: torch.device, images: int, warmup: int) -> float:
+    import torchvision
+    from torchvision import transforms
+
+    from hashing.model import HashAutoencoder, HashConfig
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    ds = torchvision.datasets.MNIST(data_dir, train=True, download=False, transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, drop_last=True)
+    model = HashAutoencoder(HashConfig(head="relu")).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    crit = torch.nn.MSELoss()
+    seen, t0 = 0, None
+    while True:
+        for x, _ in loader:
+            if seen >= warmup and t0 is None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0, seen = time.perf_counter(), 0
+            x = x.to(device)
+            _, _, recon = model(x)
+            loss = crit(recon, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(x)
+            if t0 is not None and seen >= images:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                return seen / (time.perf_counter() - t0)
+
+
+def our_loop(data_dir: str, device: torch.device, images: int, warmup: int, batch_size: int, lr: float,
+             compile: bool) -> float:
+    import tempfile
+
+    from hashing.model import HashConfig
+    from hashing.train import TrainConfig, train
+
+    # Time whole epochs of the real trainer on a subset sized to `images`, minus a warm-up epoch.
+    from hashing import data as data_mod
+
+    full = data_mod.load_dataset("mnist", "train", data_dir)
+    n = min(len(full), max(images, warmup))
+    orig = data_mod.load_dataset
+
+    def subset(name, split, d=None):
+        ds = orig(name, split, d)
+        if split == "train":
+            ds.images, ds.labels = ds.images[:n], ds.labels[:n]
+        return ds
+
+    import hashing.train as tr
+    tr.load_dataset = subset
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            r = train(HashConfig(), TrainConfig(dataset="mnist", data_dir=data_dir, epochs=2, batch_size=batch_size,
+                                                lr=lr, device=str(device), compile=compile), out, progress=False)
+    finally:
+        tr.load_dataset = orig
+    return n / r.history["seconds"][-1]   # the second epoch: no warm-up, no compile
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data/mnist")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
+    p.add_argument("--batch-size", type=int, default=64, help="our loop's batch size")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--compile", action="store_true")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    images = 1280 if a.quick else (60_000 if device.type == "cuda" else 6400)
+    warmup = 256 if a.quick else 1280
+    seed = seed_loop(a.data_dir, device, images, warmup)
+    ours = our_loop(a.data_dir, device, images, warmup, a.batch_size, a.lr, a.compile)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    print(f"device: {name}")
+    print(f"seed loop (DataLoader, batch 64):      {seed:10.0f} images/s")
+    print(f"hashing train loop (batch {a.batch_size:<5}):       {ours:10.0f} images/s")
+    print(f"ratio: {ours / seed:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""`hashing evaluate`: the hashing literature's retrieval protocol, for the model and baselines.
+
+Protocol: every query ranks the whole database; relevant = same label. Hamming methods
+rank through a FAISS flat binary index (search with k = N, in query chunks, so memory
+stays bounded); the float L2 reference ranks through faiss.IndexFlatL2. Ties are
+broken by the expectation over random order within each tied block (hashing.metrics).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hashing import metrics
+from hashing.errors import HashingError
+
+DEFAULT_KS = (1, 10, 100, 1000)
+
+
+@dataclass
+class Scores:
+    """Per-query sums, turned into means at the end; one per method."""
+
+    ks: tuple[int, ...]
+    bits: int | None
+    sums: dict = field(default_factory=dict)
+    pr: np.ndarray | None = None        # (2, bits+1): summed precision and recall within radius 0..bits
+    pk_curve: dict = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(values.sum())
+
+    def result(self) -> dict:
+        out = {name: round(v / self.count, 6) for name, v in self.sums.items()}
+        return out
+
+
+def rank_all(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], xq: np.ndarray,
+             q_labels: np.ndarray, db_labels: np.ndarray, ks=DEFAULT_KS, bits: int | None = None,
+             chunk: int = 128, curve_ks: tuple[int, ...] = (), progress: bool = True, desc: str = "ranking") -> Scores:
+    """Rank the whole database for every query with `search(xq_chunk, k)` and score it."""
+    from tqdm import tqdm
+
+    n_db = len(db_labels)
+    ks = tuple(k for k in ks if k <= n_db)
+    s = Scores(ks, bits)
+    for start in tqdm(range(0, len(xq), chunk), desc=desc, unit="chunk", disable=not progress, dynamic_ncols=True):
+        D, I = search(xq[start:start + chunk], n_db)
+        rel = db_labels[I] == q_labels[start:start + chunk, None]          # (q, N) in rank order
+        if bits is not None:
+            n, r = metrics.hamming_blocks(D, rel, bits)                     # blocks by distance
+        else:
+            n, r = metrics.blocks_from_sorted(D, rel)
+        for k in ks:
+            s.add(f"precision@{k}", metrics.precision_at_k(n, r, k))
+        for k in curve_ks:
+            s.pk_curve[k] = s.pk_curve.get(k, 0.0) + float(metrics.precision_at_k(n, r, k).sum())
+        s.add("mAP", metrics.average_precision(n, r))
+        s.add("mAP@1000", metrics.average_precision(n, r, min(1000, n_db)))
+        if bits is not None:
+            p, rc = metrics.radius_precision_recall(n, r)
+            s.add("precision@r2", p[:, min(2, bits)])
+            s.add("recall@r2", rc[:, min(2, bits)])
+            pr = np.stack([p.sum(0), rc.sum(0)])
+            s.pr = pr if s.pr is None else s.pr + pr
+        s.count += len(D)
+    return s
+
+
+def hamming_search(xb: np.ndarray, bits: int):
+    """Search function over a flat FAISS binary index of packed codes xb."""
+    from indexes.base import IndexInfo
+    from indexes.faiss_index import FaissIndex
+
+    index = FaissIndex.create("<memory>", IndexInfo(bits=bits, model={}, index_type="flat"))
+    index.add(xb, None, [""] * len(xb))
+    return index.search
+
+
+def l2_search(db: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatL2(db.shape[1])
+    index.add(np.ascontiguousarray(db, dtype=np.float32))
+
+    def search(q, k):
+        return index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+    return search
+
+
+@dataclass
+class Report:
+    protocol: dict
+    model: dict
+    baselines: dict
+    curves: dict            # method -> {"precision_radius", "recall_radius", "pk": {k: p}}
+
+    def to_json(self) -> dict:
+        return {"protocol": self.protocol, "model": self.model, "baselines": self.baselines}
+
+    def table(self) -> str:
+        rows = {"model": self.model, **self.baselines}
+        cols = [c for c in next(iter(rows.values())) if c not in ("seconds",)]
+        width = max(len(r) for r in rows)
+        head = f"{'method':<{width}}  " + "  ".join(f"{c:>12}" for c in cols)
+        lines = [head, "-" * len(head)]
+        for name, vals in rows.items():
+            cells = []
+            for c in cols:
+                v = vals.get(c)
+                cells.append(f"{'n/a':>12}" if v is None else f"{v:>12.4f}")
+            lines.append(f"{name:<{width}}  " + "  ".join(cells))
+        return "\n".join(lines)
+
+
+def score_codes(xb: np.ndarray, xq: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray, bits: int,
+                ks=DEFAULT_KS, progress: bool = True, desc: str = "ranking") -> tuple[dict, Scores]:
+    curve_ks = _curve_ks(len(db_labels))
+    s = rank_all(hamming_search(xb, bits), xq, q_labels, db_labels, ks, bits, curve_ks=curve_ks,
+                 progress=progress, desc=desc)
+    return s.result(), s
+
+
+def _curve_ks(n_db: int) -> tuple[int, ...]:
+    ks, k = [], 1
+    while k <= n_db:
+        ks.append(k)
+        k *= 2
+    return tuple(ks)
+
+
+def _curves(s: Scores) -> dict:
+    out = {"pk": {k: v / s.count for k, v in s.pk_curve.items()}}
+    if s.pr is not None:
+        out["precision_radius"] = (s.pr[0] / s.count).tolist()
+        out["recall_radius"] = (s.pr[1] / s.count).tolist()
+    return out
+
+
+def evaluate(run_dir: str | Path, dataset: str, data_dir: str | None = None, database_split: str = "train",
+             query_split: str = "test", ks=DEFAULT_KS, baselines=("lsh", "pcah", "itq", "l2"),
+             plots: str | Path | None = None, device: str = "auto", progress: bool = True, seed: int = 0) -> Report:
+    """The table: the model's codes beside each baseline at the same bit count, on the same data."""
+    from hashing import baselines as B
+    from hashing import checkpoint
+    from hashing.codes import encode_array
+    from hashing.data import load_dataset
+    from hashing.train import resolve_device
+
+    model, meta = checkpoint.load(run_dir, resolve_device(device))
+    bits = model.cfg.bits
+    db = load_dataset(dataset, database_split, data_dir)
+    qs = load_dataset(dataset, query_split, data_dir)
+    for b in baselines:
+        if b not in B.BASELINES:
+            raise HashingError(f"unknown baseline {b!r}: choose from {', '.join(B.BASELINES)}")
+    protocol = {"dataset": dataset, "database": f"{database_split} ({len(db)})", "queries": f"{query_split} ({len(qs)})",
+                "bits": bits, "relevance": "same label", "ranking": "Hamming distance, whole database",
+                "ties": "expectation over random order within tied blocks",
+                "mAP": "over the whole ranking; mAP@1000 divides by min(R, 1000)",
+                "radius": "precision/recall within Hamming distance 2 (precision 0 when nothing retrieved)",
+                "model": str(Path(run_dir)), "ks": list(ks)}
+    t0 = time.perf_counter()
+    xb = encode_array(model, db.images, progress=progress, desc="encoding database").codes
+    xq = encode_array(model, qs.images, progress=progress, desc="encoding queries").codes
+    model_scores, s = score_codes(xb, xq, db.labels, qs.labels, bits, ks, progress, desc="ranking model")
+    model_scores["seconds"] = round(time.perf_counter() - t0, 2)
+    curves = {"model": _curves(s)}
+
+    fdb = db.images.reshape(len(db), -1).astype(np.float32) / 255.0
+    fq = qs.images.reshape(len(qs), -1).astype(np.float32) / 255.0
+    base_scores: dict = {}
+    for name in baselines:
+        t0 = time.perf_counter()
+        if name == "l2":
+            sc = rank_all(l2_search(fdb), fq, qs.labels, db.labels, ks, None, curve_ks=_curve_ks(len(db)),
+                          progress=progress, desc="ranking l2")
+            res = sc.result()
+            res.update({"precision@r2": None, "recall@r2": None})
+        else:
+            try:
+                hasher = B.make(name, bits, seed).fit(fdb)
+            except HashingError as e:
+                base_scores[name] = {k: None for k in model_scores if k != "seconds"}
+                base_scores[name]["note"] = str(e)
+                continue
+            res, sc = score_codes(hasher.codes(fdb), hasher.codes(fq), db.labels, qs.labels, bits, ks, progress,
+                                  desc=f"ranking {name}")
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        base_scores[name] = res
+        curves[name] = _curves(sc)
+    report = Report(protocol, model_scores, base_scores, curves)
+    if plots is not None:
+        write_plots(report, Path(plots), model, db, qs, xb, xq)
+    return report
+
+
+def write_plots(report: Report, out: Path, model, db, qs, xb, xq, n_queries: int = 8, k: int = 12) -> None:
+    """PR curves over Hamming radii, precision@k vs k, and a retrieval grid."""
+    from hashing.plots import line_plot, retrieval_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    pr = {m: (c["recall_radius"], c["precision_radius"]) for m, c in report.curves.items() if "recall_radius" in c}
+    line_plot(pr, out / "pr_curve.png", "recall", "precision", "precision-recall over Hamming radius 0..bits")
+    pk = {m: (list(c["pk"]), list(c["pk"].values())) for m, c in report.curves.items()}
+    line_plot(pk, out / "precision_at_k.png", "k", "precision@k", "precision@k", logx=True)
+    search = hamming_search(xb, model.cfg.bits)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(qs), size=min(n_queries, len(qs)), replace=False)
+    _, I = search(xq[pick], min(k, len(db)))
+    retrieval_grid([qs.images[i] for i in pick], [[db.images[j] for j in row] for row in I], out / "retrieval.png",
+                   match=[[bool(db.labels[j] == qs.labels[i]) for j in row] for i, row in zip(pick, I)])

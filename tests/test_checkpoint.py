@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hashing import checkpoint
+from hashing.codes import encode_array
+from hashing.data import load_dataset
+from hashing.errors import HashingError
+
+
+def test_save_load_gives_identical_codes(digits_run, tmp_path):
+    model, meta = checkpoint.load(digits_run)
+    images = load_dataset("digits", "test").images[:200]
+    a = encode_array(model, images, progress=False).codes
+    checkpoint.save(tmp_path / "copy", model, meta["train"])
+    again, meta2 = checkpoint.load(tmp_path / "copy")
+    b = encode_array(again, images, progress=False).codes
+    assert np.array_equal(a, b)
+    assert meta2["model"] == meta["model"] and meta2["fingerprint"] == meta["fingerprint"]
+    assert a.shape == (200, 8) and a.dtype == np.uint8
+
+
+def test_config_rebuilds_everything(digits_run):
+    meta = json.loads((digits_run / "config.json").read_text())
+    assert meta["model"]["bits"] == 64 and meta["model"]["head"] == "batchnorm"
+    assert meta["model"]["mean"] == 0.5 and meta["model"]["dataset"] == "digits"
+    assert meta["train"]["dataset"] == "digits" and "objective" in meta["train"]
+    assert (digits_run / "reconstructions.png").stat().st_size > 0
+    history = json.loads((digits_run / "history.json").read_text())
+    assert len(history["epoch_loss"]) == 3 and history["epoch_loss"][-1] < history["epoch_loss"][0]
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(HashingError, match="not a folder"):
+        checkpoint.load(tmp_path / "missing")
+    with pytest.raises(HashingError, match="not a checkpoint"):
+        checkpoint.load(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(HashingError, match="corrupt"):
+        checkpoint.load(tmp_path)
+
+
+def test_corrupt_weights(digits_run, tmp_path):
+    import shutil
+
+    shutil.copytree(digits_run, tmp_path / "run")
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(HashingError, match="corrupt"):
+        checkpoint.load(tmp_path / "run")
+
+
+def test_eval_codes_are_deterministic(digits_run):
+    model, _ = checkpoint.load(digits_run)
+    x = model.preprocess(torch.from_numpy(load_dataset("digits", "test").images[:50]))
+    assert torch.equal(model.bits(x), model.bits(x))

@@ -1,0 +1,136 @@
+"""The commands end to end on scikit-learn's digits, and every user error as one line + exit code."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import cli
+from hashing.data import load_dataset
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def query_png(tmp_path_factory):
+    test = load_dataset("digits", "test")
+    path = tmp_path_factory.mktemp("q") / "digit.png"
+    Image.fromarray(test.images[0]).resize((56, 56)).save(path)  # another size on purpose
+    return path, int(test.labels[0])
+
+
+def test_train_index_query_end_to_end(tmp_path, query_png):
+    run, idx = tmp_path / "run", tmp_path / "idx"
+    r = invoke("train", "--dataset", "digits", "--out", run, "--bits", "32", "--epochs", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert {"model.safetensors", "config.json", "history.json", "reconstructions.png"} <= set(os.listdir(run))
+    r = invoke("index", "--model", run, "--dataset", "digits", "--split", "train", "--out", idx, "--quiet")
+    assert r.exit_code == 0, r.output and "indexed 1437 items" in r.output
+    r = invoke("query", query_png[0], "--index", idx, "-k", "7", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert len(out) == 1 and out[0]["image"] == str(query_png[0])
+    res = out[0]["results"]
+    assert len(res) == 7
+    d = [x["distance"] for x in res]
+    assert d == sorted(d)
+    assert all(set(x) == {"id", "distance", "label", "source"} for x in res)
+    assert all(x["source"].startswith("digits/train/") for x in res)
+    r = invoke("query", query_png[0], "--index", idx, "-k", "3", "--grid", tmp_path / "grid.png")
+    assert r.exit_code == 0 and "rank" in r.output and (tmp_path / "grid.png").exists()
+    r = invoke("encode", "--model", run, "--dataset", "digits", "--split", "test", "--out", tmp_path / "c.npz",
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    z = np.load(tmp_path / "c.npz")
+    assert z["codes"].shape == (360, 4) and z["codes"].dtype == np.uint8 and z["labels"].dtype == np.int64
+
+
+def test_query_neighbours_mostly_share_the_label(digits_index, query_png):
+    r = invoke("query", query_png[0], "--index", digits_index, "-k", "10", "--json")
+    labels = [x["label"] for x in json.loads(r.output)[0]["results"]]
+    assert sum(lab == query_png[1] for lab in labels) >= 6
+
+
+def test_radius_returns_everything_within(digits_index, query_png):
+    r = invoke("query", query_png[0], "--index", digits_index, "--radius", "12", "--json")
+    res = json.loads(r.output)[0]["results"]
+    assert all(x["distance"] <= 12 for x in res)
+    k = len(res) + 1
+    r = invoke("query", query_png[0], "--index", digits_index, "-k", k, "--json")
+    assert json.loads(r.output)[0]["results"][-1]["distance"] > 12
+
+
+def test_index_a_folder_of_images(digits_run, tmp_path, query_png):
+    folder = tmp_path / "imgs" / "sub"
+    folder.mkdir(parents=True)
+    test = load_dataset("digits", "test")
+    for i in range(5):
+        Image.fromarray(test.images[i]).save(folder / f"{i}.png")
+    Image.fromarray(test.images[5]).convert("RGB").save(folder / "5.jpg")
+    r = invoke("index", "--model", digits_run, "--images", tmp_path / "imgs", "--out", tmp_path / "idx", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = invoke("query", folder / "3.png", "--index", tmp_path / "idx", "-k", "6", "--json")
+    res = json.loads(r.output)[0]["results"]
+    assert res[0]["distance"] == 0 and res[0]["source"] == str((folder / "3.png").resolve())
+    assert res[0]["label"] is None
+
+
+def error_of(*args):
+    """Run the real console script: the user sees one line and a non-zero exit, never a traceback."""
+    p = subprocess.run([shutil.which("hashing") or sys.executable, *map(str, args)], capture_output=True, text=True)
+    return p.returncode, p.stderr.strip()
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "not-checkpoint", "k-too-large", "unknown-dataset",
+                                  "offline", "bits-mismatch", "empty-folder", "bad-bits"])
+def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, query_png):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    args = {
+        "missing": ["query", tmp_path / "nope.png", "--index", digits_index],
+        "corrupt": ["query", bad, "--index", digits_index],
+        "not-checkpoint": ["index", "--model", tmp_path, "--dataset", "digits", "--out", tmp_path / "i"],
+        "k-too-large": ["query", query_png[0], "--index", digits_index, "-k", "100000"],
+        "unknown-dataset": ["train", "--dataset", "cifar", "--out", tmp_path / "r"],
+        "offline": ["train", "--dataset", "mnist", "--data-dir", tmp_path, "--out", tmp_path / "r"],
+        "bits-mismatch": ["index", "--model", tmp_path / "run32", "--dataset", "digits", "--out", digits_index,
+                          "--append"],
+        "empty-folder": ["index", "--model", digits_run, "--images", tmp_path / "empty", "--out", tmp_path / "i"],
+        "bad-bits": ["train", "--dataset", "digits", "--bits", "12", "--out", tmp_path / "r"],
+    }[case]
+    (tmp_path / "empty").mkdir()
+    if case == "bits-mismatch":
+        from hashing import checkpoint
+        from hashing.model import HashAutoencoder, HashConfig
+        checkpoint.save(tmp_path / "run32", HashAutoencoder(HashConfig(bits=32)))
+    before = sorted(os.listdir(digits_index))
+    code, err = error_of(*args)
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines[-1].startswith("Error") and sum(x.startswith("Error") for x in lines) == 1, err
+    assert len(lines) == 1 or lines[0].startswith("Usage"), err   # click's usage errors add a usage hint
+    assert sorted(os.listdir(digits_index)) == before
+
+
+def test_help_explains_every_option():
+    for cmd in ["train", "encode", "index", "query", "evaluate", "estimators"]:
+        r = invoke(cmd, "--help")
+        assert r.exit_code == 0
+    assert "white" in invoke("query", "--help").output
+
+
+def test_estimators_command_lists_and_plots(tmp_path):
+    r = invoke("estimators", "--plot", tmp_path / "e.png")
+    assert r.exit_code == 0
+    for name in ["identity", "clipped-grad", "saturated", "reinforce", "gumbel", "reinmax"]:
+        assert name in r.output
+    assert (tmp_path / "e.png").stat().st_size > 10_000

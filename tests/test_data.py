@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashing.data import find_images, load_dataset, read_image
+from hashing.errors import HashingError
+
+
+def test_digits_split_is_fixed_stratified_and_mnist_like():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert train.images.shape == (1437, 28, 28) and test.images.shape == (360, 28, 28)
+    assert train.images.dtype == np.uint8 and train.images.max() == 255
+    # MNIST-like: a black border round a centred digit
+    assert train.images[:, :3, :].max() == 0 and train.images[:, :, -3:].max() == 0
+    assert np.bincount(test.labels).min() >= 35
+    assert np.array_equal(load_dataset("digits", "test").labels, test.labels)
+
+
+def test_read_image_any_size_and_mode(tmp_path):
+    rgb = np.zeros((90, 60, 3), np.uint8)
+    rgb[20:70, 25:35] = 255
+    Image.fromarray(rgb).save(tmp_path / "a.jpg")
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = 0            # fully transparent -> black background
+    Image.fromarray(rgba).save(tmp_path / "b.png")
+    a = read_image(tmp_path / "a.jpg")
+    assert a.shape == (28, 28) and a.dtype == np.uint8 and a.max() > 200
+    assert read_image(tmp_path / "b.png").max() == 0
+    assert read_image(tmp_path / "b.png", invert=True).min() == 255
+
+
+def test_bad_images(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(HashingError, match="not a readable image"):
+        read_image(tmp_path / "bad.png")
+    with pytest.raises(HashingError, match="not found"):
+        read_image(tmp_path / "none.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HashingError, match="no PNG or JPEG"):
+        find_images(tmp_path / "empty")
+
+
+def test_offline_mnist_is_a_user_error(tmp_path):
+    with pytest.raises(HashingError, match="not found"):
+        load_dataset("mnist", "train", tmp_path)
+    with pytest.raises(HashingError, match="unknown dataset"):
+        load_dataset("cifar", "train")

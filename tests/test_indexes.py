@@ -1,0 +1,121 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hashing.bits import hamming
+from hashing.errors import HashingError
+from indexes import IndexInfo, create, open_index
+from indexes.faiss_index import FaissIndex
+
+MODEL = {"run_dir": "/nowhere", "fingerprint": "abc", "bits": 64}
+
+
+def assert_same_neighbours_tie_aware(D, I, xq, xb, k):
+    """D ascending and equal to the oracle's k smallest; ids strictly inside the k-th distance
+    equal the oracle's; ids at the k-th distance are any of the oracle's items at that distance."""
+    full = hamming(xq, xb)
+    for q in range(len(xq)):
+        oracle = np.sort(full[q])[:k]
+        assert np.all(np.diff(D[q]) >= 0)
+        assert D[q].tolist() == oracle.tolist()
+        kth = oracle[-1]
+        assert set(I[q][D[q] < kth]) == set(np.flatnonzero(full[q] < kth))
+        assert set(I[q][D[q] == kth]) <= set(np.flatnonzero(full[q] == kth))
+        assert np.array_equal(full[q][I[q]], D[q])
+
+
+def make(tmp_path, xb, index_type="flat", labels=None):
+    index = create(str(tmp_path / "idx"), IndexInfo(bits=xb.shape[1] * 8, model=MODEL, index_type=index_type))
+    index.add(xb, labels, [f"item{i}" for i in range(len(xb))])
+    return index
+
+
+def clustered_codes(rng, n, nbytes, centres=20, flip=0.1):
+    """Codes near a few centres: many exact ties and real neighbours."""
+    c = rng.integers(0, 2, (centres, nbytes * 8))
+    bits = c[rng.integers(0, centres, n)] ^ (rng.random((n, nbytes * 8)) < flip)
+    return np.packbits(bits.astype(bool), axis=1)
+
+
+def test_flat_search_equals_popcount_oracle(tmp_path, rng):
+    xb = clustered_codes(rng, 3000, 8, flip=0.05)   # 64 bits, lots of ties
+    xq = clustered_codes(rng, 40, 8, flip=0.05)
+    index = make(tmp_path, xb)
+    D, I = index.search(xq, 25)
+    assert_same_neighbours_tie_aware(D, I, xq, xb, 25)
+
+
+def test_range_search_equals_oracle_for_flat_and_hnsw(tmp_path, rng):
+    xb = clustered_codes(rng, 1000, 8, flip=0.05)
+    xq = xb[:5]
+    full = hamming(xq, xb)
+    for t in ("flat", "hnsw"):
+        index = create(str(tmp_path / t), IndexInfo(bits=64, model=MODEL, index_type=t))
+        index.add(xb, None, [""] * len(xb))
+        for q, (D, I) in enumerate(index.range_search(xq, 4)):
+            assert set(I) == set(np.flatnonzero(full[q] <= 4))
+            assert np.all(np.diff(D) >= 0) and np.array_equal(full[q][I], D)
+
+
+def test_hnsw_is_approximate_but_close(tmp_path, rng):
+    xb = clustered_codes(rng, 2000, 8)
+    index = make(tmp_path, xb, "hnsw")
+    D, I = index.search(xb[:200], 10)
+    assert (D[:, 0] == 0).mean() >= 0.9       # each query is in the database: most find themselves
+
+
+def test_save_open_gives_identical_results(tmp_path, rng):
+    xb = clustered_codes(rng, 500, 8)
+    index = make(tmp_path, xb, labels=np.arange(500) % 10)
+    index.save()
+    D1, I1 = index.search(xb[:20], 7)
+    again = open_index(str(tmp_path / "idx"))
+    D2, I2 = again.search(xb[:20], 7)
+    assert np.array_equal(D1, D2) and np.array_equal(I1, I2)
+    assert again.lookup(I2[0])[1] == [f"item{i}" for i in I2[0]]
+    assert again.info.model == MODEL
+    hits = again.query(xb[:1], k=3)[0]
+    assert hits[0].distance == 0 and hits[0].label == 0 and hits[0].source == "item0"
+
+
+def test_append_continues_ids(tmp_path, rng):
+    xb = clustered_codes(rng, 100, 8)
+    index = make(tmp_path, xb[:60])
+    index.save()
+    again = open_index(str(tmp_path / "idx"))
+    ids = again.add(xb[60:], None, ["x"] * 40)
+    assert ids.tolist() == list(range(60, 100)) and again.count == 100
+
+
+def test_user_errors(tmp_path, rng):
+    xb = clustered_codes(rng, 10, 8)
+    index = make(tmp_path, xb)
+    with pytest.raises(HashingError, match="larger than the index"):
+        index.search(xb[:1], 11)
+    with pytest.raises(HashingError, match="bit length mismatch"):
+        index.search(np.zeros((1, 4), np.uint8), 1)
+    empty = create(str(tmp_path / "e"), IndexInfo(bits=64, model=MODEL))
+    with pytest.raises(HashingError, match="empty"):
+        empty.search(xb[:1], 1)
+    with pytest.raises(HashingError, match="not an index"):
+        open_index(str(tmp_path / "missing"))
+    with pytest.raises(HashingError, match="mismatch"):
+        index.info.check_model({"bits": 128})
+    with pytest.raises(HashingError, match="model mismatch"):
+        index.info.check_model({"bits": 64, "fingerprint": "other"})
+
+
+def test_damaged_index_is_refused_and_old_files_survive_failed_save(tmp_path, rng):
+    xb = clustered_codes(rng, 50, 8)
+    index = make(tmp_path, xb)
+    index.save()
+    (tmp_path / "idx" / "items.npz").write_bytes(b"garbage")
+    with pytest.raises(HashingError, match="damaged"):
+        FaissIndex.open(str(tmp_path / "idx"))
+
+
+def test_indexes_never_imports_torch():
+    code = "import indexes, indexes.faiss_index, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
