@@ -120,7 +120,7 @@ def encode(run_dir, dataset, data_dir, split, out, batch_size, device, quiet):
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Index every PNG/JPEG under this folder (recursively) instead of a dataset.")
-@click.option("--out", required=True, help="Index folder (FAISS), or with --backend milvus a .db file or http(s) URI.")
+@click.option("--out", default=None, help="Index folder (FAISS), or a Milvus Lite .db file or http(s) URI (Milvus).")
 @click.option("--index-type", default="flat", show_default=True,
               help="flat (exact), hnsw, ivf, or any faiss binary factory string such as BHNSW32.")
 @click.option("--backend", type=click.Choice(["faiss", "milvus"]), default=None,
@@ -136,6 +136,8 @@ def index(run_dir, dataset, data_dir, split, images, out, index_type, backend, u
     """Encode a dataset split or a folder of images and store the codes in a binary index."""
     from hashing.retrieval import build_index
 
+    if (out is None) == (uri is None):
+        raise click.UsageError("give exactly one of --out or --uri")
     r = build_index(run_dir, uri or out, dataset, split, images, data_dir, index_type, backend, collection, append,
                     batch_size, device, progress=not quiet)
     click.echo(f"indexed {r.added} items ({r.total} in all, {r.bits} bits, {r.index_type}) at {r.location} "

@@ -87,10 +87,13 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
         enc = encode_batches(model, iter_image_batches(paths, batch_size, model.cfg.image_size), len(paths),
                              progress, desc="encoding images")
         labels, sources = None, [str(p.resolve()) for p in paths]
-    index.add(enc.codes, labels, sources)
-    index.save()
-    return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
-                       enc.images_per_second)
+    try:
+        index.add(enc.codes, labels, sources)
+        index.save()
+        return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
+                           enc.images_per_second)
+    finally:
+        index.close()
 
 
 @dataclass
@@ -103,10 +106,17 @@ class QueryResult:
 
 
 def query_images(paths: list[str | os.PathLike], index_location: str, k: int = 10, radius: int | None = None,
-                 collection: str | None = None, invert: bool = False, grid: str | Path | None = None,
-                 device: str = "auto") -> list[QueryResult]:
+                 collection: str | None = None, invert: bool = False,
+                 grid: str | Path | None = None) -> list[QueryResult]:
     """Encode each image with the index's model and return its neighbours."""
     index = open_index(index_location, collection)
+    try:
+        return _query(index, paths, k, radius, invert, grid)
+    finally:
+        index.close()
+
+
+def _query(index: BinaryIndex, paths, k, radius, invert, grid) -> list[QueryResult]:
     if index.count == 0:
         raise HashingError("the index is empty: add items with `hashing index` first")
     if radius is None and k > index.count:

@@ -77,6 +77,9 @@ class BinaryIndex(abc.ABC):
     def save(self) -> None:
         """Persist everything; a reader never sees a half-written index."""
 
+    def close(self) -> None:
+        """Release connections and file locks (Milvus Lite lets one process open a .db at a time)."""
+
     # ---- shared checks and result shaping --------------------------------------------------
 
     def check_queries(self, xq: np.ndarray, k: int | None = None) -> np.ndarray:

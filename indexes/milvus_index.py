@@ -26,7 +26,7 @@ MAX_LIMIT = 16384          # Milvus's cap on results per query (topk)
 INDEX_TYPES = {"flat": ("BIN_FLAT", {}), "ivf": ("BIN_IVF_FLAT", {"nlist": 1024})}
 
 
-def _client(uri: str, timeout: float = 10.0):
+def _client(uri: str, timeout: float = 5.0):
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)   # we report errors ourselves, on one line
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                         # milvus-lite's pkg_resources deprecation
@@ -108,6 +108,15 @@ class MilvusIndex(BinaryIndex):
     def save(self) -> None:
         self.client.upsert(self.collection + "_meta", [{"id": 0, "v": b"\0", "info": json.dumps(self.info.__dict__)}])
         self.client.flush(self.collection)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.uri.endswith(".db"):  # stop the embedded server so that another process may open the file
+            try:
+                from milvus_lite.server_manager import server_manager_instance
+                server_manager_instance.release_server(self.uri)
+            except (ImportError, AttributeError):
+                pass
 
     @property
     def count(self) -> int:

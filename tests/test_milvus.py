@@ -1,0 +1,110 @@
+"""The Milvus backend (through Milvus Lite, a local .db file) gives the FAISS flat index's results."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from hashing.bits import hamming
+from hashing.errors import HashingError
+from indexes import IndexInfo, create, open_index
+
+MODEL = {"run_dir": "/nowhere", "fingerprint": "abc", "bits": 64}
+
+
+def codes(rng, n):
+    centres = rng.integers(0, 2, (15, 64))
+    bits = centres[rng.integers(0, 15, n)] ^ (rng.random((n, 64)) < 0.08)
+    return np.packbits(bits.astype(bool), axis=1)
+
+
+@pytest.fixture
+def pair(tmp_path, rng):
+    xb = codes(rng, 2500)
+    labels = np.arange(len(xb)) % 10
+    sources = [f"s{i}" for i in range(len(xb))]
+    out = []
+    for loc in (str(tmp_path / "f"), str(tmp_path / "m.db")):
+        index = create(loc, IndexInfo(bits=64, model=MODEL))
+        index.add(xb, labels, sources)
+        index.save()
+        out.append(index)
+    return xb, out[0], out[1]
+
+
+def test_search_equals_faiss_flat_tie_aware(pair, rng):
+    xb, faiss_index, milvus = pair
+    xq = codes(rng, 30)
+    D1, I1 = faiss_index.search(xq, 20)
+    D2, I2 = milvus.search(xq, 20)
+    assert np.array_equal(D1, D2)
+    full = hamming(xq, xb)
+    for q in range(len(xq)):
+        kth = D1[q, -1]
+        assert set(I1[q][D1[q] < kth]) == set(I2[q][D2[q] < kth])
+        assert np.array_equal(full[q][I2[q]], D2[q])
+    h1, h2 = faiss_index.query(xq[:1], k=5)[0], milvus.query(xq[:1], k=5)[0]
+    assert [(h.distance, h.label is not None) for h in h1] == [(h.distance, h.label is not None) for h in h2]
+    assert all(h.source == f"s{h.id}" and h.label == h.id % 10 for h in h2)
+
+
+def test_radius_search_equals_faiss(pair):
+    xb, faiss_index, milvus = pair
+    for (d1, i1), (d2, i2) in zip(faiss_index.range_search(xb[:5], 6), milvus.range_search(xb[:5], 6)):
+        assert np.array_equal(d1, d2) and set(i1) == set(i2)
+        assert d2.max() <= 6
+
+
+def test_reopen_in_a_new_process_and_append(pair, tmp_path, rng):
+    xb, _, milvus = pair
+    milvus.close()
+    code = (
+        "import json, numpy as np\n"
+        "from indexes import open_index\n"
+        f"ix = open_index({str(tmp_path / 'm.db')!r})\n"
+        f"xb = np.frombuffer(bytes.fromhex({xb[:3].tobytes().hex()!r}), np.uint8).reshape(3, 8)\n"
+        "D, I = ix.search(xb, 1)\n"
+        "print(json.dumps({'count': ix.count, 'd': D[:, 0].tolist(), 'model': ix.info.model}))\n"
+    )
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout.strip().splitlines()[-1])
+    assert out["count"] == 2500 and out["d"] == [0, 0, 0] and out["model"] == MODEL
+    again = open_index(str(tmp_path / "m.db"))
+    more = codes(rng, 100)
+    ids = again.add(more, None, ["new"] * 100)
+    assert ids.tolist() == list(range(2500, 2600)) and again.count == 2600
+    hit = again.query(more[:1], k=1)[0][0]
+    assert hit.distance == 0 and hit.label is None
+
+
+def test_wrong_collection_and_unreachable_server(pair, tmp_path):
+    with pytest.raises(HashingError, match="no collection 'nope'"):
+        open_index(str(tmp_path / "m.db"), "nope")
+    with pytest.raises(HashingError, match="cannot reach Milvus"):
+        open_index("http://127.0.0.1:9")
+
+
+def test_cli_milvus_backend_matches_faiss(digits_run, digits_index, tmp_path):
+    from PIL import Image
+
+    from hashing.data import load_dataset
+
+    db = str(tmp_path / "digits.db")
+    r = CliRunner().invoke(cli, ["index", "--model", str(digits_run), "--dataset", "digits", "--backend", "milvus",
+                                 "--uri", db, "--collection", "dig", "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    q = tmp_path / "q.png"
+    Image.fromarray(load_dataset("digits", "test").images[3]).save(q)
+    a = CliRunner().invoke(cli, ["query", str(q), "--index", db, "--collection", "dig", "-k", "8", "--json"])
+    b = CliRunner().invoke(cli, ["query", str(q), "--index", str(digits_index), "-k", "8", "--json"])
+    ra, rb = json.loads(a.output)[0]["results"], json.loads(b.output)[0]["results"]
+    assert [x["distance"] for x in ra] == [x["distance"] for x in rb]
+    kth = ra[-1]["distance"]
+    assert {x["id"] for x in ra if x["distance"] < kth} == {x["id"] for x in rb if x["distance"] < kth}
+    assert all(x["source"] == f"digits/train/{x['id']}" for x in ra)
+    bad = CliRunner().invoke(cli, ["query", str(q), "--index", db, "--collection", "other"])
+    assert bad.exit_code == 1 and "no collection 'other'" in bad.output
