@@ -62,8 +62,10 @@ def _data_dir_option():
               help="auto = CUDA when available, else CPU.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (weights, shuffling, sampling).")
 @click.option("--recipe", default="default", show_default=True,
-              help="Named preset of architecture and objective: default, or seed (the original recipe: ReLU "
-                   "before the binarizer, reconstruction only). Options below override it.")
+              help="Named preset of architecture and objective: default (= contrastive: two-view contrastive + "
+                   "0.5 reconstruction, no labels), contrastive-fast (no decoder), autoencoder (reconstruction "
+                   "only), supervised (hash centres from labels + contrastive), seed (the original: ReLU before "
+                   "the binarizer, reconstruction only). Options below override it.")
 @click.option("--estimator", default=None, help="Gradient estimator of the binarizer (see `hashing estimators`).")
 @click.option("--domain", type=click.Choice(["01", "pm1"]), default=None, help="Code values fed to the decoder: {0,1} or {-1,+1}.")
 @click.option("--balance", type=float, default=None, help="Weight of the bit-balance term.")

@@ -100,10 +100,14 @@ class HashAutoencoder(nn.Module):
         self.binarizer = estimators.get(cfg.estimator, domain=cfg.domain, **cfg.estimator_options)
         self.decoder = Decoder(cfg)
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (pre-activations (B, bits), codes (B, bits)) through the estimator."""
+        z = self.encoder(x)
+        return z, self.binarizer(z)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> (pre-activations (B, bits), codes (B, bits), reconstruction (B, C, H, W))."""
-        z = self.encoder(x)
-        code = self.binarizer(z)
+        z, code = self.encode(x)
         return z, code, self.decoder(code)
 
     @torch.inference_mode()

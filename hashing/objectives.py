@@ -73,18 +73,35 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     return (loss[:n] + loss[n:]) / 2
 
 
+def _pm1(code: torch.Tensor, domain: str) -> torch.Tensor:
+    return 2 * code.float() - 1 if domain == "01" else code.float()
+
+
 def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
             centres: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One batch -> (loss to differentiate, per-image loss (B,), {term: value})."""
-    z, code, recon = model(x)
+    """One batch -> (loss to differentiate, per-image loss (B,), {term: value}).
+
+    With a contrastive term the batch is seen as two random views and the other terms
+    use the first view, so a step costs two encoder passes (plus one decoder pass when
+    reconstruction is on), not three.
+    """
+    x0 = random_affine(x) if obj.needs_views else x
+    z, code = model.encode(x0)                                               # (B, bits) each
     per_image = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
     parts: dict[str, torch.Tensor] = {}
     if obj.reconstruction:
-        mse = ((recon.float() - x.float()) ** 2).flatten(1).mean(1)
+        recon = model.decoder(code)
+        mse = ((recon.float() - x0.float()) ** 2).flatten(1).mean(1)
         parts["reconstruction"] = mse.mean()
         per_image = per_image + obj.reconstruction * mse
-    h = code.float() if model.cfg.domain == "01" else (code.float() + 1) / 2   # (B, bits) in {0,1}
-    pm = 2 * h - 1
+    pm = _pm1(code, model.cfg.domain)                                         # (B, bits) in {-1, +1}
+    h = (pm + 1) / 2
+    if obj.contrastive:
+        _, code2 = model.encode(random_affine(x))
+        scale = code.shape[1] ** -0.5
+        con = nt_xent(pm * scale, _pm1(code2, model.cfg.domain) * scale, obj.temperature)
+        parts["contrastive"] = con.mean()
+        per_image = per_image + obj.contrastive * con
     loss = per_image.mean()
     if obj.balance:
         parts["balance"] = 4 * ((h.mean(0) - 0.5) ** 2).mean()
@@ -97,17 +114,6 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
         nb = corr.shape[0]
         parts["decorrelation"] = (corr.pow(2).sum() - corr.diagonal().pow(2).sum()) / (nb * (nb - 1))
         loss = loss + obj.decorrelation * parts["decorrelation"]
-    if obj.contrastive:
-        v1, v2 = random_affine(x), random_affine(x)
-        _, c1, _ = model(v1)
-        _, c2, _ = model(v2)
-        scale = code.shape[1] ** -0.5
-        a = (2 * c1.float() - 1 if model.cfg.domain == "01" else c1.float()) * scale
-        b = (2 * c2.float() - 1 if model.cfg.domain == "01" else c2.float()) * scale
-        con = nt_xent(a, b, obj.temperature)
-        parts["contrastive"] = con.mean()
-        per_image = per_image + obj.contrastive * con
-        loss = loss + obj.contrastive * con.mean()
     if obj.supervised and labels is not None and centres is not None:
         known = labels >= 0
         if known.any():

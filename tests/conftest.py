@@ -8,11 +8,11 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A small model trained briefly on scikit-learn's digits, shared by the tests that need one."""
-    from hashing.model import HashConfig
-    from hashing.train import TrainConfig, train
+    from hashing.train import TrainConfig, apply_recipe, train
 
     out = tmp_path_factory.mktemp("runs") / "digits64"
-    train(HashConfig(bits=64), TrainConfig(dataset="digits", epochs=3, seed=0), out, progress=False)
+    cfg, obj = apply_recipe("default", {"bits": 64}, {})
+    train(cfg, TrainConfig(dataset="digits", epochs=3, seed=0, objective=obj), out, progress=False)
     return out
 
 

@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts: train a config, score its codes, print a table."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    import os
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def train_and_score(cfg, tcfg, db, qs, ks=(100,)) -> dict:
+    """Train cfg under tcfg, encode database and queries, return scores and timings."""
+    from hashing import checkpoint
+    from hashing.codes import encode_array
+    from hashing.evaluation import score_codes
+    from hashing.train import train
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        r = train(cfg, tcfg, out, progress=False)
+        seconds = time.perf_counter() - t0
+        model, _ = checkpoint.load(out)
+    xb = encode_array(model, db.images, progress=False).codes
+    xq = encode_array(model, qs.images, progress=False).codes
+    scores, _ = score_codes(xb, xq, db.labels, qs.labels, cfg.bits, ks, progress=False)
+    used = np.unpackbits(xb, axis=1)
+    frac_used = float(((used.min(0) == 0) & (used.max(0) == 1)).mean())   # bits that vary over the database
+    return {**scores, "bits_used": frac_used, "final_loss": r.history["epoch_loss"][-1], "seconds": seconds}
+
+
+def score_baseline(name: str, bits: int, db, qs, ks=(100,)) -> dict:
+    from hashing import baselines
+    from hashing.evaluation import score_codes
+
+    fdb = db.images.reshape(len(db), -1).astype(np.float32) / 255
+    fq = qs.images.reshape(len(qs), -1).astype(np.float32) / 255
+    t0 = time.perf_counter()
+    h = baselines.make(name, bits).fit(fdb)
+    scores, _ = score_codes(h.codes(fdb), h.codes(fq), db.labels, qs.labels, bits, ks, progress=False)
+    return {**scores, "seconds": time.perf_counter() - t0}
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
