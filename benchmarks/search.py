@@ -80,6 +80,19 @@ def run(kind: str, xb: np.ndarray, xq: np.ndarray, bits: int, types: list[str]) 
     rows.append({"codes": kind, "N": len(xb), "index": "numpy", "build_s": 0.0, "bytes/code": bits / 8,
                  "batched_ms": np_ms, "single_ms": np_ms, "recall@10": 1.0})
     del d
+    import torch
+
+    from hashing import torch_search
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    tb, tq = torch.from_numpy(xb).to(dev), torch.from_numpy(xq[:100]).to(dev)
+    torch_search.search(tq[:2], tb, 10)
+    t0 = time.perf_counter()
+    Dt, _ = torch_search.search(tq, tb, 10, query_chunk=max(1, (1 << 26) // max(1, xb.size)))
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    rows.append({"codes": kind, "N": len(xb), "index": f"torch-{dev}", "build_s": 0.0, "bytes/code": bits / 8,
+                 "batched_ms": (time.perf_counter() - t0) / len(tq) * 1e3, "single_ms": float("nan"),
+                 "recall@10": 1.0})
     for name in types:
         index, build_s, per = build(name, xb, bits)
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ the last complete epoch.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +167,3 @@ def save_reconstructions(model: HashAutoencoder, tcfg: TrainConfig, out: str | P
     recon_u8 = ((recon.float().squeeze(1) * model.cfg.std + model.cfg.mean).clamp(0, 1) * 255).round()
     reconstructions(test.images[:count], recon_u8.to(torch.uint8).cpu().numpy(), Path(out) / "reconstructions.png")
 
-
-def config_fields(cls) -> list[str]:
-    return [f.name for f in fields(cls)]

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from hashing.errors import HashingError
+from hashing.model import HashAutoencoder, HashConfig
+from hashing.train import RECIPES, apply_recipe, resolve_device
+
+
+def test_shapes_for_any_bit_length():
+    x = torch.randn(3, 1, 28, 28)
+    for bits in (8, 64, 512, 1024):
+        z, code, recon = HashAutoencoder(HashConfig(bits=bits)).train()(x)
+        assert z.shape == (3, bits) and code.shape == (3, bits) and recon.shape == (3, 1, 28, 28)
+        assert set(code.unique().tolist()) <= {0.0, 1.0}
+        assert recon.min() >= -1 and recon.max() <= 1
+
+
+def test_seed_head_blocks_gradient_of_off_bits_and_default_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 28, 28)
+    grads = {}
+    for head in ("relu", "batchnorm"):
+        torch.manual_seed(0)
+        m = HashAutoencoder(HashConfig(bits=32, head=head)).train()
+        z_pre = None
+
+        def keep(_, __, out):
+            nonlocal z_pre
+            out.retain_grad()
+            z_pre = out
+        m.encoder.net[-1].register_forward_hook(keep)     # the last BatchNorm's output
+        _, code, recon = m(x)
+        ((recon - x) ** 2).mean().backward()
+        off = z_pre.detach().flatten(1) <= 0
+        grads[head] = z_pre.grad.flatten(1)[off].abs().sum().item()
+    assert grads["relu"] == 0.0          # bits that are 0 get no gradient through the seed's ReLU
+    assert grads["batchnorm"] > 0.0
+
+
+def test_recipes_and_overrides():
+    cfg, obj = apply_recipe("seed", {"bits": 64}, {})
+    assert cfg.head == "relu" and obj.reconstruction == 1 and obj.contrastive == 0
+    cfg, obj = apply_recipe("default", {"estimator": "saturated"}, {"balance": 0.1})
+    assert cfg.head == "batchnorm" and cfg.estimator == "saturated" and obj.contrastive > 0 and obj.balance == 0.1
+    assert {"seed", "default", "autoencoder", "supervised"} <= set(RECIPES)
+    with pytest.raises(HashingError, match="unknown recipe"):
+        apply_recipe("nope", {}, {})
+
+
+def test_cuda_refused_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(HashingError, match="no CUDA"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_supervised_recipe_trains_on_labels(tmp_path):
+    from hashing.train import TrainConfig, train
+
+    cfg, obj = apply_recipe("supervised", {"bits": 16}, {})
+    r = train(cfg, TrainConfig(dataset="digits", epochs=1, objective=obj, batch_size=128), tmp_path, progress=False)
+    assert "supervised" in r.history["parts"][0] and r.history["parts"][0]["supervised"] > 0
