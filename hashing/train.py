@@ -49,8 +49,8 @@ class TrainConfig:
 RECIPES: dict[str, dict] = {
     "seed": {"model": {"head": "relu"}, "objective": {"reconstruction": 1.0}},
     "autoencoder": {"model": {}, "objective": {"reconstruction": 1.0}},
-    "contrastive": {"model": {}, "objective": {"contrastive": 1.0, "reconstruction": 0.5}},
-    "contrastive-fast": {"model": {}, "objective": {"contrastive": 1.0, "reconstruction": 0.0}},
+    "contrastive": {"model": {"estimator": "saturated"}, "objective": {"contrastive": 1.0, "reconstruction": 0.5}},
+    "contrastive-fast": {"model": {"estimator": "saturated"}, "objective": {"contrastive": 1.0, "reconstruction": 0.0}},
     "supervised": {"model": {}, "objective": {"supervised": 1.0, "contrastive": 1.0, "reconstruction": 0.0}},
 }
 RECIPES["default"] = RECIPES["contrastive"]
