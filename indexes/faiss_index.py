@@ -29,6 +29,19 @@ INDEX_TYPES = {
 }
 
 
+SEARCH_PARAMS = {"nprobe": 16, "efSearch": 64}   # measured in benchmarks/search.py: recall@10 >= 0.99 on MNIST codes
+
+
+def tune(index) -> None:
+    """Search-time knobs that faiss does not keep in the file; set on create and on open."""
+    import faiss
+
+    if isinstance(index, faiss.IndexBinaryIVF):
+        index.nprobe = SEARCH_PARAMS["nprobe"]
+    elif isinstance(index, faiss.IndexBinaryHNSW):
+        index.hnsw.efSearch = SEARCH_PARAMS["efSearch"]
+
+
 def factory_string(index_type: str, n: int) -> str:
     s = INDEX_TYPES.get(index_type, index_type)
     return s.format(nlist=max(1, min(4096, int(4 * math.sqrt(max(n, 1))))))
@@ -60,6 +73,7 @@ class FaissIndex(BinaryIndex):
             meta = json.loads(meta_path.read_text())
             info = IndexInfo(**meta["info"])
             index = faiss.read_index_binary(str(path / "index.faiss"))
+            tune(index)
             with np.load(path / "items.npz", allow_pickle=False) as z:
                 ids, labels, sources = z["ids"], z["labels"], z["sources"].tolist()
         except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -105,6 +119,7 @@ class FaissIndex(BinaryIndex):
                                    f"{', '.join(INDEX_TYPES)} nor a faiss binary factory string") from None
             if not self.index.is_trained:
                 self.index.train(xb)
+            tune(self.index)
         start = self.count
         self.index.add(xb)
         ids = np.arange(start, start + n, dtype=np.int64)
