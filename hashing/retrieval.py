@@ -72,21 +72,27 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
         raise HashingError("give exactly one of --dataset or --images")
     model, meta = checkpoint.load(run_dir, _device(device))
     record = model_record(run_dir, meta)
-    if append:
+    if append:  # refuse a mismatched model before the (long) encoding
         index = open_index(out, collection, backend)
         index.info.check_model(record)
-    else:
-        index = create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
+        index.close()
     if dataset is not None:
         ds = load_dataset(dataset, split, data_dir)
         enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
         labels, sources = ds.labels, [ds.source(i) for i in range(len(ds))]
-        index.info.datasets[f"{dataset}/{split}"] = ds.data_dir
+        datasets = {f"{dataset}/{split}": ds.data_dir}
     else:
         paths = find_images(images)
         enc = encode_batches(model, iter_image_batches(paths, batch_size, model.cfg.image_size), len(paths),
                              progress, desc="encoding images")
-        labels, sources = None, [str(p.resolve()) for p in paths]
+        labels, sources, datasets = None, [str(p.resolve()) for p in paths], {}
+    # Only now touch the destination: a failed encoding leaves an existing index as it was
+    # (creating a Milvus collection drops the old one).
+    if append:
+        index = open_index(out, collection, backend)
+    else:
+        index = create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
+    index.info.datasets.update(datasets)
     try:
         index.add(enc.codes, labels, sources)
         index.save()

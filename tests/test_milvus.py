@@ -108,3 +108,20 @@ def test_cli_milvus_backend_matches_faiss(digits_run, digits_index, tmp_path):
     assert all(x["source"] == f"digits/train/{x['id']}" for x in ra)
     bad = CliRunner().invoke(cli, ["query", str(q), "--index", db, "--collection", "other"])
     assert bad.exit_code == 1 and "no collection 'other'" in bad.output
+
+
+def test_failed_rebuild_leaves_the_collection_intact(digits_run, tmp_path):
+    from hashing.retrieval import build_index
+
+    db = str(tmp_path / "keep.db")
+    build_index(digits_run, db, dataset="digits", split="test", progress=False)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(HashingError, match="not a readable image"):
+        build_index(digits_run, db, images=folder, progress=False)
+    index = open_index(db)
+    try:
+        assert index.count == 360
+    finally:
+        index.close()
