@@ -25,8 +25,6 @@ DEFAULT_KS = (1, 10, 100, 1000)
 class Scores:
     """Per-query sums, turned into means at the end; one per method."""
 
-    ks: tuple[int, ...]
-    bits: int | None
     sums: dict = field(default_factory=dict)
     pr: np.ndarray | None = None        # (2, bits+1): summed precision and recall within radius 0..bits
     pk_curve: dict = field(default_factory=dict)
@@ -36,8 +34,7 @@ class Scores:
         self.sums[name] = self.sums.get(name, 0.0) + float(values.sum())
 
     def result(self) -> dict:
-        out = {name: round(v / self.count, 6) for name, v in self.sums.items()}
-        return out
+        return {name: round(v / self.count, 6) for name, v in self.sums.items()}
 
 
 def rank_all(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], xq: np.ndarray,
@@ -48,7 +45,7 @@ def rank_all(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
 
     n_db = len(db_labels)
     ks = tuple(k for k in ks if k <= n_db)
-    s = Scores(ks, bits)
+    s = Scores()
     for start in tqdm(range(0, len(xq), chunk), desc=desc, unit="chunk", disable=not progress, dynamic_ncols=True):
         D, I = search(xq[start:start + chunk], n_db)
         rel = db_labels[I] == q_labels[start:start + chunk, None]          # (q, N) in rank order
@@ -56,10 +53,12 @@ def rank_all(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
             n, r = metrics.hamming_blocks(D, rel, bits)                     # blocks by distance
         else:
             n, r = metrics.blocks_from_sorted(D, rel)
-        for k in ks:
-            s.add(f"precision@{k}", metrics.precision_at_k(n, r, k))
-        for k in curve_ks:
-            s.pk_curve[k] = s.pk_curve.get(k, 0.0) + float(metrics.precision_at_k(n, r, k).sum())
+        for k in sorted(set(ks) | set(curve_ks)):
+            p_k = metrics.precision_at_k(n, r, k)
+            if k in ks:
+                s.add(f"precision@{k}", p_k)
+            if k in curve_ks:
+                s.pk_curve[k] = s.pk_curve.get(k, 0.0) + float(p_k.sum())
         s.add("mAP", metrics.average_precision(n, r))
         s.add("mAP@1000", metrics.average_precision(n, r, min(1000, n_db)))
         if bits is not None:

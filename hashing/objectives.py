@@ -68,7 +68,7 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     z = torch.cat([a, b])                                  # (2B, D)
     sim = z @ z.t() / temperature                          # (2B, 2B)
     sim.fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(a.device)
+    target = torch.arange(2 * n, device=a.device).roll(n)      # view i's positive is view i +- n
     loss = F.cross_entropy(sim.float(), target, reduction="none")
     return (loss[:n] + loss[n:]) / 2
 
