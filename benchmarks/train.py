@@ -1,9 +1,11 @@
 """Training throughput: the seed's plain loop beside `hashing train`'s loop, in one run.
 
 The seed loop: torchvision MNIST with ToTensor + Normalize per image, a shuffling
-DataLoader (batch 64), the seed model (ReLU before the binarizer), Adam, MSE.
+DataLoader (batch 64), the seed's model as it was written (plain Conv2d/ConvTranspose2d
+at the 1x1 bottleneck, ReLU before an identity straight-through binarizer), Adam, MSE.
 Ours: hashing.train's loop (the whole split in one device tensor, index batches,
-bf16 autocast + channels_last on CUDA) on the default model.
+channels_last, fused Adam, the bottleneck layers as matrix products; bf16 autocast on
+CUDA) with the same objective (reconstruction only) and code length (512 bits).
 
     python benchmarks/train.py --data-dir ../shared/data/mnist [--device cpu|cuda] [--quick]
 
@@ -18,16 +20,37 @@ import time
 import torch
 
 
+class SeedAutoencoder(torch.nn.Module):
+    """The seed's model, verbatim in structure: what the plain loop trains."""
+
+    def __init__(self, bits: int = 512):
+        super().__init__()
+        from torch import nn
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 64, 4, 2, 1), nn.ReLU(True),
+            nn.Conv2d(64, 128, 4, 2, 1), nn.BatchNorm2d(128), nn.ReLU(True),
+            nn.Conv2d(128, 256, 4, 2, 1), nn.BatchNorm2d(256), nn.ReLU(True),
+            nn.Conv2d(256, bits, 4, 2, 1), nn.BatchNorm2d(bits), nn.ReLU(True))
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(bits, 256, 5, 2, 1), nn.BatchNorm2d(256), nn.ReLU(True),
+            nn.ConvTranspose2d(256, 128, 5, 2, 1), nn.BatchNorm2d(128), nn.ReLU(True),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(True),
+            nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
+
+    def forward(self, x):
+        z = self.encoder(x)
+        code = z + ((z > 0).float() - z).detach()     # straight-through sign
+        return z, code, self.decoder(code)
+
+
 def seed_loop(data_dir: str, device: torch.device, images: int, warmup: int) -> float:
     import torchvision
     from torchvision import transforms
 
-    from hashing.model import HashAutoencoder, HashConfig
-
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     ds = torchvision.datasets.MNIST(data_dir, train=True, download=False, transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, drop_last=True)
-    model = HashAutoencoder(HashConfig(head="relu")).to(device).train()
+    model = SeedAutoencoder().to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
     crit = torch.nn.MSELoss()
     seen, t0 = 0, None
@@ -51,7 +74,7 @@ def seed_loop(data_dir: str, device: torch.device, images: int, warmup: int) -> 
 
 
 def our_loop(data_dir: str, device: torch.device, images: int, warmup: int, batch_size: int, lr: float,
-             compile: bool) -> float:
+             compile: bool, scale_lr: bool) -> float:
     import tempfile
 
     from hashing.model import HashConfig
@@ -75,7 +98,7 @@ def our_loop(data_dir: str, device: torch.device, images: int, warmup: int, batc
     try:
         with tempfile.TemporaryDirectory() as out:
             r = train(HashConfig(), TrainConfig(dataset="mnist", data_dir=data_dir, epochs=2, batch_size=batch_size,
-                                                lr=lr, device=str(device), compile=compile), out, progress=False)
+                                                lr=lr, scale_lr=scale_lr, device=str(device), compile=compile), out, progress=False)
     finally:
         tr.load_dataset = orig
     return n / r.history["seconds"][-1]   # the second epoch: no warm-up, no compile
@@ -88,13 +111,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
     p.add_argument("--batch-size", type=int, default=64, help="our loop's batch size")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--scale-lr", action="store_true")
     p.add_argument("--compile", action="store_true")
     a = p.parse_args()
     device = torch.device(a.device)
     images = 1280 if a.quick else (60_000 if device.type == "cuda" else 6400)
     warmup = 256 if a.quick else 1280
     seed = seed_loop(a.data_dir, device, images, warmup)
-    ours = our_loop(a.data_dir, device, images, warmup, a.batch_size, a.lr, a.compile)
+    ours = our_loop(a.data_dir, device, images, warmup, a.batch_size, a.lr, a.compile, a.scale_lr)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"device: {name}")
     print(f"seed loop (DataLoader, batch 64):      {seed:10.0f} images/s")

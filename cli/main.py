@@ -58,6 +58,7 @@ def _data_dir_option():
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2), help="Images per step.")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate (betas 0.5, 0.999).")
+@click.option("--scale-lr", is_flag=True, help="Scale --lr by sqrt(batch-size / 64), for large batches (e.g. on a GPU).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto = CUDA when available, else CPU.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (weights, shuffling, sampling).")
@@ -75,7 +76,7 @@ def _data_dir_option():
 @click.option("--reconstruction", type=float, default=None, help="Weight of the pixel reconstruction (MSE) term.")
 @click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model (CUDA only).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, data_dir, out, bits, epochs, batch_size, lr, device, seed, recipe, estimator, domain, balance,
+def train(dataset, data_dir, out, bits, epochs, batch_size, lr, scale_lr, device, seed, recipe, estimator, domain, balance,
           decorrelation, contrastive, supervised, reconstruction, compile, quiet):
     """Train a hashing autoencoder; RUN_DIR gets weights, config.json, history and reconstructions.png."""
     from hashing.bits import check_bits
@@ -89,7 +90,7 @@ def train(dataset, data_dir, out, bits, epochs, batch_size, lr, device, seed, re
         from hashing import estimators
         estimators.get(estimator)  # unknown names fail here, before the data load
     cfg, obj = apply_recipe(recipe, model_opts, obj_opts)
-    tcfg = TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+    tcfg = TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr, scale_lr=scale_lr, device=device,
                        seed=seed, recipe=recipe, objective=obj, compile=compile)
     r = run(cfg, tcfg, out, progress=not quiet)
     per_epoch = sum(r.history["seconds"]) / len(r.history["seconds"])

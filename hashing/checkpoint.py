@@ -18,7 +18,7 @@ import torch
 
 from hashing.atomic import atomic_path, write_json
 from hashing.errors import HashingError
-from hashing.model import HashAutoencoder, HashConfig
+from hashing.model import HashAutoencoder, HashConfig, upgrade_state_dict
 
 FORMAT = "hashing-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -78,7 +78,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[HashA
     model = HashAutoencoder(cfg)
     try:
         state = load_file(str(run_dir / WEIGHTS))
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_state_dict(state, model))
     except FileNotFoundError:
         raise HashingError(f"{run_dir} has no {WEIGHTS}; retrain the model") from None
     except (SafetensorError, RuntimeError, OSError) as e:

@@ -14,11 +14,18 @@ a bit can be switched off by gradient descent but never back on.
 
 Decoder: ConvTranspose2d bits->256 (k5), 256->128 (k5), 128->64 (k4), 64->1 (k4),
 stride 2, padding 1 (1 -> 3 -> 7 -> 14 -> 28), BatchNorm+ReLU between, Tanh out.
+
+The two layers at the 1x1 bottleneck (last encoder conv, first decoder deconv) only ever
+use the central 3x3 taps of their kernels, so they are computed as the matrix products
+they are (`CentreConv`, `CentreConvTranspose`): the same function as the seed's layers,
+without the convolution backward that took half of a CPU training step.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+
+import math
 
 import torch
 from torch import nn
@@ -59,6 +66,63 @@ class HashConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+class CentreConv(nn.Module):
+    r"""Conv2d(c_in, c_out, kernel 4, stride 2, padding 1) on a 3x3 map, as one matrix product.
+
+    The single output pixel sees input rows/columns 0..2 through kernel taps 1..3; tap 0
+    only ever meets padding. So y_o = sum_{c,i,j} W_{o,c,i,j} x_{c,i,j} + b_o with
+    W = the seed kernel's [:, :, 1:4, 1:4]: (B, c_in, 3, 3) -> (B, c_out, 1, 1).
+    """
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3))
+        self.bias = nn.Parameter(torch.empty(c_out))
+        _init_like_conv(self.weight, self.bias, fan_in=c_in * 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.addmm(self.bias, x.flatten(1), self.weight.flatten(1).t())   # (B, c_out)
+        return y[:, :, None, None]
+
+
+class CentreConvTranspose(nn.Module):
+    r"""ConvTranspose2d(c_in, c_out, kernel 5, stride 2, padding 1) on a 1x1 map, as one matrix product.
+
+    The 5x5 output of a 1x1 input is the kernel itself; padding 1 crops its border, so
+    y_{o,i,j} = sum_c x_c W_{c,o,i,j} + b_o with W = the seed kernel's [:, :, 1:4, 1:4]:
+    (B, c_in) -> (B, c_out, 3, 3).
+    """
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_in, c_out, 3, 3))
+        self.bias = nn.Parameter(torch.empty(c_out))
+        _init_like_conv(self.weight, self.bias, fan_in=c_out * 9)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        c_in, c_out = self.weight.shape[:2]
+        y = (code @ self.weight.reshape(c_in, c_out * 9)).view(-1, c_out, 3, 3)   # (B, c_out, 3, 3)
+        y = y + self.bias[:, None, None]
+        return y.contiguous(memory_format=torch.channels_last)  # what the next deconvolution is fastest on
+
+
+def _init_like_conv(weight: nn.Parameter, bias: nn.Parameter, fan_in: int) -> None:
+    # torch's default Conv init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1 / math.sqrt(fan_in)
+    nn.init.uniform_(weight, -bound, bound)
+    nn.init.uniform_(bias, -bound, bound)
+
+
+def upgrade_state_dict(state: dict, model: nn.Module) -> dict:
+    """Seed-shaped kernels (4x4 / 5x5 at the 1x1 bottleneck) -> the 3x3 taps they use."""
+    own = model.state_dict()
+    out = dict(state)
+    for k, v in state.items():
+        if k in own and v.dim() == 4 and own[k].shape[-2:] == (3, 3) and v.shape[-2:] in ((4, 4), (5, 5)):
+            out[k] = v[:, :, 1:4, 1:4].contiguous()
+    return out
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: HashConfig):
         super().__init__()
@@ -67,7 +131,7 @@ class Encoder(nn.Module):
             nn.Conv2d(cfg.channels, w, 4, 2, 1), nn.ReLU(inplace=True),
             nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
             nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * w, cfg.bits, 4, 2, 1), nn.BatchNorm2d(cfg.bits),
+            CentreConv(4 * w, cfg.bits), nn.BatchNorm2d(cfg.bits),
         )
         self.head = nn.ReLU() if cfg.head == "relu" else nn.Identity()
 
@@ -81,7 +145,7 @@ class Decoder(nn.Module):
         super().__init__()
         w = cfg.width
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(cfg.bits, 4 * w, 5, 2, 1), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+            CentreConvTranspose(cfg.bits, 4 * w), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(4 * w, 2 * w, 5, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(w, cfg.channels, 4, 2, 1), nn.Tanh(),
@@ -89,7 +153,7 @@ class Decoder(nn.Module):
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         """(B, bits) -> (B, C, 28, 28) in [-1, 1]."""
-        return self.net(code[:, :, None, None])
+        return self.net(code)
 
 
 class HashAutoencoder(nn.Module):

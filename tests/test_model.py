@@ -37,6 +37,27 @@ def test_seed_head_blocks_gradient_of_off_bits_and_default_does_not():
     assert grads["batchnorm"] > 0.0
 
 
+def test_bottleneck_layers_equal_the_seed_convolutions():
+    """CentreConv / CentreConvTranspose compute exactly the seed's Conv2d(k4) / ConvTranspose2d(k5)."""
+    from torch import nn
+
+    from hashing.model import CentreConv, CentreConvTranspose, upgrade_state_dict
+
+    torch.manual_seed(0)
+    conv, deconv = nn.Conv2d(32, 16, 4, 2, 1), nn.ConvTranspose2d(16, 32, 5, 2, 1)
+    ours_c, ours_d = CentreConv(32, 16), CentreConvTranspose(16, 32)
+    ours_c.load_state_dict(upgrade_state_dict(conv.state_dict(), ours_c))
+    ours_d.load_state_dict(upgrade_state_dict(deconv.state_dict(), ours_d))
+    x, code = torch.randn(5, 32, 3, 3), torch.randn(5, 16)
+    torch.testing.assert_close(ours_c(x), conv(x), atol=1e-5, rtol=1e-5)                  # (5, 16, 1, 1)
+    torch.testing.assert_close(ours_d(code), deconv(code[:, :, None, None]), atol=1e-5, rtol=1e-5)  # (5, 32, 3, 3)
+    # Gradients agree too, on the taps the seed layers actually use.
+    ours_c(x).sum().backward()
+    conv(x).sum().backward()
+    torch.testing.assert_close(ours_c.weight.grad, conv.weight.grad[:, :, 1:4, 1:4], atol=1e-5, rtol=1e-5)
+    assert conv.weight.grad[:, :, 0].abs().max() == 0 and conv.weight.grad[:, :, :, 0].abs().max() == 0
+
+
 def test_recipes_and_overrides():
     cfg, obj = apply_recipe("seed", {"bits": 64}, {})
     assert cfg.head == "relu" and obj.reconstruction == 1 and obj.contrastive == 0
