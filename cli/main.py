@@ -54,18 +54,21 @@ def _data_dir_option():
 @_data_dir_option()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write the checkpoint to.")
 @click.option("--bits", default=512, show_default=True, help="Code length: a multiple of 8 from 8 to 1024.")
-@click.option("--epochs", default=5, show_default=True, type=click.IntRange(1), help="Passes over the training split.")
+@click.option("--epochs", default=None, type=click.IntRange(1),
+              help="Passes over the training split.  [default: 5; the supervised recipe: 15]")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2), help="Images per step.")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate (betas 0.5, 0.999).")
 @click.option("--scale-lr", is_flag=True, help="Scale --lr by sqrt(batch-size / 64), for large batches (e.g. on a GPU).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None,
+              help="Learning-rate schedule.  [default: constant; the supervised recipe: cosine]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto = CUDA when available, else CPU.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (weights, shuffling, sampling).")
 @click.option("--recipe", default="default", show_default=True,
               help="Named preset of architecture and objective: default (= contrastive: two-view contrastive + "
                    "0.5 reconstruction, no labels), contrastive-fast (no decoder), autoencoder (reconstruction "
-                   "only), supervised (hash centres from labels + contrastive), seed (the original: ReLU before "
+                   "only), supervised (hash centres from labels, augmented), seed (the original: ReLU before "
                    "the binarizer, reconstruction only). Options below override it.")
 @click.option("--estimator", default=None, help="Gradient estimator of the binarizer (see `hashing estimators`).")
 @click.option("--domain", type=click.Choice(["01", "pm1"]), default=None, help="Code values fed to the decoder: {0,1} or {-1,+1}.")
@@ -74,24 +77,29 @@ def _data_dir_option():
 @click.option("--contrastive", type=float, default=None, help="Weight of the two-view contrastive term (no labels).")
 @click.option("--supervised", type=float, default=None, help="Weight of the hash-centre term (uses labels).")
 @click.option("--reconstruction", type=float, default=None, help="Weight of the pixel reconstruction (MSE) term.")
+@click.option("--views", type=click.Choice(["auto", "affine", "crop"]), default=None,
+              help="Random views for the contrastive/supervised terms: affine jitter, or crop-and-resize with "
+                   "mirroring (objects, not digits). auto = crop for fashion-mnist, affine otherwise.")
 @click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model (CUDA only).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, data_dir, out, bits, epochs, batch_size, lr, scale_lr, device, seed, recipe, estimator, domain, balance,
-          decorrelation, contrastive, supervised, reconstruction, compile, quiet):
+def train(dataset, data_dir, out, bits, epochs, batch_size, lr, scale_lr, schedule, device, seed, recipe, estimator, domain,
+          balance, decorrelation, contrastive, supervised, reconstruction, views, compile, quiet):
     """Train a hashing autoencoder; RUN_DIR gets weights, config.json, history and reconstructions.png."""
     from hashing.bits import check_bits
-    from hashing.train import TrainConfig, apply_recipe, train as run
+    from hashing.train import TrainConfig, apply_recipe, recipe_train, train as run
 
     check_bits(bits)
     model_opts = {k: v for k, v in {"bits": bits, "estimator": estimator, "domain": domain}.items() if v is not None}
     obj_opts = {k: v for k, v in {"balance": balance, "decorrelation": decorrelation, "contrastive": contrastive,
-                                  "supervised": supervised, "reconstruction": reconstruction}.items() if v is not None}
+                                  "supervised": supervised, "reconstruction": reconstruction,
+                                  "views": views}.items() if v is not None}
     if estimator is not None:
         from hashing import estimators
         estimators.get(estimator)  # unknown names fail here, before the data load
     cfg, obj = apply_recipe(recipe, model_opts, obj_opts)
-    tcfg = TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr, scale_lr=scale_lr, device=device,
-                       seed=seed, recipe=recipe, objective=obj, compile=compile)
+    train_opts = {**recipe_train(recipe), **{k: v for k, v in {"epochs": epochs, "schedule": schedule}.items() if v is not None}}
+    tcfg = TrainConfig(dataset=dataset, data_dir=data_dir, batch_size=batch_size, lr=lr, scale_lr=scale_lr, device=device,
+                       seed=seed, recipe=recipe, objective=obj, compile=compile, **train_opts)
     r = run(cfg, tcfg, out, progress=not quiet)
     per_epoch = sum(r.history["seconds"]) / len(r.history["seconds"])
     click.echo(f"trained {cfg.bits}-bit model on {dataset} ({r.device}): final loss {r.history['epoch_loss'][-1]:.4f}, "

@@ -1,8 +1,14 @@
 """Random views of a batch, on the batch's device, for augmentation-invariance objectives.
 
-Small affine jitter (rotation, scale, shift, shear) done with one affine_grid/grid_sample
-call per batch: no per-image host work. Inputs are normalised to [-1, 1] with -1 the
-background, so the resampling pads with the background, not with mid-grey 0.
+Every view family is one affine_grid/grid_sample call per batch: no per-image host work.
+Inputs are normalised to [-1, 1] with -1 the background, so the resampling pads with the
+background, not with mid-grey 0.
+
+- affine: small rotation, scale, shift and shear (digits: a flipped 2 is not a 2).
+- auto: crop for fashion-mnist, affine otherwise (see AUTO_VIEWS).
+- crop: crop-and-resize (SimCLR's main view, Chen et al. 2020) of 35-100 % of the area,
+  aspect 3/4-4/3, mirrored half of the time, plus a contrast change; for objects such
+  as clothing, where a mirror image is the same kind of thing.
 """
 
 from __future__ import annotations
@@ -38,3 +44,38 @@ def random_affine(x: torch.Tensor, degrees: float = 15.0, scale: tuple[float, fl
     out = F.grid_sample((x - background).float(), grid.to(torch.float32), mode="bilinear",
                         padding_mode="zeros", align_corners=False)
     return (out + background).to(x.dtype)
+
+
+def random_crop(x: torch.Tensor, area: tuple[float, float] = (0.35, 1.0), aspect: tuple[float, float] = (0.75, 1.333),
+                flip: bool = True, contrast: tuple[float, float] = (0.6, 1.0), background: float = -1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): a random crop of each image resized to full size."""
+    b = x.shape[0]
+    dev, dt = x.device, torch.float32
+
+    def u(lo, hi):
+        return torch.rand(b, device=dev, dtype=dt, generator=generator) * (hi - lo) + lo
+
+    a = u(*area)
+    r = torch.exp(u(math.log(aspect[0]), math.log(aspect[1])))
+    w, h = (a * r).sqrt().clamp(max=1.0), (a / r).sqrt().clamp(max=1.0)     # fractions of the full size
+    cx, cy = u(-1, 1) * (1 - w), u(-1, 1) * (1 - h)
+    sign = torch.where(u(0, 1) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    zero = torch.zeros(b, device=dev)
+    theta = torch.stack([torch.stack([w * sign, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)   # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample((x - background).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out * u(*contrast)[:, None, None, None]          # dimmer foreground, same background
+    return (out + background).to(x.dtype)
+
+
+VIEWS = {"affine": random_affine, "crop": random_crop}
+# "auto" picks by dataset. Measured (64 bits, 1 epoch, default recipe): Fashion-MNIST mAP
+# affine 0.459 -> crop 0.549; MNIST affine 0.876 -> crop 0.650 (mirrors and partial digits
+# change the class).
+AUTO_VIEWS = {"fashion-mnist": "crop"}
+
+
+def resolve_views(name: str, dataset: str) -> str:
+    """'auto' -> the measured best view family for `dataset` (affine unless listed)."""
+    return AUTO_VIEWS.get(dataset, "affine") if name == "auto" else name

@@ -11,6 +11,7 @@ r"""Training objectives: named loss terms and their weights, combined into one l
 - supervised: labels where the dataset has them (label -1 = unlabelled, skipped): each
   class gets a hash centre from a Hadamard matrix and every code is pulled to its
   class centre by binary cross-entropy on sigmoid(x) (CSQ, Yuan et al. CVPR 2020).
+  It sees a random view of each image (augmentation), as the contrastive term does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from hashing.augment import random_affine
+from hashing.augment import VIEWS, resolve_views
 
 TERMS = ("reconstruction", "balance", "decorrelation", "contrastive", "supervised")
 
@@ -33,6 +34,11 @@ class Objective:
     contrastive: float = 0.0
     supervised: float = 0.0
     temperature: float = 0.3     # NT-Xent temperature on unit-norm codes
+    views: str = "auto"          # random views (augment.VIEWS; auto = by dataset) for contrastive/supervised
+
+    def __post_init__(self):
+        if self.views != "auto" and self.views not in VIEWS:
+            raise ValueError(f"views must be auto or one of {sorted(VIEWS)}, got {self.views!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +91,8 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
     use the first view, so a step costs two encoder passes (plus one decoder pass when
     reconstruction is on), not three.
     """
-    x0 = random_affine(x) if obj.needs_views else x
+    view = VIEWS[resolve_views(obj.views, model.cfg.dataset)]
+    x0 = view(x) if (obj.needs_views or obj.needs_labels) else x    # labels: the view is augmentation
     z, code = model.encode(x0)                                               # (B, bits) each
     per_image = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
     parts: dict[str, torch.Tensor] = {}
@@ -97,7 +104,7 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
     pm = _pm1(code, model.cfg.domain)                                         # (B, bits) in {-1, +1}
     h = (pm + 1) / 2
     if obj.contrastive:
-        _, code2 = model.encode(random_affine(x))
+        _, code2 = model.encode(view(x))
         scale = code.shape[1] ** -0.5
         con = nt_xent(pm * scale, _pm1(code2, model.cfg.domain) * scale, obj.temperature)
         parts["contrastive"] = con.mean()
