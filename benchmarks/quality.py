@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--recipes", default="default,seed")
     p.add_argument("--baselines", default="itq,lsh")
     p.add_argument("--out", default="benchmarks/out")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="train each model on the first N train images (the database is still the whole split)")
     p.add_argument("--tag", default="", help="suffix of the output file names")
     a = p.parse_args()
 
@@ -46,7 +48,7 @@ def main() -> None:
                 r = score_baseline(method, bits, db, qs)
             else:
                 cfg, obj = apply_recipe(method, {"bits": bits}, {})
-                train_opts = {"epochs": a.epochs, **recipe_train(method)}
+                train_opts = {"epochs": a.epochs, "max_images": a.train_images, **recipe_train(method)}
                 r = train_and_score(cfg, TrainConfig(dataset=a.dataset, data_dir=a.data_dir, recipe=method,
                                                      objective=obj, **train_opts), db, qs)
                 r["epochs"] = train_opts["epochs"]
@@ -58,7 +60,8 @@ def main() -> None:
                   f"{r['seconds']:.0f}s", flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = f"{a.dataset}: database {len(db)} (train), queries {len(qs)} (test); {machine()}"
+    trained_on = f"models trained on the first {a.train_images} train images; " if a.train_images else ""
+    header = f"{a.dataset}: database {len(db)} (train), queries {len(qs)} (test); {trained_on}{machine()}"
     table = markdown_table(rows, ["method", "bits", "epochs", "mAP", "precision@100", "seconds"])
     name = f"quality_{a.dataset}" + (f"_{a.tag}" if a.tag else "")
     (out / f"{name}.md").write_text(header + "\n\n" + table + "\n")

@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     recipe: str = "default"
     objective: Objective = field(default_factory=Objective)
+    max_images: int | None = None  # train on the first N images of the split (None = all)
     amp: bool = True                # bf16 autocast, CUDA only
     compile: bool = False           # torch.compile the model (CUDA; slow first epoch)
 
@@ -110,6 +111,8 @@ def train(cfg: HashConfig, tcfg: TrainConfig, out: str | Path, progress: bool = 
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
     train_set = load_dataset(tcfg.dataset, "train", tcfg.data_dir)
+    if tcfg.max_images is not None:
+        train_set.images, train_set.labels = train_set.images[:tcfg.max_images], train_set.labels[:tcfg.max_images]
     cfg = replace(cfg, dataset=tcfg.dataset)
     # Record the view family actually used, not "auto".
     tcfg = replace(tcfg, objective=replace(tcfg.objective, views=resolve_views(tcfg.objective.views, tcfg.dataset)))

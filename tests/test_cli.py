@@ -53,6 +53,20 @@ def test_train_index_query_end_to_end(tmp_path, query_png):
     assert z["codes"].shape == (360, 4) and z["codes"].dtype == np.uint8 and z["labels"].dtype == np.int64
 
 
+def test_train_options_reach_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    r = invoke("train", "--dataset", "digits", "--out", run, "--bits", "16", "--epochs", "1", "--views", "crop",
+               "--schedule", "cosine", "--batch-size", "256", "--scale-lr", "--quiet")
+    assert r.exit_code == 0, r.output
+    train = json.loads((run / "config.json").read_text())["train"]
+    assert train["objective"]["views"] == "crop" and train["schedule"] == "cosine" and train["scale_lr"]
+    assert train["epochs"] == 1 and train["batch_size"] == 256
+    r = invoke("train", "--dataset", "digits", "--out", tmp_path / "sup", "--bits", "16", "--epochs", "1",
+               "--recipe", "supervised", "--quiet")
+    train = json.loads((tmp_path / "sup" / "config.json").read_text())["train"]
+    assert train["schedule"] == "cosine" and train["epochs"] == 1     # recipe default, flag wins
+
+
 def test_query_neighbours_mostly_share_the_label(digits_index, query_png):
     r = invoke("query", query_png[0], "--index", digits_index, "-k", "10", "--json")
     labels = [x["label"] for x in json.loads(r.output)[0]["results"]]

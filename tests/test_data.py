@@ -45,3 +45,24 @@ def test_offline_mnist_is_a_user_error(tmp_path):
         load_dataset("mnist", "train", tmp_path)
     with pytest.raises(HashingError, match="unknown dataset"):
         load_dataset("cifar", "train")
+
+
+def test_crop_views_resample_within_the_image_and_keep_the_background():
+    import torch
+
+    from hashing.augment import random_crop, resolve_views
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((64, 1, 28, 28), -1.0)
+    x[:, :, 10:18, 4:12] = 1.0                      # a bright block left of centre
+    out = random_crop(x, generator=g)
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    assert torch.allclose(random_crop(torch.full((4, 1, 28, 28), -1.0), generator=g), torch.tensor(-1.0))
+    # Mirroring moves the block to the right half in some views and not in others.
+    right = (out[:, 0, :, 14:] > 0).flatten(1).any(1)
+    left = (out[:, 0, :, :14] > 0).flatten(1).any(1)
+    assert right.any() and left.any()
+    no_flip = random_crop(x, flip=False, area=(1.0, 1.0), aspect=(1.0, 1.0), contrast=(1.0, 1.0), generator=g)
+    torch.testing.assert_close(no_flip, x, atol=1e-5, rtol=0)   # the whole image, unchanged
+    assert resolve_views("auto", "fashion-mnist") == "crop" and resolve_views("auto", "mnist") == "affine"
+    assert resolve_views("affine", "fashion-mnist") == "affine"

@@ -76,9 +76,22 @@ def test_cuda_refused_without_gpu():
     assert resolve_device("auto").type == "cpu"
 
 
-def test_supervised_recipe_trains_on_labels(tmp_path):
-    from hashing.train import TrainConfig, train
+def test_supervised_recipe_reaches_its_measured_quality(tmp_path):
+    """Hash centres from labels on digits, 64 bits, 5 epochs (cosine): measured mAP 0.990, P@100 0.989."""
+    from hashing import checkpoint
+    from hashing.codes import encode_array
+    from hashing.data import load_dataset
+    from hashing.evaluation import score_codes
+    from hashing.train import TrainConfig, recipe_train, train
 
-    cfg, obj = apply_recipe("supervised", {"bits": 16}, {})
-    r = train(cfg, TrainConfig(dataset="digits", epochs=1, objective=obj, batch_size=128), tmp_path, progress=False)
-    assert "supervised" in r.history["parts"][0] and r.history["parts"][0]["supervised"] > 0
+    cfg, obj = apply_recipe("supervised", {"bits": 64}, {})
+    tcfg = TrainConfig(dataset="digits", objective=obj, **{**recipe_train("supervised"), "epochs": 5})
+    r = train(cfg, tcfg, tmp_path, progress=False)
+    assert r.history["parts"][0]["supervised"] > r.history["parts"][-1]["supervised"] > 0
+    model, meta = checkpoint.load(tmp_path)
+    assert meta["train"]["schedule"] == "cosine" and meta["train"]["objective"]["views"] == "affine"
+    db, qs = load_dataset("digits", "train"), load_dataset("digits", "test")
+    xb = encode_array(model, db.images, progress=False).codes
+    xq = encode_array(model, qs.images, progress=False).codes
+    scores, _ = score_codes(xb, xq, db.labels, qs.labels, 64, (100,), progress=False)
+    assert scores["mAP"] > 0.95 and scores["precision@100"] > 0.95
