@@ -19,6 +19,13 @@ import torch
 import torch.nn.functional as F
 
 
+def _uniform(x: torch.Tensor, generator: torch.Generator | None):
+    """u(lo, hi) -> (B,) float32 uniform draws on x's device, one per image."""
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(x.shape[0], device=x.device, dtype=torch.float32, generator=generator) * (hi - lo) + lo
+    return u
+
+
 def random_affine(x: torch.Tensor, degrees: float = 15.0, scale: tuple[float, float] = (0.85, 1.15),
                   shift: float = 0.12, shear: float = 0.15, background: float = -1.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
@@ -26,12 +33,7 @@ def random_affine(x: torch.Tensor, degrees: float = 15.0, scale: tuple[float, fl
 
     shift is a fraction of the half-width (0.12 ~ 1.7 px on 28 px).
     """
-    b = x.shape[0]
-    dev, dt = x.device, torch.float32
-
-    def u(lo, hi):
-        return torch.rand(b, device=dev, dtype=dt, generator=generator) * (hi - lo) + lo
-
+    u = _uniform(x, generator)
     ang = u(-degrees, degrees) * (math.pi / 180)
     s = u(*scale)
     sh = u(-shear, shear)
@@ -50,12 +52,8 @@ def random_crop(x: torch.Tensor, area: tuple[float, float] = (0.35, 1.0), aspect
                 flip: bool = True, contrast: tuple[float, float] = (0.6, 1.0), background: float = -1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): a random crop of each image resized to full size."""
-    b = x.shape[0]
-    dev, dt = x.device, torch.float32
-
-    def u(lo, hi):
-        return torch.rand(b, device=dev, dtype=dt, generator=generator) * (hi - lo) + lo
-
+    b, dev = x.shape[0], x.device
+    u = _uniform(x, generator)
     a = u(*area)
     r = torch.exp(u(math.log(aspect[0]), math.log(aspect[1])))
     w, h = (a * r).sqrt().clamp(max=1.0), (a / r).sqrt().clamp(max=1.0)     # fractions of the full size
