@@ -56,10 +56,12 @@ def _data_dir_option():
 @click.option("--bits", default=512, show_default=True, help="Code length: a multiple of 8 from 8 to 1024.")
 @click.option("--epochs", default=None, type=click.IntRange(1),
               help="Passes over the training split.  [default: 5; the supervised recipe: 15]")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2), help="Images per step.")
+@click.option("--batch-size", default=None, type=click.IntRange(2),
+              help="Images per step. [default: 64 on CPU; 512 on a GPU, with --scale-lr]")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate (betas 0.5, 0.999).")
-@click.option("--scale-lr", is_flag=True, help="Scale --lr by sqrt(batch-size / 64), for large batches (e.g. on a GPU).")
+@click.option("--scale-lr/--no-scale-lr", default=None,
+              help="Scale --lr by sqrt(batch-size / 64), for large batches. [default: on with the GPU's default batch]")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None,
               help="Learning-rate schedule.  [default: constant; the supervised recipe: cosine]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),

@@ -29,9 +29,9 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     epochs: int = 5
-    batch_size: int = 64
+    batch_size: int | None = None   # None: 64 on CPU, 512 on CUDA (see resolve_batch)
     lr: float = 1e-3
-    scale_lr: bool = False          # lr * sqrt(batch_size / 64): the square-root rule for Adam
+    scale_lr: bool | None = None    # lr * sqrt(batch_size / 64), the square-root rule for Adam; None: on with the CUDA batch
     schedule: str = "constant"      # or "cosine": lr decays to 0 over the run (half a cosine)
     betas: tuple[float, float] = (0.5, 0.999)
     device: str = "auto"
@@ -79,6 +79,25 @@ def recipe_train(name: str) -> dict:
     return dict(RECIPES.get(name, {}).get("train", {}))
 
 
+# On a GPU, batch 64 leaves the step bound by kernel launches; 512 with the square-root lr
+# rule trains at 5x the images/s for the same codes (H100, MNIST 512 bits, 5 epochs, mAP
+# 0.933 at 64, 0.940 at 256, 0.930 at 512; README "Training throughput"). Small datasets
+# keep at least MIN_STEPS steps an epoch: on digits (1,797 images) batch 512 means 3
+# steps an epoch, and the supervised recipe fell from mAP 0.99 to 0.93.
+AUTO_BATCH = {"cpu": 64, "cuda": 512}
+MIN_STEPS = 32
+
+
+def resolve_batch(tcfg: TrainConfig, device: torch.device, n: int) -> TrainConfig:
+    """Fill in the batch size and lr scaling left to the device (None) for a split of n images."""
+    if tcfg.batch_size is None:
+        batch = AUTO_BATCH.get(device.type, 64)
+        while batch > 64 and n < batch * MIN_STEPS:
+            batch //= 2
+        return replace(tcfg, batch_size=batch, scale_lr=batch != 64 if tcfg.scale_lr is None else tcfg.scale_lr)
+    return replace(tcfg, scale_lr=bool(tcfg.scale_lr))
+
+
 def effective_lr(tcfg: TrainConfig) -> float:
     """The learning rate, scaled for a batch larger than the reference 64 when asked."""
     return tcfg.lr * (tcfg.batch_size / 64) ** 0.5 if tcfg.scale_lr else tcfg.lr
@@ -113,6 +132,7 @@ def train(cfg: HashConfig, tcfg: TrainConfig, out: str | Path, progress: bool = 
     train_set = load_dataset(tcfg.dataset, "train", tcfg.data_dir)
     if tcfg.max_images is not None:
         train_set.images, train_set.labels = train_set.images[:tcfg.max_images], train_set.labels[:tcfg.max_images]
+    tcfg = resolve_batch(tcfg, device, len(train_set))
     cfg = replace(cfg, dataset=tcfg.dataset)
     # Record the view family actually used, not "auto".
     tcfg = replace(tcfg, objective=replace(tcfg.objective, views=resolve_views(tcfg.objective.views, tcfg.dataset)))

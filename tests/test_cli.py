@@ -99,7 +99,8 @@ def test_index_a_folder_of_images(digits_run, tmp_path, query_png):
 
 def error_of(*args):
     """Run the real console script: the user sees one line and a non-zero exit, never a traceback."""
-    p = subprocess.run([shutil.which("hashing") or sys.executable, *map(str, args)], capture_output=True, text=True)
+    cmd = [shutil.which("hashing")] if shutil.which("hashing") else [sys.executable, "-m", "cli.main"]
+    p = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True)
     return p.returncode, p.stderr.strip()
 
 

@@ -3,7 +3,7 @@ import torch
 
 from hashing.errors import HashingError
 from hashing.model import HashAutoencoder, HashConfig
-from hashing.train import RECIPES, apply_recipe, resolve_device
+from hashing.train import RECIPES, TrainConfig, apply_recipe, effective_lr, resolve_batch, resolve_device
 
 
 def test_shapes_for_any_bit_length():
@@ -66,6 +66,20 @@ def test_recipes_and_overrides():
     assert {"seed", "default", "autoencoder", "supervised"} <= set(RECIPES)
     with pytest.raises(HashingError, match="unknown recipe"):
         apply_recipe("nope", {}, {})
+
+
+def test_batch_size_follows_the_device_unless_given():
+    cpu, cuda, n = torch.device("cpu"), torch.device("cuda"), 60000
+    assert (resolve_batch(TrainConfig(), cpu, n).batch_size, resolve_batch(TrainConfig(), cpu, n).scale_lr) == (64, False)
+    gpu = resolve_batch(TrainConfig(), cuda, n)
+    assert (gpu.batch_size, gpu.scale_lr) == (512, True)
+    assert effective_lr(gpu) == pytest.approx(1e-3 * 8 ** 0.5)
+    # at least 32 steps an epoch: 18,097 images keep 512, 5,000 get 128, digits' 1,797 get 64 (unscaled)
+    assert [resolve_batch(TrainConfig(), cuda, m).batch_size for m in (18097, 5000, 1797)] == [512, 128, 64]
+    assert resolve_batch(TrainConfig(), cuda, 1797).scale_lr is False
+    assert resolve_batch(TrainConfig(scale_lr=False), cuda, n).scale_lr is False
+    mine = resolve_batch(TrainConfig(batch_size=128), cuda, n)
+    assert (mine.batch_size, mine.scale_lr, effective_lr(mine)) == (128, False, 1e-3)
 
 
 def test_cuda_refused_without_gpu():

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from hashing import torch_search
@@ -19,7 +20,9 @@ def test_hamming_matches_numpy_for_word_and_byte_widths(rng):
         assert np.array_equal(got, numpy_hamming(xq, xb))
 
 
-def test_search_equals_faiss_flat(rng, tmp_path):
+@pytest.mark.parametrize("method,db_chunk", [("popcount", None), ("popcount", 300), ("matmul", None), ("matmul", 300)])
+def test_search_equals_faiss_flat(rng, tmp_path, method, db_chunk):
+    """Both distance methods, with the database in one chunk or merged across several."""
     from indexes import IndexInfo, create
 
     centres = rng.integers(0, 2, (10, 128))
@@ -29,10 +32,23 @@ def test_search_equals_faiss_flat(rng, tmp_path):
     index = create(str(tmp_path / "i"), IndexInfo(bits=128, model={}))
     index.add(xb, None, [""] * len(xb))
     D1, I1 = index.search(xq, 15)
-    D2, I2 = torch_search.search(torch.from_numpy(xq), torch.from_numpy(xb), 15, query_chunk=10)
+    D2, I2 = torch_search.search(torch.from_numpy(xq), torch.from_numpy(xb), 15, query_chunk=10,
+                                  method=method, db_chunk=db_chunk)
     assert np.array_equal(D1, D2.numpy())
     full = numpy_hamming(xq, xb)
     for q in range(len(xq)):
         assert np.array_equal(full[q][I2[q].numpy()], D1[q])
         kth = D1[q, -1]
         assert set(I1[q][D1[q] < kth]) == set(I2[q].numpy()[D1[q] < kth])
+
+
+def test_k_larger_than_database_is_capped(rng):
+    xb = rng.integers(0, 256, (5, 8), dtype=np.uint8)
+    D, I = torch_search.search(torch.from_numpy(xb[:2]), torch.from_numpy(xb), 10)
+    assert D.shape == (2, 5) and I[0, 0] == 0 and D[0, 0] == 0
+
+
+def test_unknown_method_is_refused(rng):
+    xb = torch.from_numpy(rng.integers(0, 256, (5, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match="method"):
+        torch_search.search(xb, xb, 1, method="bogus")
