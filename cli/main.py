@@ -57,7 +57,7 @@ def _data_dir_option():
 @click.option("--epochs", default=None, type=click.IntRange(1),
               help="Passes over the training split.  [default: 5; the supervised recipe: 15]")
 @click.option("--batch-size", default=None, type=click.IntRange(2),
-              help="Images per step. [default: 64 on CPU; 512 on a GPU, with --scale-lr]")
+              help="Images per step. [default: 64 on CPU; on a GPU 512 with --scale-lr, halved until an epoch has 32 steps]")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate (betas 0.5, 0.999).")
 @click.option("--scale-lr/--no-scale-lr", default=None,
