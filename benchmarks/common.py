@@ -18,24 +18,29 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def train_and_score(cfg, tcfg, db, qs, ks=(100,)) -> dict:
-    """Train cfg under tcfg, encode database and queries, return scores and timings."""
+def train_and_score(recipe: str, db, qs, ks=(100,), train_images: int | None = None, **settings) -> dict:
+    """Train `recipe` with explicit `settings` (hashing.recipes.resolve, as `hashing train` does) on the
+    first `train_images` of db, encode database and queries, return scores, epochs and timings."""
     from hashing import checkpoint
     from hashing.codes import encode_array
     from hashing.evaluation import score_codes
+    from hashing.recipes import resolve
     from hashing.train import train
 
+    data = db.head(train_images)
+    cfg, tcfg = resolve(recipe, db.name, len(data), data_dir=db.data_dir, max_images=train_images, **settings)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        r = train(cfg, tcfg, out, progress=False)
+        r = train(cfg, tcfg, data, out, progress=False)
         seconds = time.perf_counter() - t0
-        model, _ = checkpoint.load(out)
+        model = checkpoint.load(out).model
     xb = encode_array(model, db.images, progress=False).codes
     xq = encode_array(model, qs.images, progress=False).codes
     scores, _ = score_codes(xb, xq, db.labels, qs.labels, cfg.bits, ks, progress=False)
     used = np.unpackbits(xb, axis=1)
     frac_used = float(((used.min(0) == 0) & (used.max(0) == 1)).mean())   # bits that vary over the database
-    return {**scores, "bits_used": frac_used, "final_loss": r.history["epoch_loss"][-1], "seconds": seconds}
+    return {**scores, "bits_used": frac_used, "final_loss": r.history["epoch_loss"][-1], "epochs": tcfg.epochs,
+            "seconds": seconds}
 
 
 def score_baseline(name: str, bits: int, db, qs, ks=(100,)) -> dict:

@@ -30,16 +30,14 @@ def main() -> None:
 
     from hashing import estimators
     from hashing.data import load_dataset
-    from hashing.train import TrainConfig, apply_recipe
 
     db, qs = load_dataset(a.dataset, "train", a.data_dir), load_dataset(a.dataset, "test", a.data_dir)
     rows = []
     names = a.only.split(",") if a.only else estimators.names()
     for name in names:
         opts = {"seed": 0} if estimators.get(name).stochastic else {}
-        cfg, obj = apply_recipe("default", {"bits": a.bits, "estimator": name, "estimator_options": opts}, {})
-        tcfg = TrainConfig(dataset=a.dataset, data_dir=a.data_dir, epochs=a.epochs, objective=obj, seed=0)
-        r = train_and_score(cfg, tcfg, db, qs)
+        r = train_and_score("default", db, qs, bits=a.bits, estimator=name, estimator_options=opts, epochs=a.epochs,
+                            seed=0)
         rows.append({"estimator": name, **r})
         print(f"{name:20s} P@100 {r['precision@100']:.4f} mAP {r['mAP']:.4f} bits used {r['bits_used']:.3f} "
               f"loss {r['final_loss']:.4f} {r['seconds']:.0f}s", flush=True)

@@ -14,8 +14,8 @@ run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 
 TAILN=9 run search 200 python3 benchmarks/gpu_search.py --sizes 1000000,10000000
 run train_ae 120 python3 benchmarks/train.py --data-dir $D --device cuda --batch-size 512 --scale-lr
 run train_default 120 python3 benchmarks/train.py --data-dir $D --device cuda --batch-size 512 --scale-lr --recipe default
-run hashing_train 90 python3 -m cli.main train --dataset mnist --data-dir $D --out runs/gpu
-TAILN=6 run hashing_evaluate 90 python3 -m cli.main evaluate --model runs/gpu --dataset mnist --data-dir $D --baselines itq
-run supervised_train 150 python3 -m cli.main train --dataset mnist --data-dir $D --out runs/sup --recipe supervised --bits 64
-run supervised_evaluate 90 python3 -m cli.main evaluate --model runs/sup --dataset mnist --data-dir $D --baselines ''
+run hashing_train 90 python3 -m hashing train --dataset mnist --data-dir $D --out runs/gpu
+TAILN=6 run hashing_evaluate 90 python3 -m hashing evaluate --model runs/gpu --dataset mnist --data-dir $D --baselines itq
+run supervised_train 150 python3 -m hashing train --dataset mnist --data-dir $D --out runs/sup --recipe supervised --bits 64
+run supervised_evaluate 90 python3 -m hashing evaluate --model runs/sup --dataset mnist --data-dir $D --baselines ''
 TAILN=6 run pytest 240 python3 -m pytest -q -p no:cacheprovider tests

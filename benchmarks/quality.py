@@ -1,12 +1,13 @@
-"""Retrieval quality per bit length: the default recipe, the seed recipe, ITQ and LSH.
+"""Retrieval quality per bit length: the default recipe, the original recipe, ITQ and LSH.
 
     python benchmarks/quality.py --data-dir ../shared/data/mnist [--dataset mnist] [--bits 16,32,64,128,256,512]
-                                 [--epochs 1] [--recipes default,seed] [--baselines itq,lsh] [--tag T] [--out DIR]
+                                 [--epochs 1] [--recipes default,original] [--baselines itq,lsh] [--tag T] [--out DIR]
 
 Database = train split, queries = test split, relevant = same label, mAP over the whole
 ranking (tie-aware). Writes DIR/quality_<dataset>[_T].md (a table) and .png (mAP vs bits).
---epochs applies to recipes without their own training settings; the supervised recipe
-trains as `hashing train --recipe supervised` does (15 epochs, cosine schedule).
+Configs are built as `hashing train` builds them (hashing.recipes.resolve): --epochs, when
+given, overrides every recipe, like the flag; without it each recipe trains for its own
+default length (5 epochs; the supervised recipe 15, cosine).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def main() -> None:
     p.add_argument("--data-dir", default="../shared/data/mnist")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--bits", default="16,32,64,128,256,512")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--recipes", default="default,seed")
+    p.add_argument("--epochs", type=int, default=None, help="override every recipe's length (default: the recipe's)")
+    p.add_argument("--recipes", default="default,original")
     p.add_argument("--baselines", default="itq,lsh")
     p.add_argument("--out", default="benchmarks/out")
     p.add_argument("--train-images", type=int, default=None,
@@ -36,7 +37,6 @@ def main() -> None:
 
     from hashing.data import load_dataset
     from hashing.plots import line_plot
-    from hashing.train import TrainConfig, apply_recipe, recipe_train
 
     db, qs = load_dataset(a.dataset, "train", a.data_dir), load_dataset(a.dataset, "test", a.data_dir)
     bits_list = [int(b) for b in a.bits.split(",")]
@@ -47,11 +47,7 @@ def main() -> None:
             if method in ("itq", "lsh", "pcah"):
                 r = score_baseline(method, bits, db, qs)
             else:
-                cfg, obj = apply_recipe(method, {"bits": bits}, {})
-                train_opts = {"epochs": a.epochs, "max_images": a.train_images, **recipe_train(method)}
-                r = train_and_score(cfg, TrainConfig(dataset=a.dataset, data_dir=a.data_dir, recipe=method,
-                                                     objective=obj, **train_opts), db, qs)
-                r["epochs"] = train_opts["epochs"]
+                r = train_and_score(method, db, qs, train_images=a.train_images, bits=bits, epochs=a.epochs)
             rows.append({"method": method, "bits": bits, **r})
             series.setdefault(method, ([], []))
             series[method][0].append(bits)

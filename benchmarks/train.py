@@ -1,7 +1,7 @@
-"""Training throughput: the seed's plain loop beside `hashing train`'s loop, in one run.
+"""Training throughput: the original design's plain loop beside `hashing train`'s loop, in one run.
 
-The seed loop: torchvision MNIST with ToTensor + Normalize per image, a shuffling
-DataLoader (batch 64), the seed's model as it was written (plain Conv2d/ConvTranspose2d
+The original loop: torchvision MNIST with ToTensor + Normalize per image, a shuffling
+DataLoader (batch 64), the original design's model as it was written (plain Conv2d/ConvTranspose2d
 at the 1x1 bottleneck, ReLU before an identity straight-through binarizer), Adam, MSE.
 Ours: hashing.train's loop (the whole split in one device tensor, index batches,
 channels_last, fused Adam, the bottleneck layers as matrix products; bf16 autocast on
@@ -11,7 +11,7 @@ CUDA) with the same objective (reconstruction only) and code length (512 bits).
                                [--batch-size B --scale-lr] [--compile] [--recipe default]
 
 Prints images/s of each and their ratio, and the seconds of one epoch of our loop (on CUDA a
-60,000-image epoch, the shared split tiled to that size). The seed loop is timed over the
+60,000-image epoch, the shared split tiled to that size). The original loop is timed over the
 same number of images after a warm-up; our loop over its second epoch.
 """
 
@@ -23,8 +23,8 @@ import time
 import torch
 
 
-class SeedAutoencoder(torch.nn.Module):
-    """The seed's model, verbatim in structure: what the plain loop trains."""
+class OriginalAutoencoder(torch.nn.Module):
+    """The original design's model, verbatim in structure: what the plain loop trains."""
 
     def __init__(self, bits: int = 512):
         super().__init__()
@@ -46,14 +46,14 @@ class SeedAutoencoder(torch.nn.Module):
         return z, code, self.decoder(code)
 
 
-def seed_loop(data_dir: str, device: torch.device, images: int, warmup: int) -> float:
+def original_loop(data_dir: str, device: torch.device, images: int, warmup: int) -> float:
     import torchvision
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     ds = torchvision.datasets.MNIST(data_dir, train=True, download=False, transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, drop_last=True)
-    model = SeedAutoencoder().to(device).train()
+    model = OriginalAutoencoder().to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
     crit = torch.nn.MSELoss()
     seen, t0 = 0, None
@@ -84,28 +84,17 @@ def our_loop(data_dir: str, device: torch.device, n: int, batch_size: int, lr: f
 
     import numpy as np
 
-    from hashing import data as data_mod
-    from hashing.train import TrainConfig, apply_recipe, train
+    from hashing.data import load_dataset
+    from hashing.recipes import resolve
+    from hashing.train import train
 
-    orig = data_mod.load_dataset
-
-    def subset(name, split, d=None):
-        ds = orig(name, split, d)
-        if split == "train":
-            reps = -(-n // len(ds))
-            ds.images, ds.labels = np.tile(ds.images, (reps, 1, 1))[:n], np.tile(ds.labels, reps)[:n]
-        return ds
-
-    import hashing.train as tr
-    tr.load_dataset = subset
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            cfg, obj = apply_recipe(recipe, {}, {})
-            r = train(cfg, TrainConfig(dataset="mnist", data_dir=data_dir, epochs=2, batch_size=batch_size, lr=lr,
-                                       scale_lr=scale_lr, device=str(device), compile=compile, recipe=recipe,
-                                       objective=obj), out, progress=False)
-    finally:
-        tr.load_dataset = orig
+    data = load_dataset("mnist", "train", data_dir)
+    reps = -(-n // len(data))
+    data.images, data.labels = np.tile(data.images, (reps, 1, 1))[:n], np.tile(data.labels, reps)[:n]
+    cfg, tcfg = resolve(recipe, "mnist", n, data_dir=data_dir, epochs=2, batch_size=batch_size, lr=lr,
+                        scale_lr=scale_lr, device=str(device.type), compile=compile)
+    with tempfile.TemporaryDirectory() as out:
+        r = train(cfg, tcfg, data, out, progress=False)
     seconds = r.history["seconds"][-1]   # the second epoch: no warm-up, no compile
     return n / seconds, seconds
 
@@ -120,21 +109,21 @@ def main() -> None:
     p.add_argument("--scale-lr", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--recipe", default="autoencoder",
-                   help="our loop's recipe: autoencoder = the seed's objective (reconstruction); default = hashing train's")
+                   help="our loop's recipe: autoencoder = the original design's objective (reconstruction); default = hashing train's")
     p.add_argument("--images", type=int, default=None,
                    help="images per timed epoch of our loop (default 60,000 on CUDA, 6,400 on CPU)")
     a = p.parse_args()
     device = torch.device(a.device)
     images = 1280 if a.quick else (a.images or (60_000 if device.type == "cuda" else 6400))
     warmup = 256 if a.quick else 1280
-    seed = seed_loop(a.data_dir, device, images, warmup)
+    orig = original_loop(a.data_dir, device, images, warmup)
     ours, seconds = our_loop(a.data_dir, device, images, a.batch_size, a.lr, a.compile, a.scale_lr, a.recipe)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"device: {name}")
-    print(f"seed loop (DataLoader, batch 64):      {seed:10.0f} images/s")
+    print(f"original loop (DataLoader, batch 64):      {orig:10.0f} images/s")
     print(f"hashing train loop (batch {a.batch_size:<5}):       {ours:10.0f} images/s"
           f"  (recipe {a.recipe}{', compiled' if a.compile else ''}; one {images}-image epoch {seconds:.2f} s)")
-    print(f"ratio: {ours / seed:.2f}x")
+    print(f"ratio: {ours / orig:.2f}x")
 
 
 if __name__ == "__main__":

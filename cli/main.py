@@ -9,11 +9,14 @@ import sys
 
 import click
 
+from hashing.baselines import BASELINES
+from hashing.cli.options import (LibraryChoice, dataset_options, device_option, model_option, quiet_option,
+                                 setting)
+from hashing.data import SPLITS
 from hashing.errors import HashingError
-
-DATASET_HELP = "mnist, fashion-mnist (torchvision; offline with --data-dir) or digits (scikit-learn, bundled)."
-DATA_DIR_HELP = "Folder with the torchvision layout DIR/MNIST/raw/*-ubyte (FashionMNIST/raw for fashion-mnist); no download."
-
+from hashing.indexes.backends import BACKENDS
+from hashing.indexes.faiss_index import INDEX_TYPES
+from hashing.recipes import RECIPES
 
 class Group(click.Group):
     """Turns HashingError into a one-line message and exit code 1, never a traceback."""
@@ -40,84 +43,54 @@ def cli():
     """
 
 
-def _dataset_option(required=True):
-    return click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist", "digits"]), required=required,
-                        help=DATASET_HELP)
-
-
-def _data_dir_option():
-    return click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
+RECIPE_HELP = "Named preset of architecture, objective and schedule; the options below override it. " + "; ".join(
+    f"{name}: {r.summary}" for name, r in RECIPES.items()) + "."
 
 
 @cli.command()
-@_dataset_option()
-@_data_dir_option()
+@dataset_options()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write the checkpoint to.")
-@click.option("--bits", default=512, show_default=True, help="Code length: a multiple of 8 from 8 to 1024.")
-@click.option("--epochs", default=None, type=click.IntRange(1),
-              help="Passes over the training split.  [default: 5; the supervised recipe: 15]")
-@click.option("--batch-size", default=None, type=click.IntRange(2),
-              help="Images per step. [default: 64 on CPU; on a GPU 512 with --scale-lr, halved until an epoch has 32 steps]")
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Adam learning rate (betas 0.5, 0.999).")
+@click.option("--recipe", default="default", show_default=True, type=click.Choice(RECIPES), help=RECIPE_HELP)
+@setting("--bits", type=int, help="Code length: a multiple of 8 from 8 to 1024.")
+@setting("--epochs", type=int, help="Passes over the training split.")
+@click.option("--batch-size", type=int, default=None,
+              help="Images per step.  [default: 64 on CPU; on a GPU larger, with --scale-lr (hashing.train.auto_batch)]")
+@setting("--lr", type=float, help="Adam learning rate (betas 0.5, 0.999).")
 @click.option("--scale-lr/--no-scale-lr", default=None,
-              help="Scale --lr by sqrt(batch-size / 64), for large batches. [default: on with the GPU's default batch]")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None,
-              help="Learning-rate schedule.  [default: constant; the supervised recipe: cosine]")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="auto = CUDA when available, else CPU.")
-@click.option("--seed", default=0, show_default=True, help="Random seed (weights, shuffling, sampling).")
-@click.option("--recipe", default="default", show_default=True,
-              help="Named preset of architecture and objective: default (= contrastive: two-view contrastive + "
-                   "0.5 reconstruction, no labels), contrastive-fast (no decoder), autoencoder (reconstruction "
-                   "only), supervised (hash centres from labels, augmented), seed (the original: ReLU before "
-                   "the binarizer, reconstruction only). Options below override it.")
-@click.option("--estimator", default=None, help="Gradient estimator of the binarizer (see `hashing estimators`).")
-@click.option("--domain", type=click.Choice(["01", "pm1"]), default=None, help="Code values fed to the decoder: {0,1} or {-1,+1}.")
-@click.option("--balance", type=float, default=None, help="Weight of the bit-balance term.")
-@click.option("--decorrelation", type=float, default=None, help="Weight of the bit-decorrelation term.")
-@click.option("--contrastive", type=float, default=None, help="Weight of the two-view contrastive term (no labels).")
-@click.option("--supervised", type=float, default=None, help="Weight of the hash-centre term (uses labels).")
-@click.option("--reconstruction", type=float, default=None, help="Weight of the pixel reconstruction (MSE) term.")
-@click.option("--views", type=click.Choice(["auto", "affine", "crop"]), default=None,
-              help="Random views for the contrastive/supervised terms: affine jitter, or crop-and-resize with "
-                   "mirroring (objects, not digits). auto = crop for fashion-mnist, affine otherwise.")
-@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model (CUDA only).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, data_dir, out, bits, epochs, batch_size, lr, scale_lr, schedule, device, seed, recipe, estimator, domain,
-          balance, decorrelation, contrastive, supervised, reconstruction, views, compile, quiet):
+              help="Scale --lr by sqrt(batch-size / 64), for large batches.  [default: on with the GPU's automatic batch]")
+@setting("--schedule", type=LibraryChoice("hashing.train:SCHEDULES"), help="Learning-rate schedule.")
+@device_option
+@setting("--seed", type=int, help="Random seed (weights, shuffling, sampling): 0 to 2**32 - 1.")
+@setting("--estimator", type=LibraryChoice("hashing.estimators:REGISTRY"),
+         help="Gradient estimator of the binarizer (`hashing estimators` describes each).")
+@setting("--domain", type=LibraryChoice("hashing.model:DOMAINS"), help="Code values fed to the decoder: {0,1} or {-1,+1}.")
+@setting("--balance", type=float, help="Weight of the bit-balance term.")
+@setting("--decorrelation", type=float, help="Weight of the bit-decorrelation term.")
+@setting("--contrastive", type=float, help="Weight of the two-view contrastive term (no labels).")
+@setting("--supervised", type=float, help="Weight of the hash-centre term (uses labels).")
+@setting("--reconstruction", type=float, help="Weight of the pixel reconstruction (MSE) term.")
+@setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
+         help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).  [default: off]")
+@quiet_option
+def train(dataset, data_dir, out, recipe, quiet, **settings):
     """Train a hashing autoencoder; RUN_DIR gets weights, config.json, history and reconstructions.png."""
-    from hashing.bits import check_bits
-    from hashing.train import TrainConfig, apply_recipe, recipe_train, train as run
+    from hashing.train import train_on_dataset
 
-    check_bits(bits)
-    model_opts = {k: v for k, v in {"bits": bits, "estimator": estimator, "domain": domain}.items() if v is not None}
-    obj_opts = {k: v for k, v in {"balance": balance, "decorrelation": decorrelation, "contrastive": contrastive,
-                                  "supervised": supervised, "reconstruction": reconstruction,
-                                  "views": views}.items() if v is not None}
-    if estimator is not None:
-        from hashing import estimators
-        estimators.get(estimator)  # unknown names fail here, before the data load
-    cfg, obj = apply_recipe(recipe, model_opts, obj_opts)
-    train_opts = {**recipe_train(recipe), **{k: v for k, v in {"epochs": epochs, "schedule": schedule}.items() if v is not None}}
-    tcfg = TrainConfig(dataset=dataset, data_dir=data_dir, batch_size=batch_size, lr=lr, scale_lr=scale_lr, device=device,
-                       seed=seed, recipe=recipe, objective=obj, compile=compile, **train_opts)
-    r = run(cfg, tcfg, out, progress=not quiet)
+    r = train_on_dataset(recipe, dataset, out, data_dir, progress=not quiet, **settings)
     per_epoch = sum(r.history["seconds"]) / len(r.history["seconds"])
-    click.echo(f"trained {cfg.bits}-bit model on {dataset} ({r.device}): final loss {r.history['epoch_loss'][-1]:.4f}, "
-               f"{per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
+    click.echo(f"trained {r.model.cfg.bits}-bit model on {dataset} ({r.device}): final loss "
+               f"{r.history['epoch_loss'][-1]:.4f}, {per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
     click.echo(f"saved {out}/model.safetensors, config.json, history.json, reconstructions.png")
 
 
 @cli.command()
-@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder written by `hashing train`.")
-@_dataset_option()
-@_data_dir_option()
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@model_option
+@dataset_options(split="test")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CODES.npz to write (codes, labels).")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@device_option
+@quiet_option
 def encode(run_dir, dataset, data_dir, split, out, batch_size, device, quiet):
     """Encode a dataset split to packed codes (uint8, N x bits/8, numpy.packbits order) and labels."""
     from hashing.retrieval import encode_dataset
@@ -127,23 +100,22 @@ def encode(run_dir, dataset, data_dir, split, out, batch_size, device, quiet):
 
 
 @cli.command()
-@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder written by `hashing train`.")
-@_dataset_option(required=False)
-@_data_dir_option()
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@model_option
+@dataset_options(required=False, split="train")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Index every PNG/JPEG under this folder (recursively) instead of a dataset.")
 @click.option("--out", default=None, help="Index folder (FAISS), or a Milvus Lite .db file or http(s) URI (Milvus).")
 @click.option("--index-type", default="flat", show_default=True,
-              help="flat (exact), hnsw, ivf, or any faiss binary factory string such as BHNSW32.")
-@click.option("--backend", type=click.Choice(["faiss", "milvus"]), default=None,
+              help=f"{', '.join(INDEX_TYPES)}, or any faiss binary factory string such as BHNSW32 "
+                   f"(Milvus: flat or ivf).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Storage engine; default: milvus for a .db path or http(s) URI, else faiss.")
 @click.option("--uri", default=None, help="Milvus URI (alias of --out for --backend milvus).")
 @click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
 @click.option("--append", is_flag=True, help="Add to an existing index built by the same model.")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@device_option
+@quiet_option
 def index(run_dir, dataset, data_dir, split, images, out, index_type, backend, uri, collection, append, batch_size,
           device, quiet):
     """Encode a dataset split or a folder of images and store the codes in a binary index."""
@@ -213,19 +185,18 @@ def estimators(plot):
 
 
 @cli.command()
-@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder written by `hashing train`.")
-@_dataset_option()
-@_data_dir_option()
-@click.option("--database-split", type=click.Choice(["train", "test"]), default="train", show_default=True)
-@click.option("--query-split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@model_option
+@dataset_options()
+@click.option("--database-split", type=click.Choice(SPLITS), default="train", show_default=True)
+@click.option("--query-split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--k", "ks", default="1,10,100,1000", show_default=True, help="Comma-separated k for precision@k.")
-@click.option("--baselines", default="lsh,pcah,itq,l2", show_default=True,
+@click.option("--baselines", default=",".join(BASELINES), show_default=True,
               help="Comma-separated: lsh, pcah, itq (same bit count, raw pixels), l2 (exact float kNN); '' for none.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
               help="Folder for pr_curve.png, precision_at_k.png and retrieval.png.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@device_option
+@quiet_option
 def evaluate(run_dir, dataset, data_dir, database_split, query_split, ks, baselines, json_out, plots, device, quiet):
     """Precision@k, mAP, mAP@1000 and radius-2 precision/recall of the model beside LSH, PCAH, ITQ and L2.
 

@@ -68,12 +68,12 @@ def random_crop(x: torch.Tensor, area: tuple[float, float] = (0.35, 1.0), aspect
 
 
 VIEWS = {"affine": random_affine, "crop": random_crop}
-# "auto" picks by dataset. Measured (64 bits, 1 epoch, default recipe): Fashion-MNIST mAP
-# affine 0.459 -> crop 0.549; MNIST affine 0.876 -> crop 0.650 (mirrors and partial digits
-# change the class).
+# "auto" picks by dataset: crop for clothing (a mirrored or partly seen shirt is still a
+# shirt), affine for digits (a mirrored or partial digit can be another digit). Chosen by
+# measurement; the numbers are in the README's "Recipes" section.
 AUTO_VIEWS = {"fashion-mnist": "crop"}
 
 
 def resolve_views(name: str, dataset: str) -> str:
-    """'auto' -> the measured best view family for `dataset` (affine unless listed)."""
+    """'auto' -> the view family chosen for `dataset` (affine unless listed); a family name stays."""
     return AUTO_VIEWS.get(dataset, "affine") if name == "auto" else name

@@ -16,10 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashing.bits import pack
+from hashing.bits import from_lsb_first, pack
 from hashing.errors import HashingError
 
-BASELINES = ("lsh", "pcah", "itq", "l2")
+HASHERS = ("lsh", "pcah", "itq")     # binary codes at the model's bit length
+BASELINES = (*HASHERS, "l2")          # l2: exact float kNN on the pixels (hashing.evaluation ranks it)
+
+
+def check_names(names) -> tuple[str, ...]:
+    """The one check of baseline names, before any work."""
+    for name in names:
+        if name not in BASELINES:
+            raise HashingError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}")
+    return tuple(names)
 
 
 class LSH:
@@ -38,7 +47,7 @@ class LSH:
 
     def codes(self, x: np.ndarray) -> np.ndarray:
         packed = self.index.sa_encode(np.ascontiguousarray(x - self.mean, dtype=np.float32))
-        return pack(np.unpackbits(packed, axis=1, bitorder="little")[:, :self.bits])  # faiss packs LSB first
+        return from_lsb_first(packed, self.bits)
 
 
 class PCAH:
@@ -86,10 +95,6 @@ class ITQ(PCAH):
 
 
 def make(name: str, bits: int, seed: int = 0):
-    if name == "lsh":
-        return LSH(bits, seed)
-    if name == "pcah":
-        return PCAH(bits, seed)
-    if name == "itq":
-        return ITQ(bits, seed)
-    raise HashingError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}")
+    """An unfitted hasher by name (one of HASHERS)."""
+    check_names([name])
+    return {"lsh": LSH, "pcah": PCAH, "itq": ITQ}[name](bits, seed)

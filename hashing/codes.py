@@ -41,7 +41,7 @@ def encode_batches(model: HashAutoencoder, image_batches: Iterable[np.ndarray], 
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for batch in image_batches:
             x = model.preprocess(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
-            out.append(pack(model.bits(x).cpu().numpy()))            # (B, bits/8)
+            out.append(pack(model.binarize(x).cpu().numpy()))            # (B, bits/8)
             bar.update(len(batch))
     codes = np.concatenate(out) if out else np.zeros((0, model.cfg.bits // 8), np.uint8)
     return Encoded(codes, time.perf_counter() - t0)

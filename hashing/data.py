@@ -1,9 +1,11 @@
-"""Datasets and the one preprocessing path that training, encoding and querying share.
+"""Datasets and image files, as the uint8 arrays every other part of the project starts from.
 
-Every image enters the model the same way: grayscale uint8 (H, W) at the model's size
--> float in [0, 1] -> (x - mean) / std, i.e. [-1, 1] for the default mean = std = 0.5.
-MNIST-style data are white digits on a black background; a query image must be too
-(or be inverted with `invert=True`).
+Preprocessing has two halves, each in one place: this module turns a dataset or an image
+file into grayscale uint8 (H, W) at the model's size (`read_image` for files: decode,
+composite transparency on black, convert, resize); `HashAutoencoder.preprocess` (model.py)
+turns uint8 into the model's input, (x / 255 - mean) / std with the config's mean and std.
+Training, encoding and querying all go through both. MNIST-style data are white digits on
+a black background; a query image must be too (or be inverted with `invert=True`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from hashing.errors import HashingError
 
 DATASETS = ("mnist", "fashion-mnist", "digits")
+SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "FashionMNIST")}
 
@@ -38,6 +41,12 @@ class ImageSet:
     def source(self, i: int) -> str:
         return f"{self.name}/{self.split}/{i}"
 
+    def head(self, n: int | None) -> "ImageSet":
+        """The first n items as a new ImageSet (all of them when n is None); self is unchanged."""
+        if n is None:
+            return self
+        return ImageSet(self.name, self.split, self.images[:n], self.labels[:n], self.data_dir)
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("HASHING_DATA", Path.home() / ".cache" / "hashing" / "data"))
@@ -47,8 +56,8 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     """Load `split` ('train' or 'test') of a named dataset into memory."""
     if name not in DATASETS:
         raise HashingError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    if split not in ("train", "test"):
-        raise HashingError(f"unknown split {split!r}: choose train or test")
+    if split not in SPLITS:
+        raise HashingError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     if name == "digits":
         images, labels = _digits(split)
         return ImageSet(name, split, images, labels, None)
@@ -146,7 +155,7 @@ def iter_image_batches(paths: list[Path], batch_size: int, size: int = 28,
 def load_source(source: str, datasets: dict[str, str | None], size: int = 28) -> np.ndarray:
     """The uint8 image behind an index item's `source` ("name/split/i" or a file path)."""
     parts = source.split("/")
-    if len(parts) == 3 and parts[0] in DATASETS and parts[1] in ("train", "test") and parts[2].isdigit():
+    if len(parts) == 3 and parts[0] in DATASETS and parts[1] in SPLITS and parts[2].isdigit():
         key = f"{parts[0]}/{parts[1]}"
         ds = _cached(parts[0], parts[1], datasets.get(key))
         return ds.images[int(parts[2])]

@@ -104,7 +104,7 @@ def proxy_tanh(x: torch.Tensor) -> torch.Tensor:
 def proxy_relu(x: torch.Tensor) -> torch.Tensor:
     r"""Proxy derivative of ReLU (Yin et al. 2019): backward g \cdot 1[x > 0].
 
-    This is exactly what the seed's ReLU-before-binarizer does: a bit that is 0 for an
+    This is exactly what the original design's ReLU-before-binarizer does: a bit that is 0 for an
     image gets no gradient, so descent can switch it off but never back on.
     """
     return _straight_through(x, lambda x, g: g * (x > 0).to(g.dtype))
@@ -120,6 +120,12 @@ def proxy_clipped_relu(x: torch.Tensor) -> torch.Tensor:
 
 # ---- stochastic estimators --------------------------------------------------------------
 
+def sample(p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """h ~ Bernoulli(p) elementwise, in p's dtype, without a gradient: 1[u < p], u ~ U(0, 1)."""
+    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    return (u < p.detach()).to(p.dtype)
+
+
 def hard_sigmoid(z: torch.Tensor) -> torch.Tensor:
     """(hardtanh(z) + 1) / 2 = clip((z + 1) / 2, 0, 1)."""
     return (torch.nn.functional.hardtanh(z) + 1) / 2
@@ -134,7 +140,7 @@ def bernoulli(x: torch.Tensor, slope: float = 1.0, prob: str = "sigmoid", scale_
     backward g (plain ST) or g \cdot \partial p/\partial x when scale_by_dp.
     """
     p = torch.sigmoid(slope * x) if prob == "sigmoid" else hard_sigmoid(slope * x)
-    h = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < p.detach()).to(x.dtype)
+    h = sample(p, generator)
     if scale_by_dp:
         return p + (h - p).detach()
     return x + (h - x).detach()
@@ -161,7 +167,7 @@ def reinmax(x: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None
     backward  \partial L/\partial x = g \cdot (2\pi_1(1 - \pi_1) - \sigma(x)(1 - \sigma(x))/2).
     """
     p0 = torch.sigmoid(x)
-    d = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < p0.detach()).to(x.dtype)
+    d = sample(p0, generator)
     p1 = ((d + torch.sigmoid(x / tau)) / 2).detach()
     deriv = 2 * p1 * (1 - p1) - p0.detach() * (1 - p0.detach()) / 2
     return _Surrogate.apply(x, d, lambda x, g: g * deriv)
@@ -170,9 +176,12 @@ def reinmax(x: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None
 # ---- modules and registry ---------------------------------------------------------------
 
 class Estimator(nn.Module):
-    """Maps pre-activations (B, bits) to codes; subclasses set `forward_bits`."""
+    """Maps pre-activations (B, bits) to codes. Subclasses set `name`, `summary` and
+    `forward_bits` (the training-time rule); evaluation is always the hard threshold unless
+    a stochastic estimator is asked to sample at evaluation too."""
 
     name = "estimator"
+    summary = ""
     stochastic = False
 
     def __init__(self, domain: str = "01"):
@@ -184,8 +193,13 @@ class Estimator(nn.Module):
     def forward_bits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def sampling(self) -> bool:
+        """Whether forward uses the estimator's rule (training) or the plain threshold."""
+        return self.training
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.forward_bits(x) if self.training else threshold(x)
+        h = self.forward_bits(x) if self.sampling else threshold(x)
         return 2 * h - 1 if self.domain == "pm1" else h
 
     def set_progress(self, t: float) -> None:
@@ -200,10 +214,43 @@ class Estimator(nn.Module):
 
 
 class _Deterministic(Estimator):
+    """Forward h = 1[x > 0]; backward by the pure function `fn` of this class."""
+
     fn: Callable = staticmethod(identity)
 
     def forward_bits(self, x):
         return type(self).fn(x)
+
+
+class Identity(_Deterministic):
+    name, summary, fn = "identity", "straight-through: gradient passes unchanged", staticmethod(identity)
+
+
+class ClippedGrad(_Deterministic):
+    name, fn = "clipped-grad", staticmethod(clipped_grad)
+    summary = "gradient values clipped to [-1, 1] (hardtanh of grad; clipping, not saturation)"
+
+
+class Saturated(_Deterministic):
+    name, summary, fn = "saturated", "gradient kept only where |x| <= 1 (hard-tanh proxy)", staticmethod(saturated)
+
+
+class ProxySigmoid(_Deterministic):
+    name, summary, fn = "proxy-sigmoid", "gradient times sigmoid'(x) (Bengio et al. 2013)", staticmethod(proxy_sigmoid)
+
+
+class ProxyTanh(_Deterministic):
+    name, summary, fn = "proxy-tanh", "gradient times tanh'(x)", staticmethod(proxy_tanh)
+
+
+class ProxyRelu(_Deterministic):
+    name, fn = "proxy-relu", staticmethod(proxy_relu)
+    summary = "gradient times 1[x > 0] (what the original design's ReLU does)"
+
+
+class ProxyClippedRelu(_Deterministic):
+    name, fn = "proxy-clipped-relu", staticmethod(proxy_clipped_relu)
+    summary = "gradient times 1[0 <= x <= 1] (clipped ReLU, Yin et al. 2019)"
 
 
 class _Stochastic(Estimator):
@@ -215,6 +262,11 @@ class _Stochastic(Estimator):
         self.seed = seed
         self._generator: torch.Generator | None = None
 
+    @property
+    def sampling(self) -> bool:
+        # An index never stores random codes: evaluation thresholds unless asked to sample.
+        return self.training or self.stochastic_eval
+
     def generator(self, x: torch.Tensor) -> torch.Generator | None:
         if self.seed is None:
             return None
@@ -222,17 +274,10 @@ class _Stochastic(Estimator):
             self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
         return self._generator
 
-    def forward(self, x):
-        # An index never stores random codes: eval is the deterministic threshold unless asked.
-        if self.training or self.stochastic_eval:
-            h = self.forward_bits(x)
-        else:
-            h = threshold(x)
-        return 2 * h - 1 if self.domain == "pm1" else h
-
 
 class Bernoulli(_Stochastic):
     name = "bernoulli"
+    summary = "stochastic neuron h ~ Bernoulli(sigmoid(s x)), straight-through, slope annealed"
 
     def __init__(self, domain="01", slope: float = 1.0, max_slope: float = 5.0, prob: str = "sigmoid",
                  scale_by_dp: bool = False, stochastic_eval: bool = False, seed: int | None = None):
@@ -251,6 +296,7 @@ class Bernoulli(_Stochastic):
 
 class Gumbel(_Stochastic):
     name = "gumbel"
+    summary = "straight-through Gumbel-sigmoid, temperature annealed"
 
     def __init__(self, domain="01", tau: float = 1.0, min_tau: float = 0.1, stochastic_eval: bool = False,
                  seed: int | None = None):
@@ -267,6 +313,7 @@ class Gumbel(_Stochastic):
 
 class ReinMax(_Stochastic):
     name = "reinmax"
+    summary = "ReinMax second-order straight-through (Liu et al. 2023)"
 
     def __init__(self, domain="01", tau: float = 1.0, stochastic_eval: bool = False, seed: int | None = None):
         super().__init__(domain, stochastic_eval, seed)
@@ -280,12 +327,14 @@ class Reinforce(_Stochastic):
     r"""REINFORCE / score function with a moving-average baseline (Williams 1992; Bengio et al. 2013).
 
     forward h ~ Bernoulli(\sigma(x)), no gradient through h; the trainer hands over the
-    per-sample loss L_i and adds the surrogate mean_i (L_i - b) \sum_j \log p(h_ij | x_ij),
-    whose gradient is (L_i - b)(h_ij - \sigma(x_ij)): an unbiased estimate of \partial E[L]/\partial x.
-    The baseline b is an exponential moving average of the batch-mean loss (decay 0.9).
+    per-image loss L_i (objectives.compute's per-image terms) and adds the surrogate
+    mean_i (L_i - b) \sum_j \log p(h_ij | x_ij), whose gradient is (L_i - b)(h_ij - \sigma(x_ij)):
+    an unbiased estimate of \partial E[L]/\partial x. The baseline b is an exponential moving
+    average of the batch-mean loss (decay 0.9).
     """
 
     name = "reinforce"
+    summary = "score-function estimator with moving-average baseline (unbiased)"
 
     def __init__(self, domain="01", decay: float = 0.9, stochastic_eval: bool = False, seed: int | None = None):
         super().__init__(domain, stochastic_eval, seed)
@@ -295,9 +344,7 @@ class Reinforce(_Stochastic):
         self._logp: torch.Tensor | None = None
 
     def forward_bits(self, x):
-        p = torch.sigmoid(x)
-        h = (torch.rand(x.shape, generator=self.generator(x), device=x.device, dtype=x.dtype) < p.detach())
-        h = h.to(x.dtype)
+        h = sample(torch.sigmoid(x), self.generator(x))
         # log p(h | x) summed over the non-batch dimensions: (B,)
         logp = h * torch.nn.functional.logsigmoid(x) + (1 - h) * torch.nn.functional.logsigmoid(-x)
         self._logp = logp.flatten(1).sum(1)
@@ -316,36 +363,9 @@ class Reinforce(_Stochastic):
         return surrogate
 
 
-@dataclass(frozen=True)
-class _Entry:
-    build: Callable[..., Estimator]
-    description: str
-    fn: Callable | None = None  # the pure function, for deterministic estimators
-
-
-def _deterministic(name: str, fn: Callable) -> type[Estimator]:
-    return type(name.title().replace("-", ""), (_Deterministic,), {"name": name, "fn": staticmethod(fn)})
-
-
-REGISTRY: dict[str, _Entry] = {
-    "identity": _Entry(_deterministic("identity", identity), "straight-through: gradient passes unchanged", identity),
-    "clipped-grad": _Entry(_deterministic("clipped-grad", clipped_grad),
-                           "gradient values clipped to [-1, 1] (hardtanh of grad; clipping, not saturation)",
-                           clipped_grad),
-    "saturated": _Entry(_deterministic("saturated", saturated), "gradient kept only where |x| <= 1 (hard-tanh proxy)",
-                        saturated),
-    "proxy-sigmoid": _Entry(_deterministic("proxy-sigmoid", proxy_sigmoid),
-                            "gradient times sigmoid'(x) (Bengio et al. 2013)", proxy_sigmoid),
-    "proxy-tanh": _Entry(_deterministic("proxy-tanh", proxy_tanh), "gradient times tanh'(x)", proxy_tanh),
-    "proxy-relu": _Entry(_deterministic("proxy-relu", proxy_relu),
-                         "gradient times 1[x > 0] (what the seed's ReLU does)", proxy_relu),
-    "proxy-clipped-relu": _Entry(_deterministic("proxy-clipped-relu", proxy_clipped_relu),
-                                 "gradient times 1[0 <= x <= 1] (clipped ReLU, Yin et al. 2019)", proxy_clipped_relu),
-    "bernoulli": _Entry(Bernoulli, "stochastic neuron h ~ Bernoulli(sigmoid(s x)), straight-through, slope annealed"),
-    "reinforce": _Entry(Reinforce, "score-function estimator with moving-average baseline (unbiased)"),
-    "gumbel": _Entry(Gumbel, "straight-through Gumbel-sigmoid, temperature annealed"),
-    "reinmax": _Entry(ReinMax, "ReinMax second-order straight-through (Liu et al. 2023)"),
-}
+REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in (
+    Identity, ClippedGrad, Saturated, ProxySigmoid, ProxyTanh, ProxyRelu, ProxyClippedRelu,
+    Bernoulli, Reinforce, Gumbel, ReinMax)}
 
 
 def names() -> list[str]:
@@ -353,17 +373,19 @@ def names() -> list[str]:
 
 
 def describe(name: str) -> str:
-    return REGISTRY[name].description
+    return REGISTRY[name].summary
 
 
 def get(name: str, **options) -> Estimator:
     """Build the estimator registered as `name` with its options (domain, slope, tau, ...)."""
+    from hashing.errors import HashingError
+
+    if name not in REGISTRY:
+        raise HashingError(f"unknown estimator {name!r}: choose one of {', '.join(REGISTRY)}")
     try:
-        entry = REGISTRY[name]
-    except KeyError:
-        from hashing.errors import HashingError
-        raise HashingError(f"unknown estimator {name!r}: choose one of {', '.join(REGISTRY)}") from None
-    return entry.build(**options)
+        return REGISTRY[name](**options)
+    except (TypeError, ValueError) as e:   # an option it does not take, or a bad value
+        raise HashingError(f"estimator {name!r}: bad estimator_options {options} ({e})") from None
 
 
 def curves(name: str, x: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:

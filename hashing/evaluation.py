@@ -72,13 +72,16 @@ def rank_all(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
 
 
 def hamming_search(xb: np.ndarray, bits: int):
-    """Search function over a flat FAISS binary index of packed codes xb."""
-    from indexes.base import IndexInfo
-    from indexes.faiss_index import FaissIndex
+    """search(xq, k) -> (D int32, I int64) over an exact FAISS binary index of packed codes xb."""
+    import faiss
 
-    index = FaissIndex.create("<memory>", IndexInfo(bits=bits, model={}, index_type="flat"))
-    index.add(xb, None, [""] * len(xb))
-    return index.search
+    index = faiss.IndexBinaryFlat(bits)
+    index.add(np.ascontiguousarray(xb, dtype=np.uint8))
+
+    def search(xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        D, I = index.search(np.ascontiguousarray(xq, dtype=np.uint8), k)
+        return D.astype(np.int32), I.astype(np.int64)
+    return search
 
 
 def l2_search(db: np.ndarray):
@@ -149,15 +152,13 @@ def evaluate(run_dir: str | Path, dataset: str, data_dir: str | None = None, dat
     from hashing import checkpoint
     from hashing.codes import encode_array
     from hashing.data import load_dataset
-    from hashing.train import resolve_device
+    from hashing.device import resolve_device
 
-    model, meta = checkpoint.load(run_dir, resolve_device(device))
+    baselines = B.check_names(baselines)
+    model = checkpoint.load(run_dir, resolve_device(device)).model
     bits = model.cfg.bits
     db = load_dataset(dataset, database_split, data_dir)
     qs = load_dataset(dataset, query_split, data_dir)
-    for b in baselines:
-        if b not in B.BASELINES:
-            raise HashingError(f"unknown baseline {b!r}: choose from {', '.join(B.BASELINES)}")
     protocol = {"dataset": dataset, "database": f"{database_split} ({len(db)})", "queries": f"{query_split} ({len(qs)})",
                 "bits": bits, "relevance": "same label", "ranking": "Hamming distance, whole database",
                 "ties": "expectation over random order within tied blocks",

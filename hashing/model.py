@@ -3,12 +3,12 @@
 `HashConfig` holds everything needed to rebuild the model and its preprocessing; the
 checkpoint stores it as config.json beside the safetensors weights.
 
-Encoder (seed design): Conv2d 1->64->128->256->bits, kernel 4, stride 2, padding 1
+Encoder (the original design): Conv2d 1->64->128->256->bits, kernel 4, stride 2, padding 1
 (28 -> 14 -> 7 -> 3 -> 1), BatchNorm after every conv but the first, ReLU between,
 then the binarizer on the (B, bits) pre-activations.
 
 `head="batchnorm"` (default) binarizes the last BatchNorm's output. `head="relu"` is the
-seed's exact variant, a ReLU right before the binarizer: the forward bits are the same,
+original design's exact variant, a ReLU right before the binarizer: the forward bits are the same,
 but ReLU's zero derivative blocks the gradient of every bit that is 0 for an image, so
 a bit can be switched off by gradient descent but never back on.
 
@@ -17,7 +17,7 @@ stride 2, padding 1 (1 -> 3 -> 7 -> 14 -> 28), BatchNorm+ReLU between, Tanh out.
 
 The two layers at the 1x1 bottleneck (last encoder conv, first decoder deconv) only ever
 use the central 3x3 taps of their kernels, so they are computed as the matrix products
-they are (`CentreConv`, `CentreConvTranspose`): the same function as the seed's layers,
+they are (`CentreConv`, `CentreConvTranspose`): the same function as the original layers,
 without the convolution backward that took half of a CPU training step.
 """
 
@@ -31,9 +31,11 @@ import torch
 from torch import nn
 
 from hashing import estimators
-from hashing.bits import check_bits
+from hashing import validation as V
+from hashing.errors import HashingError
 
 HEADS = ("batchnorm", "relu")
+DOMAINS = ("01", "pm1")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class HashConfig:
     estimator: str = "identity"
     estimator_options: dict = field(default_factory=dict)
     domain: str = "01"               # code values fed to the decoder: {0,1} or {-1,+1}
-    head: str = "batchnorm"          # "relu" = the seed's ReLU before the binarizer
+    head: str = "batchnorm"          # "relu" = the original design's ReLU before the binarizer
     width: int = 64                  # channels of the first conv; doubles per layer
     image_size: int = 28
     channels: int = 1
@@ -51,17 +53,27 @@ class HashConfig:
     dataset: str = "mnist"           # what it was trained on (for the record and for queries)
 
     def __post_init__(self):
-        check_bits(self.bits)
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.estimator not in estimators.names():
-            raise ValueError(f"unknown estimator {self.estimator!r}")
+        V.code_bits(self.bits)
+        V.choice("estimator", self.estimator, estimators.names())
+        V.mapping("estimator_options", self.estimator_options)
+        V.choice("domain", self.domain, DOMAINS)
+        V.choice("head", self.head, HEADS)
+        V.integer("width", self.width, 1, 1024)
+        # The encoder's four stride-2 stages take 28 -> 1 and the decoder mirrors them.
+        V.integer("image_size", self.image_size, 28, 28)
+        V.integer("channels", self.channels, 1, 1)
+        V.number("mean", self.mean)
+        V.number("std", self.std, positive=True)
+        V.string("dataset", self.dataset)
+        estimators.get(self.estimator, domain=self.domain, **self.estimator_options)   # unknown options fail here
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashConfig":
+        """From config.json's "model" object; keys this version does not know are ignored."""
+        V.mapping("model", d)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -71,7 +83,7 @@ class CentreConv(nn.Module):
 
     The single output pixel sees input rows/columns 0..2 through kernel taps 1..3; tap 0
     only ever meets padding. So y_o = sum_{c,i,j} W_{o,c,i,j} x_{c,i,j} + b_o with
-    W = the seed kernel's [:, :, 1:4, 1:4]: (B, c_in, 3, 3) -> (B, c_out, 1, 1).
+    W = the original kernel's [:, :, 1:4, 1:4]: (B, c_in, 3, 3) -> (B, c_out, 1, 1).
     """
 
     def __init__(self, c_in: int, c_out: int):
@@ -89,7 +101,7 @@ class CentreConvTranspose(nn.Module):
     r"""ConvTranspose2d(c_in, c_out, kernel 5, stride 2, padding 1) on a 1x1 map, as one matrix product.
 
     The 5x5 output of a 1x1 input is the kernel itself; padding 1 crops its border, so
-    y_{o,i,j} = sum_c x_c W_{c,o,i,j} + b_o with W = the seed kernel's [:, :, 1:4, 1:4]:
+    y_{o,i,j} = sum_c x_c W_{c,o,i,j} + b_o with W = the original kernel's [:, :, 1:4, 1:4]:
     (B, c_in) -> (B, c_out, 3, 3).
     """
 
@@ -114,7 +126,7 @@ def _init_like_conv(weight: nn.Parameter, bias: nn.Parameter, fan_in: int) -> No
 
 
 def upgrade_state_dict(state: dict, model: nn.Module) -> dict:
-    """Seed-shaped kernels (4x4 / 5x5 at the 1x1 bottleneck) -> the 3x3 taps they use."""
+    """Original-shaped kernels (4x4 / 5x5 at the 1x1 bottleneck) -> the 3x3 taps they use."""
     own = model.state_dict()
     out = dict(state)
     for k, v in state.items():
@@ -175,11 +187,13 @@ class HashAutoencoder(nn.Module):
         return z, code, self.decoder(code)
 
     @torch.inference_mode()
-    def bits(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic bits (B, bits) as uint8 0/1: the codes an index stores."""
+    def binarize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> deterministic (B, bits) uint8 0/1: what an index stores, once packed."""
         return (self.encoder(x) > 0).to(torch.uint8)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W) -> float (B, 1, H, W) normalised as in training."""
+        """uint8 (B, H, W) -> float (B, 1, H, W), (x / 255 - mean) / std with the config's mean/std.
+
+        The second half of the one preprocessing path; hashing.data makes the uint8 images."""
         x = images.to(torch.float32).div_(255.0).unsqueeze(1)
         return x.sub_(self.cfg.mean).div_(self.cfg.std)

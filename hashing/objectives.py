@@ -1,17 +1,29 @@
 r"""Training objectives: named loss terms and their weights, combined into one loss.
 
-- reconstruction: per-image MSE between the decoder output and the input (the seed).
-- balance: each bit on for about half the batch: mean_j (mean_i h_ij - 1/2)^2 * 4.
-- decorrelation: bits carry different information: ||C - I||_F^2 / (bits (bits - 1)) with
-  C the correlation of the +-1 codes over the batch (diagonal excluded).
+Every term is a pure function of tensors, and each is one of two kinds:
+
+- per-image terms return one value per image, shape (B,): reconstruction, contrastive,
+  supervised. Their weighted sum is the per-image loss L_i; score-function estimators
+  (REINFORCE) need exactly this, since their gradient weights each image's log-probability
+  by that image's own loss.
+- per-batch terms are statistics of the whole batch and return a scalar: balance,
+  decorrelation. No single image owns them, so they are added to the mean of L_i and never
+  reach a score-function estimator.
+
+loss = mean_i L_i + sum over batch terms of weight * term.
+
+- reconstruction: MSE between the decoder output and the input (the original design).
 - contrastive: no labels. Two random views of each image; their +-1 codes, scaled to unit
   norm, should agree more with each other than with any other image in the batch
   (NT-Xent / InfoNCE, Chen et al. 2020; for hashing, CIBHash, Qiu et al. 2021). The
   cosine of +-1 codes is 1 - 2 d_H / bits, so this directly shapes Hamming distances.
-- supervised: labels where the dataset has them (label -1 = unlabelled, skipped): each
-  class gets a hash centre from a Hadamard matrix and every code is pulled to its
-  class centre by binary cross-entropy on sigmoid(x) (CSQ, Yuan et al. CVPR 2020).
-  It sees a random view of each image (augmentation), as the contrastive term does.
+- supervised: labels where the dataset has them (label -1 = unlabelled: 0 for that image):
+  each class gets a hash centre from a Hadamard matrix and every code is pulled to its
+  class centre by binary cross-entropy on sigmoid(z) (CSQ, Yuan et al. CVPR 2020). It sees
+  a random view of each image (augmentation), as the contrastive term does.
+- balance: each bit on for about half the batch: mean_j (mean_i h_ij - 1/2)^2 * 4.
+- decorrelation: bits carry different information: ||C - I||_F^2 / (bits (bits - 1)) with
+  C the correlation of the +-1 codes over the batch (diagonal excluded).
 """
 
 from __future__ import annotations
@@ -21,9 +33,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from hashing.augment import VIEWS, resolve_views
+from hashing import validation as V
+from hashing.augment import VIEWS
+from hashing.errors import HashingError
 
-TERMS = ("reconstruction", "balance", "decorrelation", "contrastive", "supervised")
+PER_IMAGE = ("reconstruction", "contrastive", "supervised")
+PER_BATCH = ("balance", "decorrelation")
 
 
 @dataclass
@@ -34,11 +49,15 @@ class Objective:
     contrastive: float = 0.0
     supervised: float = 0.0
     temperature: float = 0.3     # NT-Xent temperature on unit-norm codes
-    views: str = "auto"          # random views (augment.VIEWS; auto = by dataset) for contrastive/supervised
+    views: str = "auto"          # random views (augment.VIEWS) for contrastive/supervised; recipes.resolve fixes "auto"
 
     def __post_init__(self):
-        if self.views != "auto" and self.views not in VIEWS:
-            raise ValueError(f"views must be auto or one of {sorted(VIEWS)}, got {self.views!r}")
+        for term in PER_IMAGE + PER_BATCH:
+            setattr(self, term, V.number(f"{term} weight", getattr(self, term), lo=0))
+        if not any(getattr(self, term) for term in PER_IMAGE + PER_BATCH):
+            raise HashingError("every loss weight is 0: give at least one term a positive weight")
+        self.temperature = V.number("temperature", self.temperature, positive=True)
+        V.choice("views", self.views, ("auto", *VIEWS))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +68,7 @@ class Objective:
 
     @property
     def needs_views(self) -> bool:
-        return self.contrastive > 0
+        return self.contrastive > 0 or self.supervised > 0
 
 
 def hadamard_centres(n_classes: int, bits: int, seed: int = 0) -> torch.Tensor:
@@ -68,6 +87,13 @@ def hadamard_centres(n_classes: int, bits: int, seed: int = 0) -> torch.Tensor:
     return (rows > 0).float()
 
 
+# ---- per-image terms: (B,) ------------------------------------------------------------------
+
+def reconstruction_term(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W), (B, C, H, W) -> (B,) mean squared error per image."""
+    return ((recon.float() - x.float()) ** 2).flatten(1).mean(1)
+
+
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE over 2B views: (B, D), (B, D) unit rows -> (B,) per-image loss."""
     n = a.shape[0]
@@ -79,53 +105,72 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     return (loss[:n] + loss[n:]) / 2
 
 
+def centre_term(z: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(B, bits) pre-activations, (B,) labels (-1 unknown), (classes, bits) 0/1 -> (B,), 0 where unknown."""
+    known = labels >= 0
+    target = centres[labels.clamp_min(0)]                                            # (B, bits)
+    bce = F.binary_cross_entropy_with_logits(z.float(), target, reduction="none").mean(1)
+    return torch.where(known, bce, torch.zeros_like(bce))
+
+
+# ---- per-batch terms: () ----------------------------------------------------------------------
+
+def balance_term(h: torch.Tensor) -> torch.Tensor:
+    """(B, bits) in {0, 1} -> (): 0 when every bit is on for half the batch, 1 when constant."""
+    return 4 * ((h.mean(0) - 0.5) ** 2).mean()
+
+
+def decorrelation_term(pm: torch.Tensor) -> torch.Tensor:
+    """(B, bits) in {-1, +1} -> (): mean squared off-diagonal correlation between bits."""
+    c = pm - pm.mean(0)
+    cov = c.t() @ c / pm.shape[0]                                                    # (bits, bits)
+    std = cov.diagonal().clamp_min(1e-4).sqrt()
+    corr = cov / std[:, None] / std[None, :]
+    nb = corr.shape[0]
+    return (corr.pow(2).sum() - corr.diagonal().pow(2).sum()) / (nb * (nb - 1))
+
+
 def _pm1(code: torch.Tensor, domain: str) -> torch.Tensor:
     return 2 * code.float() - 1 if domain == "01" else code.float()
 
 
 def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
             centres: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One batch -> (loss to differentiate, per-image loss (B,), {term: value}).
+    """One batch -> (loss to differentiate, per-image loss (B,), {term: batch mean}).
 
-    With a contrastive term the batch is seen as two random views and the other terms
-    use the first view, so a step costs two encoder passes (plus one decoder pass when
-    reconstruction is on), not three.
+    With views the first view stands in for the image in every term, so a contrastive step
+    costs two encoder passes (plus one decoder pass when reconstruction is on), not three.
     """
-    view = VIEWS[resolve_views(obj.views, model.cfg.dataset)]
-    x0 = view(x) if (obj.needs_views or obj.needs_labels) else x    # labels: the view is augmentation
+    if obj.needs_views and obj.views not in VIEWS:
+        raise ValueError(f"views {obj.views!r} is not a view family: build the configs with recipes.resolve")
+    view = VIEWS[obj.views] if obj.needs_views else None
+    x0 = view(x) if view is not None else x
     z, code = model.encode(x0)                                               # (B, bits) each
+    pm = _pm1(code, model.cfg.domain)                                         # (B, bits) in {-1, +1}
     per_image = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
     parts: dict[str, torch.Tensor] = {}
+
+    def add(term: str, values: torch.Tensor, weight: float) -> None:       # values (B,)
+        nonlocal per_image
+        per_image = per_image + weight * values
+        parts[term] = values.mean()
+
     if obj.reconstruction:
-        recon = model.decoder(code)
-        mse = ((recon.float() - x0.float()) ** 2).flatten(1).mean(1)
-        parts["reconstruction"] = mse.mean()
-        per_image = per_image + obj.reconstruction * mse
-    pm = _pm1(code, model.cfg.domain)                                         # (B, bits) in {-1, +1}
-    h = (pm + 1) / 2
+        add("reconstruction", reconstruction_term(model.decoder(code), x0), obj.reconstruction)
     if obj.contrastive:
         _, code2 = model.encode(view(x))
         scale = code.shape[1] ** -0.5
-        con = nt_xent(pm * scale, _pm1(code2, model.cfg.domain) * scale, obj.temperature)
-        parts["contrastive"] = con.mean()
-        per_image = per_image + obj.contrastive * con
+        add("contrastive", nt_xent(pm * scale, _pm1(code2, model.cfg.domain) * scale, obj.temperature),
+            obj.contrastive)
+    if obj.supervised and labels is not None and centres is not None and bool((labels >= 0).any()):
+        sup = centre_term(z, labels, centres)
+        per_image = per_image + obj.supervised * sup
+        parts["supervised"] = sup[labels >= 0].mean()
     loss = per_image.mean()
     if obj.balance:
-        parts["balance"] = 4 * ((h.mean(0) - 0.5) ** 2).mean()
+        parts["balance"] = balance_term((pm + 1) / 2)
         loss = loss + obj.balance * parts["balance"]
     if obj.decorrelation:
-        c = pm - pm.mean(0)
-        cov = c.t() @ c / x.shape[0]
-        std = cov.diagonal().clamp_min(1e-4).sqrt()
-        corr = cov / std[:, None] / std[None, :]
-        nb = corr.shape[0]
-        parts["decorrelation"] = (corr.pow(2).sum() - corr.diagonal().pow(2).sum()) / (nb * (nb - 1))
+        parts["decorrelation"] = decorrelation_term(pm)
         loss = loss + obj.decorrelation * parts["decorrelation"]
-    if obj.supervised and labels is not None and centres is not None:
-        known = labels >= 0
-        if known.any():
-            target = centres[labels[known]]
-            sup = F.binary_cross_entropy_with_logits(z[known].float(), target, reduction="none").mean(1)
-            parts["supervised"] = sup.mean()
-            loss = loss + obj.supervised * sup.sum() / x.shape[0]
     return loss, per_image, parts

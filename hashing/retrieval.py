@@ -17,20 +17,9 @@ from hashing import checkpoint
 from hashing.atomic import atomic_path
 from hashing.codes import encode_array, encode_batches
 from hashing.data import find_images, iter_image_batches, load_dataset, load_source, read_image
+from hashing.device import resolve_device
 from hashing.errors import HashingError
-from indexes import BinaryIndex, Hit, IndexInfo, create, open_index
-
-
-def model_record(run_dir: str | Path, meta: dict) -> dict:
-    """How an index remembers the model that made its codes."""
-    m = meta["model"]
-    return {"run_dir": str(Path(run_dir).resolve()), "fingerprint": meta.get("fingerprint"), "bits": m["bits"],
-            "estimator": m.get("estimator"), "dataset": m.get("dataset")}
-
-
-def _device(name: str = "auto"):
-    from hashing.train import resolve_device
-    return resolve_device(name)
+from hashing.indexes import BinaryIndex, Hit, IndexInfo, create, open_index
 
 
 @dataclass
@@ -44,7 +33,7 @@ class EncodeResult:
 def encode_dataset(run_dir: str | Path, dataset: str, split: str, out: str | Path, data_dir: str | None = None,
                    batch_size: int = 1024, device: str = "auto", progress: bool = True) -> EncodeResult:
     """Write CODES.npz with `codes` (N, bits/8) uint8 and `labels` (N,) int64."""
-    model, meta = checkpoint.load(run_dir, _device(device))
+    model = checkpoint.load(run_dir, resolve_device(device)).model
     ds = load_dataset(dataset, split, data_dir)
     enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
     with atomic_path(out) as tmp:
@@ -70,8 +59,8 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
     """Encode a dataset split or a folder of images and store the codes with their metadata."""
     if (dataset is None) == (images is None):
         raise HashingError("give exactly one of --dataset or --images")
-    model, meta = checkpoint.load(run_dir, _device(device))
-    record = model_record(run_dir, meta)
+    ckpt = checkpoint.load(run_dir, resolve_device(device))
+    model, record = ckpt.model, ckpt.record()
     if append:  # refuse a mismatched model before the (long) encoding
         index = open_index(out, collection, backend)
         index.info.check_model(record)
@@ -123,11 +112,8 @@ def query_images(paths: list[str | os.PathLike], index_location: str, k: int = 1
 
 
 def _query(index: BinaryIndex, paths, k, radius, invert, grid) -> list[QueryResult]:
-    if index.count == 0:
-        raise HashingError("the index is empty: add items with `hashing index` first")
-    if radius is None and k > index.count:
-        raise HashingError(f"-k {k} is larger than the index ({index.count} items); ask for at most {index.count}")
-    model, meta = load_model_for(index)
+    index.check_searchable(None if radius is not None else k, radius)   # before loading the model
+    model = load_model_for(index)
     size = model.cfg.image_size
     arrays = [read_image(p, size, invert) for p in paths]  # all read before any work: fail early
     xq = encode_array(model, np.stack(arrays), progress=False).codes
@@ -138,12 +124,13 @@ def _query(index: BinaryIndex, paths, k, radius, invert, grid) -> list[QueryResu
 
 
 def load_model_for(index: BinaryIndex):
-    run_dir = index.info.model.get("run_dir")
+    """The model that built the index, checked to be that very model (bits and weights)."""
+    run_dir = index.info.model.run_dir
     if not run_dir:
         raise HashingError("the index does not record the model that built it; rebuild it with `hashing index`")
-    model, meta = checkpoint.load(run_dir, _device())
-    index.info.check_model(model_record(run_dir, meta))
-    return model, meta
+    ckpt = checkpoint.load(run_dir, resolve_device("auto"))
+    index.info.check_model(ckpt.record())
+    return ckpt.model
 
 
 def save_grid(results: list[QueryResult], arrays: list[np.ndarray], index: BinaryIndex, path: str | Path,

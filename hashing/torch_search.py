@@ -48,12 +48,12 @@ def as_pm1(codes: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Ten
     return (bits.flatten(1).to(dtype) * 2 - 1)
 
 
-def _popcount_distances(qw: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
+def _chunk_popcount(qw: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
     """(nq, words), (c, words) int64 -> (nq, c) int32."""
     return popcount64(qw[:, None, :] ^ bw[None, :, :]).sum(-1).to(torch.int32)   # via (nq, c, words)
 
 
-def _matmul_distances(q_pm1: torch.Tensor, b_pm1: torch.Tensor) -> torch.Tensor:
+def _chunk_matmul(q_pm1: torch.Tensor, b_pm1: torch.Tensor) -> torch.Tensor:
     """(nq, bits), (c, bits) +-1 -> (nq, c) int32. CPUs multiply fp16 slowly: fp32 there."""
     bits = q_pm1.shape[1]
     if q_pm1.device.type != "cuda":
@@ -62,12 +62,12 @@ def _matmul_distances(q_pm1: torch.Tensor, b_pm1: torch.Tensor) -> torch.Tensor:
     return ((bits - dot.float()) / 2).round().to(torch.int32)
 
 
-def hamming(xq: torch.Tensor, xb: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+def popcount_distances(xq: torch.Tensor, xb: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
     """(nq, bits/8), (nb, bits/8) uint8 -> (nq, nb) int32 Hamming distances (XOR + popcount)."""
     q, b = as_words(xq), as_words(xb)
     out = torch.empty((q.shape[0], b.shape[0]), dtype=torch.int32, device=q.device)
     for s in range(0, b.shape[0], chunk):
-        out[:, s:s + chunk] = _popcount_distances(q, b[s:s + chunk])
+        out[:, s:s + chunk] = _chunk_popcount(q, b[s:s + chunk])
     return out
 
 
@@ -85,13 +85,13 @@ class TorchFlat:
         self.b = as_pm1(xb) if method == "matmul" else as_words(xb)       # (nb, bits) or (nb, words)
         # Eager popcount writes each SWAR step's (nq, c, words) int64 tensor to memory;
         # compiled, XOR + popcount + sum fuse into one kernel that writes only (nq, c).
-        self._popcount = torch.compile(_popcount_distances, dynamic=True) if compile else _popcount_distances
+        self._popcount = torch.compile(_chunk_popcount, dynamic=True) if compile else _chunk_popcount
 
     def _prepare(self, xq: torch.Tensor) -> torch.Tensor:
         return as_pm1(xq) if self.method == "matmul" else as_words(xq)
 
     def _distances(self, q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _matmul_distances(q, b) if self.method == "matmul" else self._popcount(q, b)
+        return _chunk_matmul(q, b) if self.method == "matmul" else self._popcount(q, b)
 
     def search(self, xq: torch.Tensor, k: int, query_chunk: int = 1024,
                db_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +122,7 @@ class TorchFlat:
         return torch.cat(Ds), torch.cat(Is)
 
 
-def search(xq: torch.Tensor, xb: torch.Tensor, k: int, query_chunk: int = 1024, method: str = "popcount",
+def knn(xq: torch.Tensor, xb: torch.Tensor, k: int, query_chunk: int = 1024, method: str = "popcount",
            db_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One-off k-NN: TorchFlat(xb, method).search(xq, k, ...)."""
     return TorchFlat(xb, method).search(xq, k, query_chunk, db_chunk)

@@ -4,24 +4,31 @@ No DataLoader and no per-image host work: a batch is `images[perm[i:i+B]]`, norm
 on the device. On CUDA the forward/backward runs under bf16 autocast with channels_last
 tensors. After every epoch the run dir is saved atomically, so an interrupted run keeps
 the last complete epoch.
+
+`train()` trains on the data its caller hands it, under configs already resolved by
+`hashing.recipes.resolve`; `train_on_dataset()` is the workflow behind `hashing train`
+(load the split, resolve the recipe, train, draw reconstructions).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hashing import checkpoint
-from hashing.augment import resolve_views
-from hashing.data import load_dataset
+from hashing import validation as V
+from hashing.data import ImageSet
+from hashing.device import DEVICES
 from hashing.errors import HashingError
 from hashing.model import HashAutoencoder, HashConfig
 from hashing.objectives import Objective, compute, hadamard_centres
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -29,18 +36,42 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     epochs: int = 5
-    batch_size: int | None = None   # None: 64 on CPU, 512 on CUDA (see resolve_batch)
+    batch_size: int | None = None   # None: chosen for the device by recipes.resolve (auto_batch)
     lr: float = 1e-3
-    scale_lr: bool | None = None    # lr * sqrt(batch_size / 64), the square-root rule for Adam; None: on with the CUDA batch
+    scale_lr: bool | None = None    # lr * sqrt(batch_size / 64), the square-root rule for Adam; None: on with the GPU batch
     schedule: str = "constant"      # or "cosine": lr decays to 0 over the run (half a cosine)
     betas: tuple[float, float] = (0.5, 0.999)
-    device: str = "auto"
+    device: str = "auto"            # recipes.resolve turns "auto" into cpu or cuda
     seed: int = 0
     recipe: str = "default"
     objective: Objective = field(default_factory=Objective)
-    max_images: int | None = None  # train on the first N images of the split (None = all)
+    max_images: int | None = None   # train on the first N images of the split (None = all)
     amp: bool = True                # bf16 autocast, CUDA only
     compile: bool = False           # torch.compile the model (CUDA; slow first epoch)
+
+    def __post_init__(self):
+        V.string("dataset", self.dataset)
+        if self.data_dir is not None:
+            V.string("data_dir", self.data_dir)
+        V.integer("epochs", self.epochs, 1, 100_000)
+        if self.batch_size is not None:
+            V.integer("batch_size", self.batch_size, 2, 1 << 20)
+        V.number("lr", self.lr, positive=True)
+        V.choice("schedule", self.schedule, SCHEDULES)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 or not all(0 <= V.number("betas", b) < 1 for b in self.betas):
+            raise HashingError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+        V.choice("device", self.device, DEVICES)
+        V.integer("seed", self.seed, 0, V.SEED_MAX)
+        V.string("recipe", self.recipe)
+        if isinstance(self.objective, dict):
+            self.objective = Objective(**self.objective)
+        if self.max_images is not None:
+            V.integer("max_images", self.max_images, 2)
+        for flag in ("scale_lr", "amp", "compile"):
+            value = getattr(self, flag)
+            if not (isinstance(value, bool) or (flag == "scale_lr" and value is None)):
+                raise HashingError(f"{flag} must be true or false, got {value!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,54 +79,25 @@ class TrainConfig:
         return d
 
 
-# Named recipes: overrides of (HashConfig, Objective). "seed" is the original recipe, kept for
-# comparison; "default" is what `hashing train` uses (measured in README: the best
-# unsupervised codes per CPU second we found).
-RECIPES: dict[str, dict] = {
-    "seed": {"model": {"head": "relu"}, "objective": {"reconstruction": 1.0}},
-    "autoencoder": {"model": {}, "objective": {"reconstruction": 1.0}},
-    "contrastive": {"model": {"estimator": "saturated"}, "objective": {"contrastive": 1.0, "reconstruction": 0.5}},
-    "contrastive-fast": {"model": {"estimator": "saturated"}, "objective": {"contrastive": 1.0, "reconstruction": 0.0}},
-    # Hash centres alone, on augmented views, with a cosine decay: MNIST 64 bits mAP 0.981 at
-    # 3 constant epochs, 0.990 at 8 cosine, 0.992 at 15 cosine; adding contrastive 0.3 cost 0.025.
-    "supervised": {"model": {}, "objective": {"supervised": 1.0, "contrastive": 0.0, "reconstruction": 0.0},
-                   "train": {"epochs": 15, "schedule": "cosine"}},
-}
-RECIPES["default"] = RECIPES["contrastive"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HashingError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise HashingError(f"unknown device {name!r}: choose auto, cpu or cuda")
-    return torch.device(name)
-
-
-def recipe_train(name: str) -> dict:
-    """Training settings a recipe changes (e.g. epochs, schedule); the caller's flags win."""
-    return dict(RECIPES.get(name, {}).get("train", {}))
-
-
-# On a GPU, batch 64 leaves the step bound by kernel launches; 512 with the square-root lr
-# rule trains at 5x the images/s for the same codes (H100, MNIST 512 bits, 5 epochs, mAP
-# 0.933 at 64, 0.940 at 256, 0.930 at 512; README "Training throughput"). Small datasets
-# keep at least MIN_STEPS steps an epoch: on digits (1,797 images) batch 512 means 3
-# steps an epoch, and the supervised recipe fell from mAP 0.99 to 0.93.
+# On a GPU, batch 64 leaves the step bound by kernel launches, so the automatic batch is
+# larger there, with the square-root lr rule (README, "Training throughput"). Small datasets
+# keep at least MIN_STEPS steps an epoch: a few steps an epoch starve the supervised recipe.
 AUTO_BATCH = {"cpu": 64, "cuda": 512}
 MIN_STEPS = 32
 
 
-def resolve_batch(tcfg: TrainConfig, device: torch.device, n: int) -> TrainConfig:
-    """Fill in the batch size and lr scaling left to the device (None) for a split of n images."""
-    if tcfg.batch_size is None:
-        batch = AUTO_BATCH.get(device.type, 64)
-        while batch > 64 and n < batch * MIN_STEPS:
-            batch //= 2
-        return replace(tcfg, batch_size=batch, scale_lr=batch != 64 if tcfg.scale_lr is None else tcfg.scale_lr)
-    return replace(tcfg, scale_lr=bool(tcfg.scale_lr))
+def batch_plan(batch_size: int | None, scale_lr: bool | None, device_type: str, n: int) -> tuple[int, bool]:
+    """(batch size, square-root lr scaling) for a split of n images on this kind of device.
+
+    None means "not given": the batch is AUTO_BATCH for the device, halved until an epoch
+    has MIN_STEPS steps, and the lr is scaled exactly when that chose a batch other than 64.
+    """
+    if batch_size is not None:
+        return batch_size, bool(scale_lr)
+    batch = AUTO_BATCH.get(device_type, 64)
+    while batch > 64 and n < batch * MIN_STEPS:
+        batch //= 2
+    return batch, (batch != 64) if scale_lr is None else scale_lr
 
 
 def effective_lr(tcfg: TrainConfig) -> float:
@@ -103,12 +105,34 @@ def effective_lr(tcfg: TrainConfig) -> float:
     return tcfg.lr * (tcfg.batch_size / 64) ** 0.5 if tcfg.scale_lr else tcfg.lr
 
 
-def apply_recipe(name: str, model: dict, objective: dict) -> tuple[HashConfig, Objective]:
-    """Recipe defaults, then the caller's explicit settings on top."""
-    if name not in RECIPES:
-        raise HashingError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    r = RECIPES[name]
-    return HashConfig(**{**r["model"], **model}), Objective(**{**r["objective"], **objective})
+def lr_at(tcfg: TrainConfig, progress: float) -> float:
+    """The learning rate when `progress` (0..1) of all steps are done."""
+    base = effective_lr(tcfg)
+    if tcfg.schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * progress))
+    return base
+
+
+class History:
+    """Loss per epoch and, every few steps, the running loss of the epoch; saved as history.json."""
+
+    def __init__(self):
+        self.epoch_loss: list[float] = []
+        self.step_loss: list[list] = []
+        self.parts: list[dict] = []
+        self.seconds: list[float] = []
+
+    def step(self, step: int, running_loss: float) -> None:
+        self.step_loss.append([step, round(running_loss, 6)])
+
+    def epoch(self, loss: float, parts: dict[str, float], seconds: float) -> None:
+        self.epoch_loss.append(round(loss, 6))
+        self.parts.append({k: round(v, 6) for k, v in parts.items()})
+        self.seconds.append(round(seconds, 3))
+
+    def to_dict(self) -> dict:
+        return {"epoch_loss": self.epoch_loss, "step_loss": self.step_loss, "parts": self.parts,
+                "seconds": self.seconds}
 
 
 @dataclass
@@ -118,29 +142,27 @@ class TrainResult:
     seconds: float
     images_per_second: float
     device: str
+    model: HashAutoencoder = field(repr=False)
 
 
-def train(cfg: HashConfig, tcfg: TrainConfig, out: str | Path, progress: bool = True) -> TrainResult:
-    """Train the model described by `cfg` under `tcfg`, saving to `out` after every epoch."""
+def _check_resolved(tcfg: TrainConfig) -> None:
+    if tcfg.device == "auto" or tcfg.batch_size is None or tcfg.scale_lr is None or tcfg.objective.views == "auto":
+        raise ValueError("train() needs configs from hashing.recipes.resolve (device, batch and views decided)")
+
+
+def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, progress: bool = True) -> TrainResult:
+    """Train the model described by `cfg` under `tcfg` on `data`, saving to `out` after every epoch."""
     from tqdm import tqdm
 
-    device = resolve_device(tcfg.device)
-    if tcfg.schedule not in ("constant", "cosine"):
-        raise HashingError(f"unknown schedule {tcfg.schedule!r}: choose constant or cosine")
+    _check_resolved(tcfg)
+    n = len(data)
+    if n < 2:
+        raise HashingError(f"{data.name} {data.split} split has {n} images; need at least 2")
+    device = torch.device(tcfg.device)
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
-    train_set = load_dataset(tcfg.dataset, "train", tcfg.data_dir)
-    if tcfg.max_images is not None:
-        train_set.images, train_set.labels = train_set.images[:tcfg.max_images], train_set.labels[:tcfg.max_images]
-    tcfg = resolve_batch(tcfg, device, len(train_set))
-    cfg = replace(cfg, dataset=tcfg.dataset)
-    # Record the view family actually used, not "auto".
-    tcfg = replace(tcfg, objective=replace(tcfg.objective, views=resolve_views(tcfg.objective.views, tcfg.dataset)))
-    images = torch.from_numpy(train_set.images).to(device)          # (N, 28, 28) uint8
-    labels = torch.from_numpy(train_set.labels).to(device)          # (N,)
-    n = len(train_set)
-    if n < 2:
-        raise HashingError(f"{tcfg.dataset} train split has {n} images; need at least 2")
+    images = torch.from_numpy(data.images).to(device)          # (N, H, W) uint8
+    labels = torch.from_numpy(data.labels).to(device)          # (N,)
     bs = min(tcfg.batch_size, n)
 
     model = HashAutoencoder(cfg).to(device)
@@ -150,15 +172,14 @@ def train(cfg: HashConfig, tcfg: TrainConfig, out: str | Path, progress: bool = 
         torch.backends.cudnn.benchmark = True
     step_model = torch.compile(model) if (tcfg.compile and cuda) else model
     # fused: one kernel per step for all parameters instead of a handful of ops per tensor.
-    base_lr = effective_lr(tcfg)
-    opt = torch.optim.Adam(model.parameters(), lr=base_lr, betas=tuple(tcfg.betas), fused=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr_at(tcfg, 0.0), betas=tcfg.betas, fused=True)
     obj = tcfg.objective
     centres = hadamard_centres(int(labels.max()) + 1, cfg.bits, tcfg.seed).to(device) if obj.needs_labels else None
     gen = torch.Generator(device=device).manual_seed(tcfg.seed)
 
     # Batches of one break BatchNorm: fold a last batch of 1 into nothing.
     steps = n // bs + (1 if n % bs >= 2 else 0)
-    history: dict = {"epoch_loss": [], "step_loss": [], "parts": [], "seconds": []}
+    history = History()
     total_steps = steps * tcfg.epochs
     t_start = time.perf_counter()
     seen = 0
@@ -171,11 +192,10 @@ def train(cfg: HashConfig, tcfg: TrainConfig, out: str | Path, progress: bool = 
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
                    unit="batch", leave=True, dynamic_ncols=True)
         for i in bar:
-            progress_frac = (epoch * steps + i) / max(1, total_steps - 1)
-            model.binarizer.set_progress(progress_frac)
-            if tcfg.schedule == "cosine":
-                for group in opt.param_groups:
-                    group["lr"] = base_lr * 0.5 * (1 + math.cos(math.pi * progress_frac))
+            done = (epoch * steps + i) / max(1, total_steps - 1)
+            model.binarizer.set_progress(done)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(tcfg, done)
             idx = perm[i * bs:(i + 1) * bs]
             x = model.preprocess(images[idx]).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tcfg.amp):
@@ -192,28 +212,38 @@ def train(cfg: HashConfig, tcfg: TrainConfig, out: str | Path, progress: bool = 
             seen += len(idx)
             if i % 25 == 0 or i == steps - 1:  # .item() syncs the GPU: not every step
                 value = (run_loss / (i + 1)).item()
-                history["step_loss"].append([epoch * steps + i, round(value, 6)])
+                history.step(epoch * steps + i, value)
                 bar.set_postfix(loss=f"{value:.4f}")
         if not torch.isfinite(run_loss):
             raise HashingError(f"training diverged (loss is {run_loss.item()}) in epoch {epoch + 1}; lower --lr")
-        history["epoch_loss"].append(round((run_loss / steps).item(), 6))
-        history["parts"].append({k: round((v / steps).item(), 6) for k, v in parts_sum.items()})
-        history["seconds"].append(round(time.perf_counter() - t0, 3))
-        checkpoint.save(out, model, tcfg.to_dict(), history)
+        history.epoch((run_loss / steps).item(), {k: (v / steps).item() for k, v in parts_sum.items()},
+                      time.perf_counter() - t0)
+        checkpoint.save(out, model, tcfg.to_dict(), history.to_dict())
     seconds = time.perf_counter() - t_start
-    save_reconstructions(model, tcfg, out, device)
-    return TrainResult(Path(out), history, seconds, seen / seconds, str(device))
+    return TrainResult(Path(out), history.to_dict(), seconds, seen / seconds, str(device), model.eval())
+
+
+def train_on_dataset(recipe: str, dataset: str, out: str | Path, data_dir: str | None = None,
+                     progress: bool = True, **settings) -> TrainResult:
+    """`hashing train`: load the train split, resolve the recipe with `settings`, train, and
+    draw reconstructions.png from the test split."""
+    from hashing.data import load_dataset
+    from hashing.recipes import resolve
+
+    data = load_dataset(dataset, "train", data_dir).head(settings.get("max_images"))
+    cfg, tcfg = resolve(recipe, dataset, len(data), data_dir=data_dir, **settings)
+    result = train(cfg, tcfg, data, out, progress)
+    save_reconstructions(result.model, load_dataset(dataset, "test", data_dir).images[:32], out)
+    return result
 
 
 @torch.inference_mode()
-def save_reconstructions(model: HashAutoencoder, tcfg: TrainConfig, out: str | Path, device, count: int = 32) -> None:
-    """reconstructions.png: test originals above their reconstructions from the binary codes."""
+def save_reconstructions(model: HashAutoencoder, images: np.ndarray, out: str | Path) -> None:
+    """reconstructions.png: uint8 (N, H, W) originals above their reconstructions from the binary codes."""
     from hashing.plots import reconstructions
 
     model.eval()
-    test = load_dataset(tcfg.dataset, "test", tcfg.data_dir)
-    imgs = torch.from_numpy(test.images[:count]).to(device)
-    _, _, recon = model(model.preprocess(imgs))
+    device = next(model.parameters()).device
+    _, _, recon = model(model.preprocess(torch.from_numpy(images).to(device)))
     recon_u8 = ((recon.float().squeeze(1) * model.cfg.std + model.cfg.mean).clamp(0, 1) * 255).round()
-    reconstructions(test.images[:count], recon_u8.to(torch.uint8).cpu().numpy(), Path(out) / "reconstructions.png")
-
+    reconstructions(images, recon_u8.to(torch.uint8).cpu().numpy(), Path(out) / "reconstructions.png")

@@ -2,17 +2,39 @@
 
 faiss names throughout: xb (database codes), xq (query codes), k, D (distances), I (ids).
 Codes are (n, bits/8) uint8 packed by hashing.bits.pack. Item ids are assigned in add
-order, 0, 1, 2, ... and never reused.
+order, 0, 1, 2, ... and never reused. This module imports no backend: the registry that
+picks one from a location is indexes/backends.py.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from hashing import validation as V
 from hashing.errors import HashingError
+
+
+@dataclass
+class ModelRecord:
+    """The model whose codes an index holds: where it was, and its weights' fingerprint."""
+
+    run_dir: str
+    fingerprint: str | None
+    bits: int
+    estimator: str | None = None
+    dataset: str | None = None
+
+    def __post_init__(self):
+        V.string("model.run_dir", self.run_dir)
+        V.code_bits(self.bits, "model.bits")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelRecord":
+        V.mapping("model", d)
+        return cls(**{k: d.get(k) for k in ("run_dir", "fingerprint", "bits", "estimator", "dataset")})
 
 
 @dataclass
@@ -20,19 +42,29 @@ class IndexInfo:
     """What an index knows about itself: the model that made its codes, and its datasets."""
 
     bits: int
-    model: dict                                    # {"run_dir", "fingerprint", "bits", "estimator", ...}
+    model: ModelRecord
     index_type: str = "flat"
     datasets: dict = field(default_factory=dict)   # "mnist/train" -> data_dir, to find source images
 
-    def check_model(self, model: dict) -> None:
+    def __post_init__(self):
+        V.code_bits(self.bits)
+        if isinstance(self.model, dict):
+            self.model = ModelRecord.from_dict(self.model)
+        V.string("index_type", self.index_type)
+        V.mapping("datasets", self.datasets)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check_model(self, model: ModelRecord) -> None:
         """Refuse codes from another model: the same bits can mean different things."""
-        if int(model.get("bits", -1)) != self.bits:
+        if model.bits != self.bits:
             raise HashingError(f"bit length mismatch: the index holds {self.bits}-bit codes but the model makes "
-                               f"{model.get('bits')}-bit codes; use the model the index was built with")
-        fp, mine = model.get("fingerprint"), self.model.get("fingerprint")
+                               f"{model.bits}-bit codes; use the model the index was built with")
+        fp, mine = model.fingerprint, self.model.fingerprint
         if fp and mine and fp != mine:
             raise HashingError(f"model mismatch: the index was built by model {mine} "
-                               f"({self.model.get('run_dir')}), not {fp}; rebuild the index or use that model")
+                               f"({self.model.run_dir}), not {fp}; rebuild the index or use that model")
 
 
 @dataclass
@@ -51,11 +83,22 @@ class BinaryIndex(abc.ABC):
 
     @property
     def bits(self) -> int:
+        """The code length in bits (an int), as IndexInfo.bits."""
         return self.info.bits
 
     @property
     @abc.abstractmethod
     def count(self) -> int: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, location: str, info: IndexInfo, collection: str | None = None) -> "BinaryIndex":
+        """A new, empty index at `location` (written by save)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, location: str, collection: str | None = None) -> "BinaryIndex":
+        """An existing index; never creates or changes anything."""
 
     @abc.abstractmethod
     def add(self, xb: np.ndarray, labels: np.ndarray | None, sources: list[str]) -> np.ndarray:
@@ -80,12 +123,10 @@ class BinaryIndex(abc.ABC):
     def close(self) -> None:
         """Release connections and file locks (Milvus Lite lets one process open a .db at a time)."""
 
-    # ---- shared checks and result shaping --------------------------------------------------
+    # ---- shared checks and result shaping: the only place these rules are written -------------
 
-    def check_queries(self, xq: np.ndarray, k: int | None = None) -> np.ndarray:
-        xq = np.ascontiguousarray(xq, dtype=np.uint8)
-        if xq.ndim != 2 or xq.shape[1] * 8 != self.bits:
-            raise HashingError(f"bit length mismatch: queries have {xq.shape[-1] * 8} bits, the index {self.bits}")
+    def check_searchable(self, k: int | None = None, radius: int | None = None) -> None:
+        """An index with items, and a k or radius it can answer."""
         if self.count == 0:
             raise HashingError("the index is empty: add items with `hashing index` first")
         if k is not None:
@@ -93,12 +134,18 @@ class BinaryIndex(abc.ABC):
                 raise HashingError(f"-k must be at least 1, got {k}")
             if k > self.count:
                 raise HashingError(f"-k {k} is larger than the index ({self.count} items); ask for at most {self.count}")
+        if radius is not None and not 0 <= radius <= self.bits:
+            raise HashingError(f"--radius must be from 0 to {self.bits} (the code length), got {radius}")
+
+    def check_queries(self, xq: np.ndarray, k: int | None = None, radius: int | None = None) -> np.ndarray:
+        xq = self.check_codes(xq, "queries")
+        self.check_searchable(k, radius)
         return xq
 
-    def check_codes(self, xb: np.ndarray) -> np.ndarray:
+    def check_codes(self, xb: np.ndarray, what: str = "codes") -> np.ndarray:
         xb = np.ascontiguousarray(xb, dtype=np.uint8)
         if xb.ndim != 2 or xb.shape[1] * 8 != self.bits:
-            raise HashingError(f"bit length mismatch: codes have {xb.shape[-1] * 8} bits, the index {self.bits}")
+            raise HashingError(f"bit length mismatch: {what} have {xb.shape[-1] * 8} bits, the index {self.bits}")
         return xb
 
     def hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:
@@ -111,37 +158,6 @@ class BinaryIndex(abc.ABC):
     def query(self, xq: np.ndarray, k: int | None = None, radius: int | None = None) -> list[list[Hit]]:
         """k nearest (or all within radius) for each query, as Hits."""
         if radius is not None:
-            if radius < 0:
-                raise HashingError(f"--radius must be >= 0, got {radius}")
-            xq = self.check_queries(xq)
             return [self.hits(D, I) for D, I in self.range_search(xq, radius)]
         D, I = self.search(xq, k)
         return [self.hits(d, i) for d, i in zip(D, I)]
-
-
-def backend_for(location: str) -> str:
-    loc = str(location)
-    return "milvus" if loc.endswith(".db") or loc.startswith(("http://", "https://", "tcp://")) else "faiss"
-
-
-def create(location: str, info: IndexInfo, backend: str | None = None, collection: str | None = None,
-           overwrite: bool = True) -> BinaryIndex:
-    """A new, empty index at `location` for codes described by `info`."""
-    backend = backend or backend_for(location)
-    if backend == "faiss":
-        from indexes.faiss_index import FaissIndex
-        return FaissIndex.create(location, info)
-    if backend == "milvus":
-        from indexes.milvus_index import MilvusIndex
-        return MilvusIndex.create(location, info, collection, overwrite=overwrite)
-    raise HashingError(f"unknown backend {backend!r}: choose faiss or milvus")
-
-
-def open_index(location: str, collection: str | None = None, backend: str | None = None) -> BinaryIndex:
-    """Open an existing index (FAISS folder, Milvus Lite .db file or Milvus server URI)."""
-    backend = backend or backend_for(location)
-    if backend == "milvus":
-        from indexes.milvus_index import MilvusIndex
-        return MilvusIndex.open(location, collection)
-    from indexes.faiss_index import FaissIndex
-    return FaissIndex.open(location)

@@ -18,7 +18,7 @@ import numpy as np
 
 from hashing.atomic import atomic_path, write_json
 from hashing.errors import HashingError
-from indexes.base import BinaryIndex, IndexInfo
+from hashing.indexes.base import BinaryIndex, IndexInfo
 
 FORMAT = "hashing-index/1"
 
@@ -29,7 +29,9 @@ INDEX_TYPES = {
 }
 
 
-SEARCH_PARAMS = {"nprobe": 16, "efSearch": 64}   # measured in benchmarks/search.py: recall@10 >= 0.99 on MNIST codes
+# Search-time knobs, chosen with benchmarks/search.py (which imports these, so it measures
+# exactly what an index uses; recall and speed in the README's search table).
+SEARCH_PARAMS = {"nprobe": 16, "efSearch": 64}
 
 
 def tune(index) -> None:
@@ -55,16 +57,20 @@ class FaissIndex(BinaryIndex):
     # ---- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, location: str, info: IndexInfo) -> "FaissIndex":
+    def create(cls, location: str, info: IndexInfo, collection: str | None = None) -> "FaissIndex":
+        if collection is not None:
+            raise HashingError("--collection is for Milvus; a FAISS index is a folder")
         path = Path(location)
         if path.exists() and not path.is_dir():
             raise HashingError(f"{path} exists and is not a folder; choose another --out")
         return cls(path, info, None, np.zeros(0, np.int64), np.zeros(0, np.int64), [])
 
     @classmethod
-    def open(cls, location: str) -> "FaissIndex":
+    def open(cls, location: str, collection: str | None = None) -> "FaissIndex":
         import faiss
 
+        if collection is not None:
+            raise HashingError("--collection is for Milvus; a FAISS index is a folder")
         path = Path(location)
         meta_path = path / "meta.json"
         if not meta_path.is_file():
@@ -76,6 +82,8 @@ class FaissIndex(BinaryIndex):
             tune(index)
             with np.load(path / "items.npz", allow_pickle=False) as z:
                 ids, labels, sources = z["ids"], z["labels"], z["sources"].tolist()
+        except HashingError as e:
+            raise HashingError(f"{meta_path}: {e}; rebuild the index with `hashing index`") from None
         except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
             raise HashingError(f"{path} is a damaged index ({type(e).__name__}); rebuild it with `hashing index`") from None
         if meta.get("format") != FORMAT or not (index.ntotal == len(ids) == meta.get("count")):
@@ -94,7 +102,7 @@ class FaissIndex(BinaryIndex):
             with open(tmp, "wb") as f:
                 np.savez(f, ids=self._ids, labels=self._labels, sources=np.asarray(self._sources, dtype=str))
         write_json(self.path / "meta.json", {"format": FORMAT, "backend": "faiss", "count": self.count,
-                                             "info": self.info.__dict__})
+                                             "info": self.info.to_dict()})
 
     # ---- data -----------------------------------------------------------------------------------
 
@@ -136,7 +144,7 @@ class FaissIndex(BinaryIndex):
     def range_search(self, xq, radius):
         import faiss
 
-        xq = self.check_queries(xq)
+        xq = self.check_queries(xq, radius=radius)
         index = self.index
         if isinstance(index, faiss.IndexBinaryHNSW):
             index = index.storage  # HNSW has no range search; its flat storage answers exactly

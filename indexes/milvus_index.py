@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from hashing.errors import HashingError
-from indexes.base import BinaryIndex, IndexInfo
+from hashing.indexes.base import BinaryIndex, IndexInfo
 
 DEFAULT_COLLECTION = "hashing"
 INSERT_BATCH = 5000
@@ -64,7 +64,8 @@ class MilvusIndex(BinaryIndex):
         return s
 
     @classmethod
-    def create(cls, uri: str, info: IndexInfo, collection: str | None = None, overwrite: bool = True) -> "MilvusIndex":
+    def create(cls, uri: str, info: IndexInfo, collection: str | None = None) -> "MilvusIndex":
+        """A new collection; an existing one of the same name is replaced."""
         from pymilvus import DataType
 
         collection = collection or DEFAULT_COLLECTION
@@ -74,8 +75,6 @@ class MilvusIndex(BinaryIndex):
                                f"{', '.join(INDEX_TYPES)}")
         for name in (collection, collection + "_meta"):
             if client.has_collection(name):
-                if not overwrite:
-                    raise HashingError(f"collection {name!r} exists at {uri}; use --append or another --collection")
                 client.drop_collection(name)
         index_type, params = INDEX_TYPES[info.index_type]
         ip = client.prepare_index_params()
@@ -103,10 +102,14 @@ class MilvusIndex(BinaryIndex):
         rows = client.query(collection + "_meta", filter="id == 0", output_fields=["info"])
         if not rows:
             raise HashingError(f"collection {collection!r} at {uri} has no hashing metadata; rebuild it")
-        return cls(client, uri, collection, IndexInfo(**json.loads(rows[0]["info"])))
+        try:
+            info = IndexInfo(**json.loads(rows[0]["info"]))
+        except (HashingError, TypeError, ValueError) as e:
+            raise HashingError(f"collection {collection!r} at {uri} has damaged hashing metadata ({e}); rebuild it") from None
+        return cls(client, uri, collection, info)
 
     def save(self) -> None:
-        self.client.upsert(self.collection + "_meta", [{"id": 0, "v": b"\0", "info": json.dumps(self.info.__dict__)}])
+        self.client.upsert(self.collection + "_meta", [{"id": 0, "v": b"\0", "info": json.dumps(self.info.to_dict())}])
         self.client.flush(self.collection)
 
     def close(self) -> None:
@@ -163,7 +166,7 @@ class MilvusIndex(BinaryIndex):
         return D, I
 
     def range_search(self, xq, radius):
-        xq = self.check_queries(xq)
+        xq = self.check_queries(xq, radius=radius)
         limit = min(MAX_LIMIT, self.count)
         # Milvus keeps range_filter <= d < radius for HAMMING; we mean d <= radius.
         pairs = self._search(xq, limit, {"radius": int(radius) + 1, "range_filter": 0})

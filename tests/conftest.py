@@ -8,11 +8,10 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A small model trained briefly on scikit-learn's digits, shared by the tests that need one."""
-    from hashing.train import TrainConfig, apply_recipe, train
+    from hashing.train import train_on_dataset
 
     out = tmp_path_factory.mktemp("runs") / "digits64"
-    cfg, obj = apply_recipe("default", {"bits": 64}, {})
-    train(cfg, TrainConfig(dataset="digits", epochs=3, seed=0, objective=obj), out, progress=False)
+    train_on_dataset("default", "digits", out, progress=False, bits=64, epochs=3, seed=0)   # what `hashing train` runs
     return out
 
 

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from hashing.bits import check_bits, hamming, pack, unpack
+from hashing.bits import from_lsb_first, pack, unpack
 from hashing.errors import HashingError
+from hashing.indexes.exact import hamming_distances as hamming
+from hashing.validation import code_bits
 
 
 def test_pack_unpack_round_trip(rng):
@@ -29,7 +31,13 @@ def test_hamming_matches_python_popcount(rng):
     assert hamming(xq8, xb8).tolist() == [[int(np.unpackbits(q ^ d).sum()) for d in xb8] for q in xq8]
 
 
-@pytest.mark.parametrize("bad", [0, 4, 12, 1032, 2048])
-def test_check_bits_rejects(bad):
+@pytest.mark.parametrize("bad", [0, 4, 12, 1032, 2048, "64", 64.0, True])
+def test_code_bits_rejects(bad):
     with pytest.raises(HashingError):
-        check_bits(bad)
+        code_bits(bad)
+
+
+def test_lsb_first_codes_come_into_our_order():
+    # LSB-first: bit 0 is the least significant bit of byte 0, bit 15 the most significant of byte 1.
+    lsb = np.array([[0b00000001, 0b10000000]], np.uint8)
+    assert from_lsb_first(lsb, 16).tolist() == [[0b10000000, 0b00000001]]

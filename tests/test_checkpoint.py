@@ -11,14 +11,14 @@ from hashing.errors import HashingError
 
 
 def test_save_load_gives_identical_codes(digits_run, tmp_path):
-    model, meta = checkpoint.load(digits_run)
+    ckpt = checkpoint.load(digits_run)
     images = load_dataset("digits", "test").images[:200]
-    a = encode_array(model, images, progress=False).codes
-    checkpoint.save(tmp_path / "copy", model, meta["train"])
-    again, meta2 = checkpoint.load(tmp_path / "copy")
-    b = encode_array(again, images, progress=False).codes
+    a = encode_array(ckpt.model, images, progress=False).codes
+    checkpoint.save(tmp_path / "copy", ckpt.model, ckpt.train)
+    again = checkpoint.load(tmp_path / "copy")
+    b = encode_array(again.model, images, progress=False).codes
     assert np.array_equal(a, b)
-    assert meta2["model"] == meta["model"] and meta2["fingerprint"] == meta["fingerprint"]
+    assert again.config == ckpt.config and again.fingerprint == ckpt.fingerprint
     assert a.shape == (200, 8) and a.dtype == np.uint8
 
 
@@ -52,6 +52,27 @@ def test_corrupt_weights(digits_run, tmp_path):
 
 
 def test_eval_codes_are_deterministic(digits_run):
-    model, _ = checkpoint.load(digits_run)
+    model = checkpoint.load(digits_run).model
     x = model.preprocess(torch.from_numpy(load_dataset("digits", "test").images[:50]))
-    assert torch.equal(model.bits(x), model.bits(x))
+    assert torch.equal(model.binarize(x), model.binarize(x))
+
+
+def test_weights_that_do_not_match_the_fingerprint_are_refused(digits_run, tmp_path):
+    import shutil
+
+    shutil.copytree(digits_run, tmp_path / "run")
+    weights = tmp_path / "run" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01                                      # one flipped bit in the last weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(HashingError, match="fingerprint"):
+        checkpoint.load(tmp_path / "run")
+
+
+def test_non_finite_weights_are_never_saved(digits_run, tmp_path):
+    model = checkpoint.load(digits_run).model
+    with torch.no_grad():
+        model.encoder.net[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(HashingError, match="non-finite"):
+        checkpoint.save(tmp_path / "nan", model, {})
+    assert not (tmp_path / "nan" / "model.safetensors").exists()

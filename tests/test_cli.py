@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import cli
+from hashing.cli.main import cli
 from hashing.data import load_dataset
 
 
@@ -99,13 +99,14 @@ def test_index_a_folder_of_images(digits_run, tmp_path, query_png):
 
 def error_of(*args):
     """Run the real console script: the user sees one line and a non-zero exit, never a traceback."""
-    cmd = [shutil.which("hashing")] if shutil.which("hashing") else [sys.executable, "-m", "cli.main"]
+    cmd = [shutil.which("hashing")] if shutil.which("hashing") else [sys.executable, "-m", "hashing.cli.main"]
     p = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True)
     return p.returncode, p.stderr.strip()
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "not-checkpoint", "k-too-large", "unknown-dataset",
-                                  "offline", "bits-mismatch", "empty-folder", "bad-bits"])
+                                  "offline", "bits-mismatch", "empty-folder", "bad-bits", "bad-seed", "huge-seed",
+                                  "nan-lr", "nan-balance", "bad-estimator", "bad-radius", "zero-weights"])
 def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, query_png):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG not really")
@@ -120,7 +121,17 @@ def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, quer
                           "--append"],
         "empty-folder": ["index", "--model", digits_run, "--images", tmp_path / "empty", "--out", tmp_path / "i"],
         "bad-bits": ["train", "--dataset", "digits", "--bits", "12", "--out", tmp_path / "r"],
+        "bad-seed": ["train", "--dataset", "digits", "--seed", "-1", "--out", tmp_path / "r"],
+        "huge-seed": ["train", "--dataset", "digits", "--seed", str(2**70), "--out", tmp_path / "r"],
+        "nan-lr": ["train", "--dataset", "digits", "--lr", "nan", "--out", tmp_path / "r"],
+        "nan-balance": ["train", "--dataset", "digits", "--balance", "nan", "--out", tmp_path / "r"],
+        "bad-estimator": ["train", "--dataset", "digits", "--estimator", "nope", "--out", tmp_path / "r"],
+        "bad-radius": ["query", query_png[0], "--index", digits_index, "--radius", "2147483647"],
+        "zero-weights": ["train", "--dataset", "digits", "--recipe", "autoencoder", "--reconstruction", "0",
+                         "--out", tmp_path / "r"],
     }[case]
+    expected = {"bad-seed": "seed", "huge-seed": "seed", "nan-lr": "lr", "nan-balance": "balance",
+                "bad-radius": "radius", "zero-weights": "weight", "bad-estimator": "estimator"}.get(case)
     (tmp_path / "empty").mkdir()
     if case == "bits-mismatch":
         from hashing import checkpoint
@@ -133,7 +144,9 @@ def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, quer
     lines = [x for x in err.splitlines() if x.strip()]
     assert lines[-1].startswith("Error") and sum(x.startswith("Error") for x in lines) == 1, err
     assert len(lines) == 1 or lines[0].startswith("Usage"), err   # click's usage errors add a usage hint
+    assert expected is None or expected in lines[-1], err
     assert sorted(os.listdir(digits_index)) == before
+    assert not (tmp_path / "r").exists()
 
 
 def test_help_explains_every_option():

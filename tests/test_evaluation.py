@@ -32,7 +32,7 @@ def test_baseline_codes_have_the_right_shape_and_balance():
 def test_evaluate_model_beats_lsh_at_the_same_bits(digits_run, tmp_path):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from hashing.cli.main import cli
 
     r = CliRunner().invoke(cli, ["evaluate", "--model", str(digits_run), "--dataset", "digits", "--baselines",
                                  "lsh,itq,l2", "--json", str(tmp_path / "e.json"), "--plots", str(tmp_path / "p"),

@@ -4,10 +4,10 @@ import sys
 import numpy as np
 import pytest
 
-from hashing.bits import hamming
+from hashing.indexes.exact import hamming_distances as hamming
 from hashing.errors import HashingError
-from indexes import IndexInfo, create, open_index
-from indexes.faiss_index import FaissIndex
+from hashing.indexes import IndexInfo, ModelRecord, create, open_index
+from hashing.indexes.faiss_index import FaissIndex
 
 MODEL = {"run_dir": "/nowhere", "fingerprint": "abc", "bits": 64}
 
@@ -75,7 +75,7 @@ def test_save_open_gives_identical_results(tmp_path, rng):
     D2, I2 = again.search(xb[:20], 7)
     assert np.array_equal(D1, D2) and np.array_equal(I1, I2)
     assert again.lookup(I2[0])[1] == [f"item{i}" for i in I2[0]]
-    assert again.info.model == MODEL
+    assert again.info.model == ModelRecord.from_dict(MODEL)
     hits = again.query(xb[:1], k=3)[0]
     assert hits[0].distance == 0 and hits[0].label == 0 and hits[0].source == "item0"
 
@@ -102,9 +102,13 @@ def test_user_errors(tmp_path, rng):
     with pytest.raises(HashingError, match="not an index"):
         open_index(str(tmp_path / "missing"))
     with pytest.raises(HashingError, match="mismatch"):
-        index.info.check_model({"bits": 128})
+        index.info.check_model(ModelRecord("/x", None, 128))
     with pytest.raises(HashingError, match="model mismatch"):
-        index.info.check_model({"bits": 64, "fingerprint": "other"})
+        index.info.check_model(ModelRecord("/x", "other", 64))
+    with pytest.raises(HashingError, match="radius"):
+        index.range_search(xb[:1], 2147483647)
+    with pytest.raises(HashingError, match="collection"):
+        open_index(str(tmp_path / "idx"), collection="c")
 
 
 def test_damaged_index_is_refused_and_old_files_survive_failed_save(tmp_path, rng):
@@ -117,5 +121,5 @@ def test_damaged_index_is_refused_and_old_files_survive_failed_save(tmp_path, rn
 
 
 def test_indexes_never_imports_torch():
-    code = "import indexes, indexes.faiss_index, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import hashing.indexes, indexes.faiss_index, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from hashing.bits import hamming
+from hashing.cli.main import cli
+from hashing.indexes.exact import hamming_distances as hamming
 from hashing.errors import HashingError
-from indexes import IndexInfo, create, open_index
+from hashing.indexes import IndexInfo, create, open_index
 
-MODEL = {"run_dir": "/nowhere", "fingerprint": "abc", "bits": 64}
+MODEL = {"run_dir": "/nowhere", "fingerprint": "abc", "bits": 64, "estimator": None, "dataset": None}
 
 
 def codes(rng, n):
@@ -64,11 +64,11 @@ def test_reopen_in_a_new_process_and_append(pair, tmp_path, rng):
     milvus.close()
     code = (
         "import json, numpy as np\n"
-        "from indexes import open_index\n"
+        "from hashing.indexes import open_index\n"
         f"ix = open_index({str(tmp_path / 'm.db')!r})\n"
         f"xb = np.frombuffer(bytes.fromhex({xb[:3].tobytes().hex()!r}), np.uint8).reshape(3, 8)\n"
         "D, I = ix.search(xb, 1)\n"
-        "print(json.dumps({'count': ix.count, 'd': D[:, 0].tolist(), 'model': ix.info.model}))\n"
+        "print(json.dumps({'count': ix.count, 'd': D[:, 0].tolist(), 'model': ix.info.to_dict()['model']}))\n"
     )
     out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                     check=True).stdout.strip().splitlines()[-1])

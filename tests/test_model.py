@@ -3,7 +3,9 @@ import torch
 
 from hashing.errors import HashingError
 from hashing.model import HashAutoencoder, HashConfig
-from hashing.train import RECIPES, TrainConfig, apply_recipe, effective_lr, resolve_batch, resolve_device
+from hashing.device import resolve_device
+from hashing.recipes import RECIPES, resolve
+from hashing.train import TrainConfig, batch_plan, effective_lr
 
 
 def test_shapes_for_any_bit_length():
@@ -59,27 +61,54 @@ def test_bottleneck_layers_equal_the_seed_convolutions():
 
 
 def test_recipes_and_overrides():
-    cfg, obj = apply_recipe("seed", {"bits": 64}, {})
-    assert cfg.head == "relu" and obj.reconstruction == 1 and obj.contrastive == 0
-    cfg, obj = apply_recipe("default", {"estimator": "saturated"}, {"balance": 0.1})
-    assert cfg.head == "batchnorm" and cfg.estimator == "saturated" and obj.contrastive > 0 and obj.balance == 0.1
-    assert {"seed", "default", "autoencoder", "supervised"} <= set(RECIPES)
+    cfg, tcfg = resolve("original", "digits", 1437, bits=64)
+    obj = tcfg.objective
+    assert cfg.head == "relu" and obj.reconstruction == 1 and obj.contrastive == 0 and cfg.bits == 64
+    cfg, tcfg = resolve("default", "digits", 1437, estimator="identity", balance=0.1)
+    assert cfg.head == "batchnorm" and cfg.estimator == "identity" and tcfg.objective.contrastive > 0
+    assert tcfg.objective.balance == 0.1
+    assert {"original", "default", "autoencoder", "supervised"} <= set(RECIPES)
     with pytest.raises(HashingError, match="unknown recipe"):
-        apply_recipe("nope", {}, {})
+        resolve("nope", "digits", 10)
+    with pytest.raises(HashingError, match="unknown training setting"):
+        resolve("default", "digits", 10, bitz=64)
+
+
+def test_resolve_leaves_nothing_automatic_and_flags_beat_the_recipe():
+    cfg, tcfg = resolve("supervised", "fashion-mnist", 60000)
+    assert (tcfg.epochs, tcfg.schedule) == (15, "cosine")                    # the recipe's training settings
+    assert tcfg.objective.views == "crop" and cfg.dataset == tcfg.dataset == "fashion-mnist"
+    assert tcfg.device in ("cpu", "cuda") and tcfg.batch_size and tcfg.scale_lr is not None
+    cfg, tcfg = resolve("supervised", "mnist", 60000, epochs=1, schedule="constant", views="crop", device="cpu")
+    assert (tcfg.epochs, tcfg.schedule, tcfg.objective.views, tcfg.device) == (1, "constant", "crop", "cpu")
+    assert tcfg.recipe == "supervised" and tcfg.batch_size == 64
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"bits": 12}, "bits"), ({"bits": "64"}, "bits"), ({"estimator": "nope"}, "estimator"),
+    ({"estimator_options": {"slope": 2}}, "estimator_options"), ({"lr": float("nan")}, "lr"),
+    ({"lr": 0.0}, "lr"), ({"seed": -1}, "seed"), ({"seed": 2**70}, "seed"), ({"epochs": 0}, "epochs"),
+    ({"balance": float("nan")}, "balance"), ({"reconstruction": 0.0, "contrastive": 0.0}, "every loss weight"),
+    ({"views": "zoom"}, "views"), ({"schedule": "step"}, "schedule"), ({"batch_size": 1}, "batch_size"),
+    ({"temperature": 0}, "temperature"), ({"std": 0.0}, "std"),
+])
+def test_configs_validate_themselves_with_the_projects_error(settings, message):
+    with pytest.raises(HashingError, match=message):
+        resolve("default", "digits", 1437, **settings)
 
 
 def test_batch_size_follows_the_device_unless_given():
-    cpu, cuda, n = torch.device("cpu"), torch.device("cuda"), 60000
-    assert (resolve_batch(TrainConfig(), cpu, n).batch_size, resolve_batch(TrainConfig(), cpu, n).scale_lr) == (64, False)
-    gpu = resolve_batch(TrainConfig(), cuda, n)
-    assert (gpu.batch_size, gpu.scale_lr) == (512, True)
+    n = 60000
+    assert batch_plan(None, None, "cpu", n) == (64, False)
+    assert batch_plan(None, None, "cuda", n) == (512, True)
+    gpu = TrainConfig(batch_size=512, scale_lr=True)
     assert effective_lr(gpu) == pytest.approx(1e-3 * 8 ** 0.5)
     # at least 32 steps an epoch: 18,097 images keep 512, 5,000 get 128, digits' 1,797 get 64 (unscaled)
-    assert [resolve_batch(TrainConfig(), cuda, m).batch_size for m in (18097, 5000, 1797)] == [512, 128, 64]
-    assert resolve_batch(TrainConfig(), cuda, 1797).scale_lr is False
-    assert resolve_batch(TrainConfig(scale_lr=False), cuda, n).scale_lr is False
-    mine = resolve_batch(TrainConfig(batch_size=128), cuda, n)
-    assert (mine.batch_size, mine.scale_lr, effective_lr(mine)) == (128, False, 1e-3)
+    assert [batch_plan(None, None, "cuda", m)[0] for m in (18097, 5000, 1797)] == [512, 128, 64]
+    assert batch_plan(None, None, "cuda", 1797) == (64, False)
+    assert batch_plan(None, False, "cuda", n) == (512, False)
+    assert batch_plan(128, None, "cuda", n) == (128, False)
+    assert effective_lr(TrainConfig(batch_size=128, scale_lr=False)) == 1e-3
 
 
 def test_cuda_refused_without_gpu():
@@ -96,15 +125,15 @@ def test_supervised_recipe_reaches_its_measured_quality(tmp_path):
     from hashing.codes import encode_array
     from hashing.data import load_dataset
     from hashing.evaluation import score_codes
-    from hashing.train import TrainConfig, recipe_train, train
+    from hashing.train import train
 
-    cfg, obj = apply_recipe("supervised", {"bits": 64}, {})
-    tcfg = TrainConfig(dataset="digits", objective=obj, **{**recipe_train("supervised"), "epochs": 5})
-    r = train(cfg, tcfg, tmp_path, progress=False)
-    assert r.history["parts"][0]["supervised"] > r.history["parts"][-1]["supervised"] > 0
-    model, meta = checkpoint.load(tmp_path)
-    assert meta["train"]["schedule"] == "cosine" and meta["train"]["objective"]["views"] == "affine"
     db, qs = load_dataset("digits", "train"), load_dataset("digits", "test")
+    cfg, tcfg = resolve("supervised", "digits", len(db), bits=64, epochs=5)
+    r = train(cfg, tcfg, db, tmp_path, progress=False)
+    assert r.history["parts"][0]["supervised"] > r.history["parts"][-1]["supervised"] > 0
+    ckpt = checkpoint.load(tmp_path)
+    model = ckpt.model
+    assert ckpt.train["schedule"] == "cosine" and ckpt.train["objective"]["views"] == "affine"
     xb = encode_array(model, db.images, progress=False).codes
     xq = encode_array(model, qs.images, progress=False).codes
     scores, _ = score_codes(xb, xq, db.labels, qs.labels, 64, (100,), progress=False)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hashing import torch_search
-from hashing.bits import hamming as numpy_hamming
+from hashing.indexes.exact import hamming_distances as numpy_hamming
 
 
 def test_popcount64_matches_python_on_edge_words():
@@ -16,23 +16,23 @@ def test_hamming_matches_numpy_for_word_and_byte_widths(rng):
     for nbytes in (64, 9):
         xq = rng.integers(0, 256, (7, nbytes), dtype=np.uint8)
         xb = rng.integers(0, 256, (300, nbytes), dtype=np.uint8)
-        got = torch_search.hamming(torch.from_numpy(xq), torch.from_numpy(xb), chunk=64).numpy()
+        got = torch_search.popcount_distances(torch.from_numpy(xq), torch.from_numpy(xb), chunk=64).numpy()
         assert np.array_equal(got, numpy_hamming(xq, xb))
 
 
 @pytest.mark.parametrize("method,db_chunk", [("popcount", None), ("popcount", 300), ("matmul", None), ("matmul", 300)])
 def test_search_equals_faiss_flat(rng, tmp_path, method, db_chunk):
     """Both distance methods, with the database in one chunk or merged across several."""
-    from indexes import IndexInfo, create
+    from hashing.indexes import IndexInfo, create
 
     centres = rng.integers(0, 2, (10, 128))
     bits = centres[rng.integers(0, 10, 2000)] ^ (rng.random((2000, 128)) < 0.05)
     xb = np.packbits(bits.astype(bool), axis=1)
     xq = xb[:25]
-    index = create(str(tmp_path / "i"), IndexInfo(bits=128, model={}))
+    index = create(str(tmp_path / "i"), IndexInfo(bits=128, model={"run_dir": "", "fingerprint": None, "bits": 128}))
     index.add(xb, None, [""] * len(xb))
     D1, I1 = index.search(xq, 15)
-    D2, I2 = torch_search.search(torch.from_numpy(xq), torch.from_numpy(xb), 15, query_chunk=10,
+    D2, I2 = torch_search.knn(torch.from_numpy(xq), torch.from_numpy(xb), 15, query_chunk=10,
                                   method=method, db_chunk=db_chunk)
     assert np.array_equal(D1, D2.numpy())
     full = numpy_hamming(xq, xb)
@@ -44,11 +44,11 @@ def test_search_equals_faiss_flat(rng, tmp_path, method, db_chunk):
 
 def test_k_larger_than_database_is_capped(rng):
     xb = rng.integers(0, 256, (5, 8), dtype=np.uint8)
-    D, I = torch_search.search(torch.from_numpy(xb[:2]), torch.from_numpy(xb), 10)
+    D, I = torch_search.knn(torch.from_numpy(xb[:2]), torch.from_numpy(xb), 10)
     assert D.shape == (2, 5) and I[0, 0] == 0 and D[0, 0] == 0
 
 
 def test_unknown_method_is_refused(rng):
     xb = torch.from_numpy(rng.integers(0, 256, (5, 8), dtype=np.uint8))
     with pytest.raises(ValueError, match="method"):
-        torch_search.search(xb, xb, 1, method="bogus")
+        torch_search.knn(xb, xb, 1, method="bogus")

@@ -1,0 +1,91 @@
+"""Options that several commands share, defined once, and choices read from the library.
+
+Registries that live in torch-free modules (datasets, splits, devices, recipes, backends,
+baselines) are plain click.Choice. Those that live beside torch code (estimators, view
+families, lr schedules) are `LibraryChoice`: the module is imported only when a value is
+checked or a subcommand's help is shown, so `hashing --help` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import click
+
+from hashing.data import DATASETS, SPLITS
+from hashing.device import DEVICES
+
+
+class LibraryChoice(click.Choice):
+    """click.Choice whose choices come from `module:attribute` (any iterable of names), on first use."""
+
+    def __init__(self, where: str, extra: tuple[str, ...] = ()):
+        self._where, self._extra, self._loaded = where, extra, None
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._loaded is None:
+            module, attr = self._where.split(":")
+            self._loaded = (*self._extra, *getattr(importlib.import_module(module), attr))
+        return self._loaded
+
+    @choices.setter
+    def choices(self, value) -> None:   # click.Choice.__init__ assigns it; ours is read lazily
+        pass
+
+
+def compose(*decorators: Callable) -> Callable:
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+def model_option(f):
+    return click.option("--model", "run_dir", required=True, type=click.Path(),
+                        help="Run folder written by `hashing train`.")(f)
+
+
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES),
+                        help="auto = CUDA when a GPU is visible, else CPU.")(f)
+
+
+def quiet_option(f):
+    return click.option("--quiet", is_flag=True, help="No progress bars.")(f)
+
+
+def dataset_options(required: bool = True, split: str | None = None) -> Callable:
+    """--dataset and --data-dir, and --split with the given default when the command reads one split."""
+    opts = [
+        click.option("--dataset", type=click.Choice(DATASETS), required=required,
+                     help="Built-in dataset: mnist and fashion-mnist in torchvision's IDX layout (offline: "
+                          "--data-dir), digits bundled with scikit-learn."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder with the torchvision layout DIR/MNIST/raw/*-ubyte (FashionMNIST/raw for "
+                          "fashion-mnist); nothing is downloaded when it is given."),
+    ]
+    if split is not None:
+        opts.append(click.option("--split", type=click.Choice(SPLITS), default=split, show_default=True))
+    return compose(*opts)
+
+
+class SettingOption(click.Option):
+    """A training setting whose default the recipe decides; --help shows it from the library."""
+
+    def get_help_record(self, ctx):
+        from hashing.recipes import default_text
+
+        base = getattr(self, "_base_help", None)
+        if base is None:
+            base = self._base_help = self.help or ""
+        self.help = f"{base}  [default: {default_text(self.name)}]"
+        return super().get_help_record(ctx)
+
+
+def setting(*decls: str, **kwargs) -> Callable:
+    """A `hashing train` option that overrides the recipe only when given (None otherwise)."""
+    return click.option(*decls, cls=SettingOption, default=None, **kwargs)

@@ -1,0 +1,111 @@
+"""Named training recipes, and the one function that turns a recipe and explicit settings
+into the final configs that `train()` runs and the checkpoint records.
+
+A recipe is a typed bundle of overrides, by field name, of the three configs: HashConfig
+(model.py: architecture, estimator), Objective (objectives.py: loss terms and views) and
+TrainConfig (train.py: schedule, batch, device). `resolve` applies, in this order of
+precedence, the dataclass defaults < the recipe < the caller's explicit settings (the flags
+a user gave), then decides everything that depends on the data or the machine, so the
+configs it returns contain no "auto": device, batch size, lr scaling and view family.
+The CLI, the benchmarks and the tests all build their configs through it.
+
+Torch is imported inside `resolve` only, so the CLI can list RECIPES without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from hashing.errors import HashingError
+
+if TYPE_CHECKING:
+    from hashing.model import HashConfig
+    from hashing.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    summary: str                                                 # one line, shown by `hashing train --help`
+    model: Mapping[str, Any] = field(default_factory=dict)       # HashConfig fields
+    objective: Mapping[str, Any] = field(default_factory=dict)   # Objective fields
+    train: Mapping[str, Any] = field(default_factory=dict)       # TrainConfig fields
+
+
+RECIPES: dict[str, Recipe] = {
+    # What `hashing train` uses: the best unsupervised codes per CPU second measured so far
+    # (README, "Recipes" and the quality sweep of benchmarks/quality.py).
+    "default": Recipe("two-view contrastive + 0.5 reconstruction, saturated STE; no labels",
+                      model={"estimator": "saturated"}, objective={"contrastive": 1.0, "reconstruction": 0.5}),
+    "contrastive-fast": Recipe("two-view contrastive alone: no decoder pass, faster steps",
+                               model={"estimator": "saturated"},
+                               objective={"contrastive": 1.0, "reconstruction": 0.0}),
+    "autoencoder": Recipe("pixel reconstruction only, BatchNorm head", objective={"reconstruction": 1.0}),
+    "supervised": Recipe("hash centres from labels on augmented views, cosine lr over 15 epochs",
+                         objective={"supervised": 1.0, "contrastive": 0.0, "reconstruction": 0.0},
+                         train={"epochs": 15, "schedule": "cosine"}),
+    # The design this project started from (its first commit): an autoencoder trained on
+    # reconstruction alone, with a ReLU right before the binarizer. Kept to measure against.
+    "original": Recipe("the first version's design: ReLU before the binarizer, reconstruction only",
+                       model={"head": "relu"}, objective={"reconstruction": 1.0}),
+}
+
+
+def get(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise HashingError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}") from None
+
+
+def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple["HashConfig", "TrainConfig"]:
+    """(recipe, explicit settings) -> (HashConfig, TrainConfig) with nothing left to decide.
+
+    `settings` are field names of HashConfig, Objective or TrainConfig (bits=64, views="crop",
+    epochs=3, device="cpu", ...); None means "not given". `n_images` is the size of the
+    training split, which the automatic batch size depends on.
+    """
+    from hashing.augment import resolve_views
+    from hashing.device import resolve_device
+    from hashing.model import HashConfig
+    from hashing.objectives import Objective
+    from hashing.train import TrainConfig, batch_plan
+
+    r = get(recipe)
+    groups: dict[type, dict] = {HashConfig: {}, Objective: {}, TrainConfig: {}}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        owner = next((cls for cls in groups if key in _names(cls)), None)
+        if owner is None or key in ("dataset", "objective", "recipe"):
+            raise HashingError(f"unknown training setting {key!r}")
+        groups[owner][key] = value
+    obj = Objective(**{**r.objective, **groups[Objective]})
+    obj = dataclasses.replace(obj, views=resolve_views(obj.views, dataset))
+    cfg = HashConfig(**{**r.model, **groups[HashConfig], "dataset": dataset})
+    tcfg = TrainConfig(**{**r.train, **groups[TrainConfig], "dataset": dataset, "recipe": recipe, "objective": obj})
+    device = resolve_device(tcfg.device)
+    batch, scale_lr = batch_plan(tcfg.batch_size, tcfg.scale_lr, device.type, n_images)
+    return cfg, dataclasses.replace(tcfg, device=device.type, batch_size=batch, scale_lr=scale_lr)
+
+
+def _names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def default_text(name: str) -> str:
+    """How the default of setting `name` is decided, for `--help`: the recipes that set it, and
+    the configs' own default otherwise (imports torch: called only when help is shown)."""
+    from hashing.model import HashConfig
+    from hashing.objectives import Objective
+    from hashing.train import TrainConfig
+
+    base = next(f.default for cls in (HashConfig, Objective, TrainConfig) for f in dataclasses.fields(cls)
+                if f.name == name)
+    by = {r: group[name] for r, rec in RECIPES.items() for group in (rec.model, rec.objective, rec.train)
+          if name in group}
+    if not by:
+        return str(base)
+    text = ", ".join(f"{v} ({r})" for r, v in by.items())
+    return text if len(by) == len(RECIPES) else f"{text}, else {base}"
