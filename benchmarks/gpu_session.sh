@@ -5,7 +5,9 @@
 # ../shared/data/mnist. Logs go to $OUT (or ./gpu_out); the summary lines to stdout.
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+  && export PYTHONPATH=/tmp/site || exit 1
+# The project itself, editable and offline: it maps cli/ and indexes/ to hashing.cli and hashing.indexes.
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 export PYTHONUNBUFFERED=1
 D=${DATA:-data/mnist}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

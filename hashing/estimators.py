@@ -23,7 +23,7 @@ to the loss it differentiates (zero for every other estimator).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Callable
 
 import torch
@@ -213,44 +213,31 @@ class Estimator(nn.Module):
         return f"domain={self.domain}"
 
 
-class _Deterministic(Estimator):
-    """Forward h = 1[x > 0]; backward by the pure function `fn` of this class."""
+# name -> (pure function, one-line summary). Each rule's maths and paper are in its docstring above.
+RULES: dict[str, tuple[Callable, str]] = {
+    "identity": (identity, "straight-through: gradient passes unchanged"),
+    "clipped-grad": (clipped_grad, "gradient values clipped to [-1, 1] (hardtanh of grad; clipping, not saturation)"),
+    "saturated": (saturated, "gradient kept only where |x| <= 1 (hard-tanh proxy)"),
+    "proxy-sigmoid": (proxy_sigmoid, "gradient times sigmoid'(x) (Bengio et al. 2013)"),
+    "proxy-tanh": (proxy_tanh, "gradient times tanh'(x)"),
+    "proxy-relu": (proxy_relu, "gradient times 1[x > 0] (what the original design's ReLU does)"),
+    "proxy-clipped-relu": (proxy_clipped_relu, "gradient times 1[0 <= x <= 1] (clipped ReLU, Yin et al. 2019)"),
+}
 
-    fn: Callable = staticmethod(identity)
+
+class Deterministic(Estimator):
+    """Forward h = 1[x > 0]; backward by the pure function that RULES names `rule`."""
+
+    def __init__(self, rule: str, domain: str = "01"):
+        super().__init__(domain)
+        self.name = rule
+        self.fn, self.summary = RULES[rule]
 
     def forward_bits(self, x):
-        return type(self).fn(x)
+        return self.fn(x)
 
-
-class Identity(_Deterministic):
-    name, summary, fn = "identity", "straight-through: gradient passes unchanged", staticmethod(identity)
-
-
-class ClippedGrad(_Deterministic):
-    name, fn = "clipped-grad", staticmethod(clipped_grad)
-    summary = "gradient values clipped to [-1, 1] (hardtanh of grad; clipping, not saturation)"
-
-
-class Saturated(_Deterministic):
-    name, summary, fn = "saturated", "gradient kept only where |x| <= 1 (hard-tanh proxy)", staticmethod(saturated)
-
-
-class ProxySigmoid(_Deterministic):
-    name, summary, fn = "proxy-sigmoid", "gradient times sigmoid'(x) (Bengio et al. 2013)", staticmethod(proxy_sigmoid)
-
-
-class ProxyTanh(_Deterministic):
-    name, summary, fn = "proxy-tanh", "gradient times tanh'(x)", staticmethod(proxy_tanh)
-
-
-class ProxyRelu(_Deterministic):
-    name, fn = "proxy-relu", staticmethod(proxy_relu)
-    summary = "gradient times 1[x > 0] (what the original design's ReLU does)"
-
-
-class ProxyClippedRelu(_Deterministic):
-    name, fn = "proxy-clipped-relu", staticmethod(proxy_clipped_relu)
-    summary = "gradient times 1[0 <= x <= 1] (clipped ReLU, Yin et al. 2019)"
+    def extra_repr(self) -> str:
+        return f"rule={self.name}, domain={self.domain}"
 
 
 class _Stochastic(Estimator):
@@ -363,9 +350,11 @@ class Reinforce(_Stochastic):
         return surrogate
 
 
-REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in (
-    Identity, ClippedGrad, Saturated, ProxySigmoid, ProxyTanh, ProxyRelu, ProxyClippedRelu,
-    Bernoulli, Reinforce, Gumbel, ReinMax)}
+# name -> what builds it from its options (domain, slope, tau, ...).
+REGISTRY: dict[str, Callable[..., Estimator]] = {
+    **{rule: functools.partial(Deterministic, rule) for rule in RULES},
+    **{cls.name: cls for cls in (Bernoulli, Reinforce, Gumbel, ReinMax)},
+}
 
 
 def names() -> list[str]:
@@ -373,7 +362,7 @@ def names() -> list[str]:
 
 
 def describe(name: str) -> str:
-    return REGISTRY[name].summary
+    return RULES[name][1] if name in RULES else REGISTRY[name].summary
 
 
 def get(name: str, **options) -> Estimator:
