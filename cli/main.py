@@ -81,7 +81,7 @@ def train(dataset, data_dir, out, recipe, quiet, **settings):
     per_epoch = sum(r.history["seconds"]) / len(r.history["seconds"])
     click.echo(f"trained {r.model.cfg.bits}-bit model on {dataset} ({r.device}): final loss "
                f"{r.history['epoch_loss'][-1]:.4f}, {per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
-    click.echo(f"saved {out}/model.safetensors, config.json, history.json, reconstructions.png")
+    click.echo(f"saved {out}: config.json, its weights and history, reconstructions.png")
 
 
 @cli.command()
@@ -103,7 +103,9 @@ def encode(run_dir, dataset, data_dir, split, out, batch_size, device, quiet):
 @model_option
 @dataset_options(required=False, split="train")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
-              help="Index every PNG/JPEG under this folder (recursively) instead of a dataset.")
+              help="Index every image file under this folder (recursively) instead of a dataset; unreadable "
+                   "files are skipped and counted.")
+@click.option("--strict", is_flag=True, help="With --images: stop at the first unreadable file instead of skipping it.")
 @click.option("--out", default=None, help="Index folder (FAISS), or a Milvus Lite .db file or http(s) URI (Milvus).")
 @click.option("--index-type", default="flat", show_default=True,
               help=f"{', '.join(INDEX_TYPES)}, or any faiss binary factory string such as BHNSW32 "
@@ -116,17 +118,19 @@ def encode(run_dir, dataset, data_dir, split, out, batch_size, device, quiet):
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
 @device_option
 @quiet_option
-def index(run_dir, dataset, data_dir, split, images, out, index_type, backend, uri, collection, append, batch_size,
-          device, quiet):
+def index(run_dir, dataset, data_dir, split, images, strict, out, index_type, backend, uri, collection, append,
+          batch_size, device, quiet):
     """Encode a dataset split or a folder of images and store the codes in a binary index."""
     from hashing.retrieval import build_index
 
     if (out is None) == (uri is None):
         raise click.UsageError("give exactly one of --out or --uri")
-    r = build_index(run_dir, uri or out, dataset, split, images, data_dir, index_type, backend, collection, append,
-                    batch_size, device, progress=not quiet)
+    r = build_index(run_dir, uri if uri is not None else out, dataset, split, images, data_dir, index_type, backend,
+                    collection, append, batch_size, device, progress=not quiet, strict=strict)
     click.echo(f"indexed {r.added} items ({r.total} in all, {r.bits} bits, {r.index_type}) at {r.location} "
                f"({r.images_per_second:.0f} images/s)")
+    if r.skipped:
+        click.echo(r.skipped)
 
 
 @cli.command()
@@ -172,8 +176,12 @@ def estimators(plot):
     for name in est.names():
         click.echo(f"{name:<{width}}  {est.describe(name)}")
     if plot:
-        from hashing.plots import estimator_curves
         import torch
+
+        from hashing.atomic import check_output_file
+        from hashing.plots import estimator_curves
+
+        check_output_file(plot, "--plot")
 
         x = torch.linspace(-3, 3, 301)
         curves = {}
@@ -203,7 +211,6 @@ def evaluate(run_dir, dataset, data_dir, database_split, query_split, ks, baseli
     Every query ranks the whole database by Hamming distance; relevant = same label; tied
     distances count as the expectation over a random order within the tie.
     """
-    from hashing.atomic import write_json
     from hashing.evaluation import evaluate as run
 
     try:
@@ -214,10 +221,9 @@ def evaluate(run_dir, dataset, data_dir, database_split, query_split, ks, baseli
         raise click.BadParameter("--k needs positive integers")
     names = tuple(b.strip() for b in baselines.split(",") if b.strip())
     report = run(run_dir, dataset, data_dir, database_split, query_split, k_list, names, plots, device,
-                 progress=not quiet)
+                 progress=not quiet, json_out=json_out)
     click.echo(report.table())
     if json_out:
-        write_json(json_out, report.to_json())
         click.echo(f"wrote {json_out}")
     if plots:
         click.echo(f"wrote {plots}/pr_curve.png, precision_at_k.png, retrieval.png")

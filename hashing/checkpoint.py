@@ -1,13 +1,17 @@
 """A run directory that rebuilds its model with nothing else.
 
-RUN_DIR/model.safetensors  weights (safetensors: no pickle, loads under weights_only torch)
-RUN_DIR/config.json        {"format", "model": HashConfig, "train": TrainConfig, "fingerprint"}
-RUN_DIR/history.json       loss per epoch and per step
+RUN_DIR/config.json                 the manifest: {"format", "model": HashConfig, "train": TrainConfig,
+                                    "fingerprint", "files": {"weights": ..., "history": ...}}
+RUN_DIR/model-<FP>.safetensors      weights (safetensors: no pickle, loads under weights_only torch)
+RUN_DIR/history-<FP>.json           loss per epoch and per step
+RUN_DIR/reconstructions.png         a picture, drawn after training
 
-config.json is written last, atomically: a run dir without it is not a checkpoint, so
-an interrupted save never leaves something that loads half-way. Its fingerprint (the
-weights' SHA-256) is checked on every load, so weights that do not belong to the config
-are refused, never used.
+Every save writes the new version's files under new names (FP = the first 16 hex digits of
+the weights' SHA-256) and then replaces config.json atomically: that rename is the commit.
+A crash at any moment leaves either the previous config.json, whose files are still there,
+or the new one; files no manifest names are removed after the commit. The fingerprint is
+checked on every load, so weights that do not belong to the config are refused, never used.
+Run folders from before versioned names (model.safetensors, no "files") still load.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ from pathlib import Path
 
 import torch
 
-from hashing.atomic import atomic_path, write_json
+from hashing.atomic import commit_manifest, file_name, write_bytes, write_json
 from hashing.errors import HashingError
 from hashing.indexes.base import ModelRecord
 from hashing.model import HashAutoencoder, HashConfig, upgrade_state_dict
 
 FORMAT = "hashing-checkpoint/1"
-WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+LEGACY_FILES = {"weights": "model.safetensors", "history": "history.json"}
+OURS = ("model*.safetensors", "history*.json")      # every name a save has ever written
 
 
 @dataclass
@@ -47,13 +52,17 @@ class Checkpoint:
 
 def fingerprint(path: Path) -> str:
     """First 16 hex digits of the weights' SHA-256: names the model an index was built with."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return _digest(Path(path).read_bytes())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def save(run_dir: str | Path, model: HashAutoencoder, train: dict | None = None,
          history: dict | None = None) -> str:
-    """Write weights, history and config (last) atomically; return the weights' fingerprint."""
-    from safetensors.torch import save_file
+    """Write a new version of the run folder and commit it; return the weights' fingerprint."""
+    from safetensors.torch import save as serialize
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -61,13 +70,13 @@ def save(run_dir: str | Path, model: HashAutoencoder, train: dict | None = None,
         raise HashingError(f"training diverged: {bad[0]} has non-finite values; nothing was saved (lower --lr)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    if history is not None:
-        write_json(run_dir / "history.json", history)
-    fp = fingerprint(run_dir / WEIGHTS)
-    write_json(run_dir / CONFIG, {"format": FORMAT, "model": model.cfg.to_dict(), "train": train or {},
-                                  "fingerprint": fp})
+    data = serialize(state)
+    fp = _digest(data)
+    files = {"weights": f"model-{fp}.safetensors", "history": f"history-{fp}.json"}
+    write_bytes(run_dir / files["weights"], data)
+    write_json(run_dir / files["history"], history or {})
+    commit_manifest(run_dir, CONFIG, {"format": FORMAT, "model": model.cfg.to_dict(), "train": train or {},
+                                      "fingerprint": fp, "files": files}, OURS)
     return fp
 
 
@@ -90,27 +99,41 @@ def read_config(run_dir: str | Path) -> dict:
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model from RUN_DIR in eval mode, after checking its weights against config.json."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    try:
+        return _load(Path(run_dir), device)
+    except FileNotFoundError:   # a writer committed a new version between our reads: read it again
+        pass
+    try:
+        return _load(Path(run_dir), device)
+    except FileNotFoundError as e:
+        raise HashingError(f"{run_dir}: {Path(e.filename or '?').name}, named in {CONFIG}, is missing; "
+                           f"retrain the model") from None
 
-    run_dir = Path(run_dir)
+
+def _load(run_dir: Path, device) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as deserialize
+
     config = read_config(run_dir)
+    where = run_dir / CONFIG
     try:
         cfg = HashConfig.from_dict(config.get("model"))
     except (HashingError, TypeError) as e:
-        raise HashingError(f"{run_dir / CONFIG}: invalid model config ({e})") from None
+        raise HashingError(f"{where}: invalid model config ({e})") from None
     recorded = config.get("fingerprint")
     if not isinstance(recorded, str):
-        raise HashingError(f"{run_dir / CONFIG}: no weights fingerprint; retrain the model")
-    weights = run_dir / WEIGHTS
-    if not weights.is_file():
-        raise HashingError(f"{run_dir} has no {WEIGHTS}; retrain the model")
-    if fingerprint(weights) != recorded:
+        raise HashingError(f"{where}: no weights fingerprint; retrain the model")
+    files = config.get("files", LEGACY_FILES)
+    if not isinstance(files, dict):
+        raise HashingError(f"{where}: \"files\" must be an object naming the weights")
+    weights = run_dir / file_name(files.get("weights"), f"{where}: files.weights")
+    data = weights.read_bytes()
+    if _digest(data) != recorded:
         raise HashingError(f"{weights} does not match the fingerprint in {CONFIG}: corrupt, or another model's "
                            f"weights; retrain the model")
     model = HashAutoencoder(cfg)
     try:
-        model.load_state_dict(upgrade_state_dict(load_file(str(weights)), model))
+        model.load_state_dict(upgrade_state_dict(deserialize(data), model))
     except (SafetensorError, RuntimeError, OSError) as e:
         first = str(e).strip().splitlines()[0][:120]
         raise HashingError(f"{weights} does not match its config or is corrupt ({first})") from None

@@ -21,7 +21,7 @@ from hashing.errors import HashingError
 
 DATASETS = ("mnist", "fashion-mnist", "digits")
 SPLITS = ("train", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "FashionMNIST")}
 
 
@@ -109,47 +109,109 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_image(path: str | os.PathLike, size: int = 28, invert: bool = False) -> np.ndarray:
-    """Any image file, any size and mode -> grayscale uint8 (size, size), as the model expects.
+    """Any image file Pillow reads, any size and mode -> grayscale uint8 (size, size), as the model expects.
 
-    Transparent pixels are composited on black (the MNIST background) before the
-    grayscale conversion; the resize uses antialiasing like a downsampled scan.
+    Transparent pixels are composited on black (the MNIST background) before the grayscale
+    conversion; 16- and 32-bit grayscale is scaled to 0..255 (not clipped); an animated file
+    gives its first frame; the resize uses antialiasing like a downsampled scan. Images over
+    Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) are refused, not decoded.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise HashingError(f"image not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            gray = im.convert("L")
-            if gray.size != (size, size):
-                gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=None)
-            arr = np.asarray(gray, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.seek(0)
+                im.load()
+                gray = _to_gray(im)
+        if gray.size != (size, size):
+            gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=None)
+        arr = np.asarray(gray, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HashingError(f"image too large: {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
+                           f"(refused as a possible decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise HashingError(f"not a readable image: {path} ({type(e).__name__})") from None
     return 255 - arr if invert else arr
 
 
+def _to_gray(im):
+    """A loaded PIL image of any mode -> mode 'L'."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L")
+    if im.mode.startswith("I"):         # I;16, I;16B, I;16L, I: integers up to 65535 (16-bit files)
+        wide = np.asarray(im, dtype=np.float64)
+        scale = 255.0 / 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 1.0
+        return Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8))
+    if im.mode == "F":                  # floats: [0, 1] when they fit there, else 0..255
+        wide = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if wide.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8))
+    return im.convert("L")
+
+
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Every PNG/JPEG under `folder`, recursively, in a stable (sorted) order."""
+    """Every image file (by suffix) under `folder`, recursively, in a stable (sorted) order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise HashingError(f"not a folder: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise HashingError(f"no PNG or JPEG images under {folder}")
+        raise HashingError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     return files
 
 
-def iter_image_batches(paths: list[Path], batch_size: int, size: int = 28,
-                       invert: bool = False) -> Iterator[np.ndarray]:
-    """Stream (B, size, size) uint8 batches so a million files are never all in memory."""
-    for start in range(0, len(paths), batch_size):
-        yield np.stack([read_image(p, size, invert) for p in paths[start:start + batch_size]])
+@dataclass
+class FolderRead:
+    """What reading a list of image files found: the files that decoded, and the ones skipped with why."""
+
+    kept: list[Path]
+    skipped: list[tuple[Path, str]]
+
+    def summary(self, shown: int = 3) -> str:
+        """'' when nothing was skipped, else one line: how many, and the first few with their reasons."""
+        if not self.skipped:
+            return ""
+        first = "; ".join(reason for _, reason in self.skipped[:shown])
+        more = f"; and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return f"skipped {len(self.skipped)} unreadable file(s): {first}{more}"
+
+
+def iter_image_batches(paths: list[Path], batch_size: int, size: int = 28, invert: bool = False,
+                       strict: bool = False) -> tuple[Iterator[np.ndarray], FolderRead]:
+    """Stream (B, size, size) uint8 batches so a million files are never all in memory.
+
+    Unreadable files are skipped and recorded in the returned FolderRead as the iterator runs
+    (`strict`: the first one is an error instead); only decoded images are ever in a batch.
+    """
+    read = FolderRead([], [])
+
+    def batches() -> Iterator[np.ndarray]:
+        buf: list[np.ndarray] = []
+        for p in paths:
+            try:
+                buf.append(read_image(p, size, invert))
+            except HashingError as e:
+                if strict:
+                    raise
+                read.skipped.append((p, str(e)))
+                continue
+            read.kept.append(p)
+            if len(buf) == batch_size:
+                yield np.stack(buf)
+                buf = []
+        if buf:
+            yield np.stack(buf)
+    return batches(), read
 
 
 def load_source(source: str, datasets: dict[str, str | None], size: int = 28) -> np.ndarray:

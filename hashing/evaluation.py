@@ -146,8 +146,11 @@ def _curves(s: Scores) -> dict:
 
 def evaluate(run_dir: str | Path, dataset: str, data_dir: str | None = None, database_split: str = "train",
              query_split: str = "test", ks=DEFAULT_KS, baselines=("lsh", "pcah", "itq", "l2"),
-             plots: str | Path | None = None, device: str = "auto", progress: bool = True, seed: int = 0) -> Report:
-    """The table: the model's codes beside each baseline at the same bit count, on the same data."""
+             plots: str | Path | None = None, device: str = "auto", progress: bool = True, seed: int = 0,
+             json_out: str | Path | None = None) -> Report:
+    """The table: the model's codes beside each baseline at the same bit count, on the same data
+    (written to `json_out` as JSON, and drawn into the folder `plots`, when given)."""
+    from hashing.atomic import check_output_file, check_output_folder, write_json
     from hashing import baselines as B
     from hashing import checkpoint
     from hashing.codes import encode_array
@@ -155,6 +158,8 @@ def evaluate(run_dir: str | Path, dataset: str, data_dir: str | None = None, dat
     from hashing.device import resolve_device
 
     baselines = B.check_names(baselines)
+    check_output_file(json_out, "--json")
+    check_output_folder(plots, "--plots")
     model = checkpoint.load(run_dir, resolve_device(device)).model
     bits = model.cfg.bits
     db = load_dataset(dataset, database_split, data_dir)
@@ -195,6 +200,8 @@ def evaluate(run_dir: str | Path, dataset: str, data_dir: str | None = None, dat
         base_scores[name] = res
         curves[name] = _curves(sc)
     report = Report(protocol, model_scores, base_scores, curves)
+    if json_out is not None:
+        write_json(json_out, report.to_json())
     if plots is not None:
         write_plots(report, Path(plots), model, db, qs, xb, xq)
     return report

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from hashing import checkpoint
-from hashing.atomic import atomic_path
+from hashing.atomic import atomic_path, check_output_file
 from hashing.codes import encode_array, encode_batches
 from hashing.data import find_images, iter_image_batches, load_dataset, load_source, read_image
 from hashing.device import resolve_device
 from hashing.errors import HashingError
 from hashing.indexes import BinaryIndex, Hit, IndexInfo, create, open_index
+from hashing.indexes.backends import backend_class, backend_for
 
 
 @dataclass
@@ -33,6 +34,7 @@ class EncodeResult:
 def encode_dataset(run_dir: str | Path, dataset: str, split: str, out: str | Path, data_dir: str | None = None,
                    batch_size: int = 1024, device: str = "auto", progress: bool = True) -> EncodeResult:
     """Write CODES.npz with `codes` (N, bits/8) uint8 and `labels` (N,) int64."""
+    check_output_file(out, "--out")
     model = checkpoint.load(run_dir, resolve_device(device)).model
     ds = load_dataset(dataset, split, data_dir)
     enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
@@ -50,43 +52,61 @@ class IndexResult:
     bits: int
     index_type: str
     images_per_second: float
+    skipped: str = ""          # FolderRead.summary() of an --images run: '' when every file was read
 
 
 def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split: str = "train",
                 images: str | Path | None = None, data_dir: str | None = None, index_type: str = "flat",
                 backend: str | None = None, collection: str | None = None, append: bool = False,
-                batch_size: int = 1024, device: str = "auto", progress: bool = True) -> IndexResult:
-    """Encode a dataset split or a folder of images and store the codes with their metadata."""
+                batch_size: int = 1024, device: str = "auto", progress: bool = True,
+                strict: bool = False) -> IndexResult:
+    """Encode a dataset split or a folder of images and store the codes with their metadata.
+
+    Everything that can be refused is refused before encoding (the location, the model, the
+    index type for this many items); the destination is touched only after encoding, and the
+    backend's save() is one atomic commit, so a failure or a kill leaves the old index whole.
+    """
     if (dataset is None) == (images is None):
         raise HashingError("give exactly one of --dataset or --images")
+    kind = backend_class(backend_for(out, backend))
+    kind.check_location(out, creating=not append)
     ckpt = checkpoint.load(run_dir, resolve_device(device))
     model, record = ckpt.model, ckpt.record()
-    if append:  # refuse a mismatched model before the (long) encoding
+    if append:
         index = open_index(out, collection, backend)
-        index.info.check_model(record)
-        index.close()
+        try:
+            index.info.check_model(record)
+        finally:
+            index.close()
+    else:
+        kind.check_type(index_type, model.cfg.bits)
     if dataset is not None:
         ds = load_dataset(dataset, split, data_dir)
+        n = len(ds)
+    else:
+        paths = find_images(images)
+        n = len(paths)
+    if not append:
+        kind.check_type(index_type, model.cfg.bits, n)
+    skipped = ""
+    if dataset is not None:
         enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
         labels, sources = ds.labels, [ds.source(i) for i in range(len(ds))]
         datasets = {f"{dataset}/{split}": ds.data_dir}
     else:
-        paths = find_images(images)
-        enc = encode_batches(model, iter_image_batches(paths, batch_size, model.cfg.image_size), len(paths),
-                             progress, desc="encoding images")
-        labels, sources, datasets = None, [str(p.resolve()) for p in paths], {}
-    # Only now touch the destination: a failed encoding leaves an existing index as it was
-    # (creating a Milvus collection drops the old one).
-    if append:
-        index = open_index(out, collection, backend)
-    else:
-        index = create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
-    index.info.datasets.update(datasets)
+        batches, read = iter_image_batches(paths, batch_size, model.cfg.image_size, strict=strict)
+        enc = encode_batches(model, batches, len(paths), progress, desc="encoding images")
+        if not read.kept:
+            raise HashingError(f"none of the {len(paths)} images under {images} could be read ({read.summary(1)})")
+        labels, sources, datasets, skipped = None, [str(p.resolve()) for p in read.kept], {}, read.summary()
+    index = open_index(out, collection, backend) if append else \
+        create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
     try:
+        index.info.datasets.update(datasets)
         index.add(enc.codes, labels, sources)
         index.save()
         return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
-                           enc.images_per_second)
+                           enc.images_per_second, skipped)
     finally:
         index.close()
 
@@ -103,7 +123,8 @@ class QueryResult:
 def query_images(paths: list[str | os.PathLike], index_location: str, k: int = 10, radius: int | None = None,
                  collection: str | None = None, invert: bool = False,
                  grid: str | Path | None = None) -> list[QueryResult]:
-    """Encode each image with the index's model and return its neighbours."""
+    """Encode each image with the index's model and return its neighbours. Reads, never writes."""
+    check_output_file(grid, "--grid")
     index = open_index(index_location, collection)
     try:
         return _query(index, paths, k, radius, invert, grid)

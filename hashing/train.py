@@ -227,9 +227,11 @@ def train_on_dataset(recipe: str, dataset: str, out: str | Path, data_dir: str |
                      progress: bool = True, **settings) -> TrainResult:
     """`hashing train`: load the train split, resolve the recipe with `settings`, train, and
     draw reconstructions.png from the test split."""
+    from hashing.atomic import check_output_folder
     from hashing.data import load_dataset
     from hashing.recipes import resolve
 
+    check_output_folder(out, "--out", marker=checkpoint.CONFIG)   # before any data or epoch
     data = load_dataset(dataset, "train", data_dir).head(settings.get("max_images"))
     cfg, tcfg = resolve(recipe, dataset, len(data), data_dir=data_dir, **settings)
     result = train(cfg, tcfg, data, out, progress)

@@ -9,27 +9,39 @@ from __future__ import annotations
 import importlib
 
 from hashing import validation as V
+from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 
 BACKENDS = {"faiss": "hashing.indexes.faiss_index:FaissIndex", "milvus": "hashing.indexes.milvus_index:MilvusIndex"}
 MILVUS_PREFIXES = ("http://", "https://", "tcp://")
 
 
-def backend_for(location: str) -> str:
+def backend_for(location: str, backend: str | None = None) -> str:
+    """The backend a location names; an explicit `backend` must agree with it, so every location
+    means one thing both ways (a FAISS folder called x.db could never be opened again)."""
     loc = str(location)
-    return "milvus" if loc.endswith(".db") or loc.startswith(MILVUS_PREFIXES) else "faiss"
+    if not loc.strip():
+        raise HashingError("the index location is empty: give a folder (FAISS), a .db file or an http(s) URI (Milvus)")
+    implied = "milvus" if loc.endswith(".db") or loc.startswith(MILVUS_PREFIXES) else "faiss"
+    if backend is None or V.choice("backend", backend, BACKENDS) == implied:
+        return implied
+    if backend == "faiss":
+        raise HashingError(f"{loc} names a Milvus location (.db file or URI); a FAISS index is a folder: "
+                           f"choose a folder name without .db, or drop --backend faiss")
+    raise HashingError(f"{loc} names a folder, and a Milvus index lives in a .db file or at an http(s):// URI")
 
 
 def backend_class(name: str) -> type[BinaryIndex]:
+    """The class of a backend by name, imported now (pymilvus only when Milvus is asked for)."""
     module, cls = BACKENDS[V.choice("backend", name, BACKENDS)].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def create(location: str, info: IndexInfo, backend: str | None = None, collection: str | None = None) -> BinaryIndex:
     """A new, empty index at `location` for codes described by `info`."""
-    return backend_class(backend or backend_for(location)).create(location, info, collection)
+    return backend_class(backend_for(location, backend)).create(location, info, collection)
 
 
 def open_index(location: str, collection: str | None = None, backend: str | None = None) -> BinaryIndex:
     """Open an existing index (FAISS folder, Milvus Lite .db file or Milvus server URI)."""
-    return backend_class(backend or backend_for(location)).open(location, collection)
+    return backend_class(backend_for(location, backend)).open(location, collection)

@@ -100,6 +100,16 @@ class BinaryIndex(abc.ABC):
     def open(cls, location: str, collection: str | None = None) -> "BinaryIndex":
         """An existing index; never creates or changes anything."""
 
+    @classmethod
+    @abc.abstractmethod
+    def check_type(cls, index_type: str, bits: int, n: int | None = None) -> None:
+        """Refuse an index type this backend cannot build (for n items), before anything is encoded."""
+
+    @classmethod
+    @abc.abstractmethod
+    def check_location(cls, location: str, creating: bool) -> None:
+        """Refuse a location this backend must not write (creating) or cannot open, before any work."""
+
     @abc.abstractmethod
     def add(self, xb: np.ndarray, labels: np.ndarray | None, sources: list[str]) -> np.ndarray:
         """Append codes with their labels (-1 = unknown) and sources; return their ids."""

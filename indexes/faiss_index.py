@@ -1,8 +1,15 @@
 """A FAISS binary index in a folder.
 
-INDEX_DIR/index.faiss   faiss.write_index_binary of the index
-INDEX_DIR/items.npz     ids (int64), labels (int64, -1 = unknown), sources (str)
-INDEX_DIR/meta.json     format, count, IndexInfo; written last, and checked on open
+INDEX_DIR/meta.json           the manifest: format, count, IndexInfo, and the data files of
+                              this version with their SHA-256
+INDEX_DIR/index-<TAG>.faiss   faiss.write_index_binary of the index
+INDEX_DIR/items-<TAG>.npz     ids (int64), labels (int64, -1 = unknown), sources (str)
+
+Every save writes the data files under a new TAG and then replaces meta.json atomically:
+that rename is the commit. A crash at any moment leaves the previous meta.json, whose files
+are still there, or the new one; files no manifest names are removed after the commit. Open
+checks every field and both checksums, so a torn, mixed or edited folder is refused by name.
+Folders written before versioned names (index.faiss, items.npz, no "files") still open.
 
 Index types: readable names for the configurations we benchmark, or any faiss binary
 factory string (e.g. "BHNSW32", "BIVF256").
@@ -10,17 +17,23 @@ factory string (e.g. "BHNSW32", "BIVF256").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import uuid
 from pathlib import Path
 
 import numpy as np
 
-from hashing.atomic import atomic_path, write_json
+from hashing import validation as V
+from hashing.atomic import atomic_path, check_output_folder, commit_manifest, file_name
 from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 
 FORMAT = "hashing-index/1"
+MANIFEST = "meta.json"
+LEGACY_FILES = {"index": "index.faiss", "items": "items.npz"}
+OURS = ("index*.faiss", "items*.npz")      # every data-file name a save has ever written
 
 INDEX_TYPES = {
     "flat": "BFlat",          # exact
@@ -63,46 +76,114 @@ class FaissIndex(BinaryIndex):
         path = Path(location)
         if path.exists() and not path.is_dir():
             raise HashingError(f"{path} exists and is not a folder; choose another --out")
+        cls.check_type(info.index_type, info.bits)
         return cls(path, info, None, np.zeros(0, np.int64), np.zeros(0, np.int64), [])
 
     @classmethod
-    def open(cls, location: str, collection: str | None = None) -> "FaissIndex":
+    def check_location(cls, location: str, creating: bool) -> None:
+        if creating:
+            check_output_folder(location, "--out", marker=MANIFEST)
+        elif not (Path(location) / MANIFEST).is_file():
+            raise HashingError(f"{location} is not an index (no {MANIFEST}); build one with "
+                               f"`hashing index --out {location}`")
+
+    @classmethod
+    def check_type(cls, index_type: str, bits: int, n: int | None = None) -> None:
+        """Refuse an index type faiss cannot build (for n items, when known), before anything is encoded."""
         import faiss
 
+        try:
+            index = faiss.index_binary_factory(bits, factory_string(index_type, n or 1))
+        except (RuntimeError, KeyError, ValueError, IndexError):
+            raise HashingError(f"--index-type {index_type!r} is neither one of {', '.join(INDEX_TYPES)} nor a faiss "
+                               f"binary factory string") from None
+        if n is not None and isinstance(index, faiss.IndexBinaryIVF) and index.nlist > n:
+            raise HashingError(f"--index-type {index_type!r} has {index.nlist} inverted lists, more than the {n} items "
+                               f"it would be trained on; use fewer lists (e.g. ivf) or flat")
+
+    @classmethod
+    def open(cls, location: str, collection: str | None = None) -> "FaissIndex":
         if collection is not None:
             raise HashingError("--collection is for Milvus; a FAISS index is a folder")
+        cls.check_location(location, creating=False)
         path = Path(location)
-        meta_path = path / "meta.json"
-        if not meta_path.is_file():
-            raise HashingError(f"{path} is not an index (no meta.json); build one with `hashing index --out {path}`")
         try:
-            meta = json.loads(meta_path.read_text())
-            info = IndexInfo(**meta["info"])
-            index = faiss.read_index_binary(str(path / "index.faiss"))
-            tune(index)
-            with np.load(path / "items.npz", allow_pickle=False) as z:
-                ids, labels, sources = z["ids"], z["labels"], z["sources"].tolist()
-        except HashingError as e:
-            raise HashingError(f"{meta_path}: {e}; rebuild the index with `hashing index`") from None
-        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
+            return cls._open(path)
+        except FileNotFoundError:   # a writer committed a new version between our reads: read it again
+            pass
+        try:
+            return cls._open(path)
+        except FileNotFoundError as e:
+            raise HashingError(f"{path}: {Path(e.filename or '?').name}, named in {MANIFEST}, is missing; "
+                               f"rebuild the index with `hashing index`") from None
+
+    @classmethod
+    def _open(cls, path: Path) -> "FaissIndex":
+        import faiss
+
+        where = path / MANIFEST
+        try:
+            meta = json.loads(where.read_text())
+            V.mapping(MANIFEST, meta)
+            if meta.get("format") != FORMAT:
+                raise HashingError(f"format is not {FORMAT!r}")
+            info = IndexInfo(**V.mapping("info", meta.get("info")))
+            count = V.integer("count", meta.get("count"), 0)
+            files = meta.get("files", LEGACY_FILES)
+            V.mapping("files", files)
+            names = {role: file_name(files.get(role), f"files.{role}") for role in ("index", "items")}
+            sums = meta.get("sha256", {})
+            V.mapping("sha256", sums)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HashingError(f"{where} is corrupt (not JSON); rebuild the index with `hashing index`") from None
+        except (HashingError, TypeError) as e:
+            raise HashingError(f"{where}: {e}; rebuild the index with `hashing index`") from None
+        blobs = {role: (path / name).read_bytes() for role, name in names.items()}
+        for role, blob in blobs.items():
+            if role in sums and hashlib.sha256(blob).hexdigest() != sums[role]:
+                raise HashingError(f"{path / names[role]} does not match its checksum in {MANIFEST} (damaged or from "
+                                   f"another version); rebuild the index with `hashing index`")
+        try:
+            index = faiss.deserialize_index_binary(np.frombuffer(blobs["index"], dtype=np.uint8))
+            with np.load(path / names["items"], allow_pickle=False) as z:
+                ids, labels, sources = z["ids"], z["labels"], z["sources"]
+        except Exception as e:   # faiss raises RuntimeError, numpy BadZipFile/KeyError/ValueError on damaged files
             raise HashingError(f"{path} is a damaged index ({type(e).__name__}); rebuild it with `hashing index`") from None
-        if meta.get("format") != FORMAT or not (index.ntotal == len(ids) == meta.get("count")):
-            raise HashingError(f"{path} is an incomplete or foreign index; rebuild it with `hashing index`")
-        return cls(path, info, index, ids, labels, sources)
+        problem = None
+        if index.d != info.bits:
+            problem = f"{names['index']} holds {index.d}-bit codes, {MANIFEST} says {info.bits}"
+        elif not (index.ntotal == count == len(ids) == len(labels) == len(sources)):
+            problem = (f"item counts disagree ({MANIFEST}: {count}, {names['index']}: {index.ntotal}, "
+                       f"{names['items']}: {len(ids)} ids, {len(labels)} labels, {len(sources)} sources)")
+        elif ids.ndim != 1 or labels.ndim != 1 or sources.ndim != 1 or ids.dtype.kind != "i" \
+                or labels.dtype.kind != "i" or sources.dtype.kind != "U":
+            problem = f"{names['items']} has arrays of the wrong shape or type"
+        elif not np.array_equal(ids, np.arange(count)):
+            problem = f"{names['items']} ids are not 0..{count - 1}"
+        if problem:
+            raise HashingError(f"{path} is an inconsistent index: {problem}; rebuild it with `hashing index`")
+        tune(index)
+        return cls(path, info, index, ids.astype(np.int64), labels.astype(np.int64), sources.tolist())
 
     def save(self) -> None:
+        """Write this version's data files under new names, then commit by replacing meta.json."""
         import faiss
 
         if self.index is None:
             raise HashingError("nothing to save: the index is empty")
         self.path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path / "index.faiss") as tmp:
+        tag = uuid.uuid4().hex[:12]
+        names = {"index": f"index-{tag}.faiss", "items": f"items-{tag}.npz"}
+        with atomic_path(self.path / names["index"]) as tmp:
             faiss.write_index_binary(self.index, str(tmp))
-        with atomic_path(self.path / "items.npz") as tmp:
+            index_sum = _sha256(tmp)
+        with atomic_path(self.path / names["items"]) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, ids=self._ids, labels=self._labels, sources=np.asarray(self._sources, dtype=str))
-        write_json(self.path / "meta.json", {"format": FORMAT, "backend": "faiss", "count": self.count,
-                                             "info": self.info.to_dict()})
+            items_sum = _sha256(tmp)
+        commit_manifest(self.path, MANIFEST, {"format": FORMAT, "backend": "faiss", "count": self.count,
+                                              "info": self.info.to_dict(), "files": names,
+                                              "sha256": {"index": index_sum, "items": items_sum}}, OURS)
 
     # ---- data -----------------------------------------------------------------------------------
 
@@ -120,11 +201,8 @@ class FaissIndex(BinaryIndex):
         if len(labels) != n or len(sources) != n:
             raise ValueError("codes, labels and sources must have the same length")
         if self.index is None:
-            try:
-                self.index = faiss.index_binary_factory(self.bits, factory_string(self.info.index_type, n))
-            except RuntimeError:
-                raise HashingError(f"--index-type {self.info.index_type!r} is neither one of "
-                                   f"{', '.join(INDEX_TYPES)} nor a faiss binary factory string") from None
+            self.check_type(self.info.index_type, self.bits, n)
+            self.index = faiss.index_binary_factory(self.bits, factory_string(self.info.index_type, n))
             if not self.index.is_trained:
                 self.index.train(xb)
             tune(self.index)
@@ -168,3 +246,11 @@ class FaissIndex(BinaryIndex):
         index = self.index.storage if isinstance(self.index, faiss.IndexBinaryHNSW) else self.index
         return np.stack([index.reconstruct(i) for i in range(self.count)]) if self.count else \
             np.zeros((0, self.bits // 8), np.uint8)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

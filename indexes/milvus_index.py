@@ -1,9 +1,25 @@
 """Binary codes in Milvus: Milvus Lite (a local .db file) or a Milvus server/cluster (http URI).
 
-Collection NAME: id INT64 (primary, our item id), code BINARY_VECTOR(bits), label INT64
-(-1 = unknown), source VARCHAR; a BIN_FLAT (or BIN_IVF_FLAT) index with metric HAMMING.
-Collection NAME_meta: one row holding the IndexInfo as JSON (Milvus Lite cannot alter
-collection properties, and every collection needs a vector field, hence the 8-bit dummy).
+Data: collection NAME__vN holds id INT64 (primary, our item id), code BINARY_VECTOR(bits),
+label INT64 (-1 = unknown), source VARCHAR, under a BIN_FLAT (or BIN_IVF_FLAT) index with
+metric HAMMING.
+
+Versions and the commit point. Collection NAME_meta is the manifest: one row per committed
+version, id = the version number N, info = JSON of the IndexInfo plus "collection" (the data
+collection of that version) and "count" (its items). The row with the highest id is the index;
+inserting that one row is the commit, and a single-row insert is all or nothing. (Milvus Lite
+has no aliases, so no alias switch.)
+- A rebuild fills a new data collection NAME__v(N+1), flushes it, commits row N+1, then drops
+  the old data collection and manifest rows. A crash before the commit leaves version N whole;
+  the next writer drops the orphan.
+- An append inserts ids count, count+1, ... into the current data collection, flushes, then
+  commits row N+1 with the new count. Every search filters id < count, so the rows of an
+  interrupted append are never seen, and the next writer deletes them before it adds.
+Indexes written before versions (data in NAME, one manifest row 0 without "collection") open
+as version 0.
+
+A reader never writes: opening a .db file that does not exist or is not a Milvus Lite database
+is an error, and only `hashing index` creates one.
 
 Needs the optional group `pip install .[milvus]`: pymilvus 2.5 with milvus-lite 2.5
 (3.x dropped binary vectors); milvus-lite 2.5 imports pkg_resources, so setuptools<81.
@@ -11,138 +27,296 @@ Needs the optional group `pip install .[milvus]`: pymilvus 2.5 with milvus-lite 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import sqlite3
 import warnings
+from pathlib import Path
 
 import numpy as np
 
+from hashing.atomic import crashpoint
 from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 
 DEFAULT_COLLECTION = "hashing"
 INSERT_BATCH = 5000
 MAX_LIMIT = 16384          # Milvus's cap on results per query (topk)
+MAX_SOURCE = 4096          # VARCHAR length of a source
 INDEX_TYPES = {"flat": ("BIN_FLAT", {}), "ivf": ("BIN_IVF_FLAT", {"nlist": 1024})}
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 
 
-def _client(uri: str, timeout: float = 5.0):
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)   # we report errors ourselves, on one line
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                         # milvus-lite's pkg_resources deprecation
-        return _connect(uri, timeout)
-
-
-def _connect(uri: str, timeout: float):
+@contextlib.contextmanager
+def _milvus(what: str, uri: str):
+    """Around every call into pymilvus: its log lines (and milvus-lite's, on the root logger)
+    silenced, and its exceptions turned into one line that says what failed."""
+    logging.disable(logging.CRITICAL)
     try:
-        from pymilvus import MilvusClient, MilvusException
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                     # milvus-lite's pkg_resources deprecation
+            yield
+    except HashingError:
+        raise
     except ImportError:
         raise HashingError("the Milvus backend needs its extras: pip install '.[milvus]' "
                            "(pymilvus 2.5, milvus-lite 2.5, setuptools<81)") from None
+    except Exception as e:
+        text = str(getattr(e, "message", None) or e).strip()
+        message = text.splitlines()[0][:160] if text else "no details"
+        raise HashingError(f"Milvus at {uri}: {what} failed ({type(e).__name__}: {message})") from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def is_lite(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "tcp://"))
+
+
+def check_lite_file(uri: str, creating: bool) -> None:
+    """A Milvus Lite location is a .db file that Milvus Lite made. Only `creating` may name a new one."""
+    path = Path(uri)
+    if not path.exists():
+        if creating:
+            return
+        raise HashingError(f"no Milvus Lite database at {uri}; build one with `hashing index --out {uri}`")
+    if not path.is_file():
+        raise HashingError(f"{uri} is not a file; a Milvus Lite database is a .db file")
     try:
-        return MilvusClient(uri=uri, timeout=timeout)
-    except MilvusException as e:
-        raise HashingError(f"cannot reach Milvus at {uri} ({getattr(e, 'message', e)}); start the server or "
-                           f"check --uri") from None
-    except Exception as e:  # milvus-lite start failures, bad paths
-        raise HashingError(f"cannot open Milvus at {uri} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        with open(path, "rb") as f:
+            head = f.read(16)
+        tables = set()
+        if head == b"SQLite format 3\x00":
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            finally:
+                con.close()
+    except (OSError, sqlite3.Error) as e:
+        raise HashingError(f"{uri} cannot be read ({type(e).__name__}); is it a Milvus Lite database?") from None
+    if "collection_meta" not in tables:
+        raise HashingError(f"{uri} is not a Milvus Lite database (an empty or other kind of file); "
+                           f"choose another path, or remove it if it is yours to replace")
+
+
+def _in_use(uri: str) -> bool:
+    """Whether another process holds Milvus Lite's lock on the file (one process per .db)."""
+    import fcntl
+
+    lock = Path(uri).parent / f".{Path(uri).name}.lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(f, fcntl.LOCK_UN)
+    return False
+
+
+def connect(uri: str, creating: bool = False, timeout: float = 5.0):
+    MilvusIndex.check_location(uri, creating)
+    try:
+        with _milvus("connecting", uri):
+            from pymilvus import MilvusClient
+            return MilvusClient(uri=uri, timeout=timeout)
+    except HashingError:
+        if is_lite(uri) and _in_use(uri):
+            raise HashingError(f"{uri} is open in another process (Milvus Lite allows one at a time); "
+                               f"stop it, or use a Milvus server") from None
+        if not is_lite(uri):
+            raise HashingError(f"cannot reach Milvus at {uri}; start the server or check the URI") from None
+        raise
+
+
+def check_collection_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or "__v" in name or name.endswith("_meta"):
+        raise HashingError(f"--collection {name!r}: use letters, digits and underscores, starting with a letter "
+                           f"or underscore, at most 200 characters (and not ending in _meta or holding __v)")
+    return name
 
 
 class MilvusIndex(BinaryIndex):
-    def __init__(self, client, uri: str, collection: str, info: IndexInfo):
-        self.client, self.uri, self.collection, self.info = client, uri, collection, info
+    def __init__(self, client, uri: str, name: str, info: IndexInfo, version: int | None, data: str, count: int):
+        self.client, self.uri, self.name, self.info = client, uri, name, info
+        self.version, self.data, self._count = version, data, count   # committed version (None: new)
+        self._entities: dict[int, tuple[int, str]] = {}
+
+    # ---- versions ----------------------------------------------------------------------------
 
     @staticmethod
-    def _schema(client, bits: int):
-        from pymilvus import DataType
+    def _manifest(client, name: str, uri: str) -> tuple[int, dict] | None:
+        """(version, row info) of the highest committed version, or None."""
+        meta = name + "_meta"
+        with _milvus("reading the manifest", uri):
+            if not client.has_collection(meta):
+                return None
+            rows = client.query(meta, filter="id >= 0", output_fields=["id", "info"], consistency_level="Strong")
+        if not rows:
+            return None
+        row = max(rows, key=lambda r: int(r["id"]))
+        try:
+            info = json.loads(row["info"])
+            if not isinstance(info, dict):
+                raise ValueError("not an object")
+        except (ValueError, TypeError) as e:
+            raise HashingError(f"collection {name!r} at {uri} has a damaged manifest ({e}); rebuild it") from None
+        return int(row["id"]), info
 
-        s = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        s.add_field("id", DataType.INT64, is_primary=True)
-        s.add_field("code", DataType.BINARY_VECTOR, dim=bits)
-        s.add_field("label", DataType.INT64)
-        s.add_field("source", DataType.VARCHAR, max_length=4096)
-        return s
+    def _commit(self) -> None:
+        """Insert the manifest row of the next version: the one atomic step."""
+        version = 0 if self.version is None else self.version + 1
+        row = {**self.info.to_dict(), "collection": self.data, "count": self._count}
+        with _milvus("committing", self.uri):
+            self.client.insert(self.name + "_meta", [{"id": version, "v": b"\0", "info": json.dumps(row)}])
+            self.client.flush(self.name + "_meta")
+        crashpoint("committed manifest row")
+        self.version = version
+        with _milvus("removing the old version", self.uri):
+            self.client.delete(self.name + "_meta", filter=f"id < {version}")
+            crashpoint("deleted old manifest rows")
+            for c in self.client.list_collections():
+                if c != self.data and self._is_data_of(c):
+                    self.client.drop_collection(c)
+                    crashpoint(f"dropped {c}")
+
+    def _is_data_of(self, collection: str) -> bool:
+        return collection == self.name or re.fullmatch(re.escape(self.name) + r"__v\d+", collection) is not None
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def check_location(cls, location: str, creating: bool) -> None:
+        if is_lite(location):
+            if not location.endswith(".db"):
+                raise HashingError(f"{location}: a Milvus Lite location is a file ending in .db "
+                                   f"(or give an http(s):// URI)")
+            check_lite_file(location, creating)
+            if creating and not Path(location).exists():
+                from hashing.atomic import check_writable_location
+                check_writable_location(location, "--out")
+
+    @classmethod
+    def check_type(cls, index_type: str, bits: int, n: int | None = None) -> None:
+        if index_type not in INDEX_TYPES:
+            raise HashingError(f"--index-type {index_type!r} is not offered on Milvus; choose {', '.join(INDEX_TYPES)}")
 
     @classmethod
     def create(cls, uri: str, info: IndexInfo, collection: str | None = None) -> "MilvusIndex":
-        """A new collection; an existing one of the same name is replaced."""
+        """A new version under `collection`, empty until add() and committed by save(); the
+        committed version, if any, stays what readers see until then."""
         from pymilvus import DataType
 
-        collection = collection or DEFAULT_COLLECTION
-        client = _client(uri)
-        if info.index_type not in INDEX_TYPES:
-            raise HashingError(f"--index-type {info.index_type!r} is not offered on Milvus; choose "
-                               f"{', '.join(INDEX_TYPES)}")
-        for name in (collection, collection + "_meta"):
-            if client.has_collection(name):
-                client.drop_collection(name)
-        index_type, params = INDEX_TYPES[info.index_type]
-        ip = client.prepare_index_params()
-        ip.add_index(field_name="code", index_type=index_type, metric_type="HAMMING", params=params)
-        client.create_collection(collection, schema=cls._schema(client, info.bits), index_params=ip)
-        meta = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        meta.add_field("id", DataType.INT64, is_primary=True)
-        meta.add_field("v", DataType.BINARY_VECTOR, dim=8)
-        meta.add_field("info", DataType.VARCHAR, max_length=65535)
-        mip = client.prepare_index_params()
-        mip.add_index(field_name="v", index_type="BIN_FLAT", metric_type="HAMMING")
-        client.create_collection(collection + "_meta", schema=meta, index_params=mip)
-        index = cls(client, uri, collection, info)
-        index.save()
-        return index
+        name = check_collection_name(collection or DEFAULT_COLLECTION)
+        cls.check_type(info.index_type, info.bits)
+        client = connect(uri, creating=True)
+        current = cls._manifest(client, name, uri)
+        version = None if current is None else current[0]
+        data = f"{name}__v{0 if version is None else version + 1}"
+        with _milvus("creating the collection", uri):
+            if client.has_collection(data):        # an orphan of an interrupted rebuild
+                client.drop_collection(data)
+            if current is None and client.has_collection(name):   # a plain collection of that name, not ours
+                raise HashingError(f"collection {name!r} at {uri} exists but is not a hashing index; "
+                                   f"choose another --collection")
+            index_type, params = INDEX_TYPES[info.index_type]
+            ip = client.prepare_index_params()
+            ip.add_index(field_name="code", index_type=index_type, metric_type="HAMMING", params=params)
+            s = client.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("id", DataType.INT64, is_primary=True)
+            s.add_field("code", DataType.BINARY_VECTOR, dim=info.bits)
+            s.add_field("label", DataType.INT64)
+            s.add_field("source", DataType.VARCHAR, max_length=MAX_SOURCE)
+            client.create_collection(data, schema=s, index_params=ip)
+            crashpoint(f"created {data}")
+            if not client.has_collection(name + "_meta"):
+                meta = client.create_schema(auto_id=False, enable_dynamic_field=False)
+                meta.add_field("id", DataType.INT64, is_primary=True)
+                meta.add_field("v", DataType.BINARY_VECTOR, dim=8)     # every collection needs a vector field
+                meta.add_field("info", DataType.VARCHAR, max_length=65535)
+                mip = client.prepare_index_params()
+                mip.add_index(field_name="v", index_type="BIN_FLAT", metric_type="HAMMING")
+                client.create_collection(name + "_meta", schema=meta, index_params=mip)
+                crashpoint("created the manifest collection")
+        return cls(client, uri, name, info, version, data, 0)
 
     @classmethod
     def open(cls, uri: str, collection: str | None = None) -> "MilvusIndex":
-        collection = collection or DEFAULT_COLLECTION
-        client = _client(uri)
-        if not client.has_collection(collection) or not client.has_collection(collection + "_meta"):
-            have = [c for c in client.list_collections() if not c.endswith("_meta")]
-            raise HashingError(f"no collection {collection!r} at {uri} (it has: {', '.join(have) or 'none'}); "
+        name = check_collection_name(collection or DEFAULT_COLLECTION)
+        client = connect(uri)
+        current = cls._manifest(client, name, uri)
+        if current is None:
+            with _milvus("listing collections", uri):
+                have = sorted(c[:-len("_meta")] for c in client.list_collections() if c.endswith("_meta"))
+            client.close()
+            raise HashingError(f"no collection {name!r} at {uri} (hashing indexes there: {', '.join(have) or 'none'}); "
                                f"check --collection")
-        rows = client.query(collection + "_meta", filter="id == 0", output_fields=["info"])
-        if not rows:
-            raise HashingError(f"collection {collection!r} at {uri} has no hashing metadata; rebuild it")
+        version, row = current
+        data = row.pop("collection", name)       # version 0 of the first layout kept its data in NAME
+        count = row.pop("count", None)
         try:
-            info = IndexInfo(**json.loads(rows[0]["info"]))
-        except (HashingError, TypeError, ValueError) as e:
-            raise HashingError(f"collection {collection!r} at {uri} has damaged hashing metadata ({e}); rebuild it") from None
-        return cls(client, uri, collection, info)
+            info = IndexInfo(**row)
+        except (HashingError, TypeError) as e:
+            raise HashingError(f"collection {name!r} at {uri} has damaged hashing metadata ({e}); rebuild it") from None
+        with _milvus("opening the collection", uri):
+            if not client.has_collection(data):
+                raise HashingError(f"collection {name!r} at {uri}: its data collection {data!r} is missing; rebuild it")
+            if count is None:
+                count = int(client.query(data, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise HashingError(f"collection {name!r} at {uri} has a damaged manifest (count {count!r}); rebuild it")
+        return cls(client, uri, name, info, version, data, count)
 
     def save(self) -> None:
-        self.client.upsert(self.collection + "_meta", [{"id": 0, "v": b"\0", "info": json.dumps(self.info.to_dict())}])
-        self.client.flush(self.collection)
+        self._commit()
 
     def close(self) -> None:
-        self.client.close()
-        if self.uri.endswith(".db"):  # stop the embedded server so that another process may open the file
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if is_lite(self.uri):  # stop the embedded server so that another process may open the file
             try:
                 from milvus_lite.server_manager import server_manager_instance
                 server_manager_instance.release_server(self.uri)
             except (ImportError, AttributeError):
                 pass
 
+    # ---- data ---------------------------------------------------------------------------------
+
     @property
     def count(self) -> int:
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
+        return self._count
 
     def add(self, xb, labels, sources):
         xb = self.check_codes(xb)
         n = len(xb)
         labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-        start = self.count
+        # Milvus stores UTF-8 text: an undecodable byte of a file name is kept as \xNN.
+        sources = [str(s).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for s in sources]
+        too_long = next((s for s in sources if len(s.encode()) > MAX_SOURCE), None)
+        if too_long is not None:
+            raise HashingError(f"a source is longer than Milvus's {MAX_SOURCE} bytes: {too_long[:80]}...")
+        start = self._count
         ids = np.arange(start, start + n, dtype=np.int64)
-        for s in range(0, n, INSERT_BATCH):   # batches: one round trip per 5,000 rows, not per row
-            rows = [{"id": int(ids[i]), "code": xb[i].tobytes(), "label": int(labels[i]), "source": str(sources[i])}
-                    for i in range(s, min(n, s + INSERT_BATCH))]
-            self.client.insert(self.collection, rows)
-        self.client.flush(self.collection)
+        with _milvus("adding items", self.uri):
+            self.client.delete(self.data, filter=f"id >= {start}")   # rows of an interrupted append, never committed
+            for s in range(0, n, INSERT_BATCH):   # batches: one round trip per 5,000 rows, not per row
+                rows = [{"id": int(ids[i]), "code": xb[i].tobytes(), "label": int(labels[i]), "source": sources[i]}
+                        for i in range(s, min(n, s + INSERT_BATCH))]
+                self.client.insert(self.data, rows)
+                crashpoint("inserted a batch")
+            self.client.flush(self.data)
+        self._count = start + n
         return ids
 
     def _search(self, xq: np.ndarray, limit: int, params: dict):
-        res = self.client.search(self.collection, data=[q.tobytes() for q in xq], anns_field="code", limit=limit,
-                                 search_params={"metric_type": "HAMMING", "params": params},
-                                 output_fields=["label", "source"])
+        with _milvus("searching", self.uri):
+            res = self.client.search(self.data, data=[q.tobytes() for q in xq], anns_field="code", limit=limit,
+                                     filter=f"id < {self._count}",
+                                     search_params={"metric_type": "HAMMING", "params": params},
+                                     output_fields=["label", "source"], consistency_level="Strong")
         self._entities = {}
         out = []
         for hits in res:
@@ -177,10 +351,11 @@ class MilvusIndex(BinaryIndex):
 
     def lookup(self, ids):
         ids = [int(i) for i in np.asarray(ids)]
-        missing = [i for i in ids if i not in getattr(self, "_entities", {})]
+        missing = [i for i in ids if i not in self._entities]
         if missing:
-            rows = self.client.query(self.collection, filter=f"id in {missing}", output_fields=["label", "source"])
-            self._entities = {**getattr(self, "_entities", {}),
-                              **{int(r["id"]): (int(r["label"]), r["source"]) for r in rows}}
+            with _milvus("looking up items", self.uri):
+                rows = self.client.query(self.data, filter=f"id in {missing}", output_fields=["label", "source"],
+                                         consistency_level="Strong")
+            self._entities.update({int(r["id"]): (int(r["label"]), r["source"]) for r in rows})
         labels = np.array([self._entities[i][0] for i in ids], np.int64)
         return labels, [self._entities[i][1] for i in ids]

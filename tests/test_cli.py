@@ -31,7 +31,8 @@ def test_train_index_query_end_to_end(tmp_path, query_png):
     run, idx = tmp_path / "run", tmp_path / "idx"
     r = invoke("train", "--dataset", "digits", "--out", run, "--bits", "32", "--epochs", "1", "--quiet")
     assert r.exit_code == 0, r.output
-    assert {"model.safetensors", "config.json", "history.json", "reconstructions.png"} <= set(os.listdir(run))
+    files = json.loads((run / "config.json").read_text())["files"]
+    assert {files["weights"], files["history"], "config.json", "reconstructions.png"} == set(os.listdir(run))
     r = invoke("index", "--model", run, "--dataset", "digits", "--split", "train", "--out", idx, "--quiet")
     assert r.exit_code == 0, r.output and "indexed 1437 items" in r.output
     r = invoke("query", query_png[0], "--index", idx, "-k", "7", "--json")

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -115,8 +116,9 @@ def test_damaged_index_is_refused_and_old_files_survive_failed_save(tmp_path, rn
     xb = clustered_codes(rng, 50, 8)
     index = make(tmp_path, xb)
     index.save()
-    (tmp_path / "idx" / "items.npz").write_bytes(b"garbage")
-    with pytest.raises(HashingError, match="damaged"):
+    items = json.loads((tmp_path / "idx" / "meta.json").read_text())["files"]["items"]
+    (tmp_path / "idx" / items).write_bytes(b"garbage")
+    with pytest.raises(HashingError, match="checksum"):
         FaissIndex.open(str(tmp_path / "idx"))
 
 
