@@ -69,7 +69,7 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
     if (dataset is None) == (images is None):
         raise HashingError("give exactly one of --dataset or --images")
     kind = backend_class(backend_for(out, backend))
-    kind.check_location(out, creating=not append)
+    kind.check_location(out, creating=not append, collection=collection)
     ckpt = checkpoint.load(run_dir, resolve_device(device))
     model, record = ckpt.model, ckpt.record()
     if append:

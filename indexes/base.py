@@ -30,6 +30,9 @@ class ModelRecord:
     def __post_init__(self):
         V.string("model.run_dir", self.run_dir)
         V.code_bits(self.bits, "model.bits")
+        for name in ("fingerprint", "estimator", "dataset"):
+            if getattr(self, name) is not None:
+                V.string(f"model.{name}", getattr(self, name))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelRecord":
@@ -48,7 +51,7 @@ class IndexInfo:
 
     def __post_init__(self):
         V.code_bits(self.bits)
-        if isinstance(self.model, dict):
+        if not isinstance(self.model, ModelRecord):
             self.model = ModelRecord.from_dict(self.model)
         V.string("index_type", self.index_type)
         V.mapping("datasets", self.datasets)
@@ -107,8 +110,9 @@ class BinaryIndex(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def check_location(cls, location: str, creating: bool) -> None:
-        """Refuse a location this backend must not write (creating) or cannot open, before any work."""
+    def check_location(cls, location: str, creating: bool, collection: str | None = None) -> None:
+        """Refuse a location (and collection) this backend must not write (creating) or cannot open,
+        before any work."""
 
     @abc.abstractmethod
     def add(self, xb: np.ndarray, labels: np.ndarray | None, sources: list[str]) -> np.ndarray:

@@ -71,8 +71,7 @@ class FaissIndex(BinaryIndex):
 
     @classmethod
     def create(cls, location: str, info: IndexInfo, collection: str | None = None) -> "FaissIndex":
-        if collection is not None:
-            raise HashingError("--collection is for Milvus; a FAISS index is a folder")
+        cls.check_location(location, creating=True, collection=collection)
         path = Path(location)
         if path.exists() and not path.is_dir():
             raise HashingError(f"{path} exists and is not a folder; choose another --out")
@@ -80,7 +79,9 @@ class FaissIndex(BinaryIndex):
         return cls(path, info, None, np.zeros(0, np.int64), np.zeros(0, np.int64), [])
 
     @classmethod
-    def check_location(cls, location: str, creating: bool) -> None:
+    def check_location(cls, location: str, creating: bool, collection: str | None = None) -> None:
+        if collection is not None:
+            raise HashingError("--collection is for Milvus; a FAISS index is a folder")
         if creating:
             check_output_folder(location, "--out", marker=MANIFEST)
         elif not (Path(location) / MANIFEST).is_file():
@@ -103,9 +104,7 @@ class FaissIndex(BinaryIndex):
 
     @classmethod
     def open(cls, location: str, collection: str | None = None) -> "FaissIndex":
-        if collection is not None:
-            raise HashingError("--collection is for Milvus; a FAISS index is a folder")
-        cls.check_location(location, creating=False)
+        cls.check_location(location, creating=False, collection=collection)
         path = Path(location)
         try:
             return cls._open(path)

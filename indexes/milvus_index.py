@@ -102,10 +102,23 @@ def check_lite_file(uri: str, creating: bool) -> None:
 
 
 def _in_use(uri: str) -> bool:
-    """Whether another process holds Milvus Lite's lock on the file (one process per .db)."""
+    """Whether another process holds Milvus Lite's lock on the file (one process per .db).
+
+    Asked before connecting: a failed start of Milvus Lite deletes the lock file. Never asked
+    when this process runs the file's server itself, since closing our probe would release
+    that server's POSIX lock."""
     import fcntl
 
-    lock = Path(uri).parent / f".{Path(uri).name}.lock"
+    path = Path(uri).absolute().resolve()
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                     # milvus-lite's pkg_resources deprecation
+            from milvus_lite.server_manager import server_manager_instance
+        if str(path) in server_manager_instance._servers:
+            return False
+    except (ImportError, AttributeError):
+        pass
     if not lock.exists():
         return False
     with open(lock, "a") as f:
@@ -119,14 +132,14 @@ def _in_use(uri: str) -> bool:
 
 def connect(uri: str, creating: bool = False, timeout: float = 5.0):
     MilvusIndex.check_location(uri, creating)
+    if is_lite(uri) and _in_use(uri):
+        raise HashingError(f"{uri} is open in another process (Milvus Lite allows one at a time); "
+                           f"stop it, or use a Milvus server")
     try:
         with _milvus("connecting", uri):
             from pymilvus import MilvusClient
             return MilvusClient(uri=uri, timeout=timeout)
     except HashingError:
-        if is_lite(uri) and _in_use(uri):
-            raise HashingError(f"{uri} is open in another process (Milvus Lite allows one at a time); "
-                               f"stop it, or use a Milvus server") from None
         if not is_lite(uri):
             raise HashingError(f"cannot reach Milvus at {uri}; start the server or check the URI") from None
         raise
@@ -189,7 +202,9 @@ class MilvusIndex(BinaryIndex):
     # ---- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def check_location(cls, location: str, creating: bool) -> None:
+    def check_location(cls, location: str, creating: bool, collection: str | None = None) -> None:
+        if collection is not None:
+            check_collection_name(collection)
         if is_lite(location):
             if not location.endswith(".db"):
                 raise HashingError(f"{location}: a Milvus Lite location is a file ending in .db "
