@@ -35,13 +35,13 @@ def digit_png(tmp_path_factory):
     return path
 
 
-def edited_run(digits_run, tmp_path, edit):
-    run = tmp_path / "run"
-    shutil.copytree(digits_run, run)
-    config = json.loads((run / "config.json").read_text())
-    edit(config, run)
-    (run / "config.json").write_text(json.dumps(config))
-    return run
+def edited_copy(folder, dest, manifest, edit):
+    """A copy of a run or index folder whose manifest (and files) `edit(manifest_dict, folder)` changed."""
+    shutil.copytree(folder, dest)
+    content = json.loads((dest / manifest).read_text())
+    edit(content, dest)
+    (dest / manifest).write_text(json.dumps(content))
+    return dest
 
 
 def set_model(key, value):
@@ -63,20 +63,11 @@ def set_model(key, value):
 ], ids=["model-null", "estimator-options", "image-size-0", "image-size-huge", "std-0", "bits-string",
         "weights-path", "fingerprint", "weights-missing"])
 def test_hand_edited_run_folders_are_refused_by_file_and_field(digits_run, tmp_path, edit, message):
-    run = edited_run(digits_run, tmp_path, edit)
+    run = edited_copy(digits_run, tmp_path / "run", "config.json", edit)
     code, _, err = run_hashing("encode", "--model", run, "--dataset", "digits", "--out", tmp_path / "c.npz", "--quiet")
     line = one_line_error(code, err)
     assert message in line and str(run) in line
     assert not (tmp_path / "c.npz").exists()
-
-
-def edited_index(digits_index, tmp_path, edit):
-    idx = tmp_path / "idx"
-    shutil.copytree(digits_index, idx)
-    meta = json.loads((idx / "meta.json").read_text())
-    edit(meta, idx)
-    (idx / "meta.json").write_text(json.dumps(meta))
-    return idx
 
 
 def rewrite_items(**arrays):
@@ -116,7 +107,7 @@ def wrong_dimension(meta, idx):
     (lambda m, i: (i / m["files"]["items"]).write_bytes(b"x"), "checksum"),
 ], ids=["model-null", "bits-string", "count", "truncated-items", "labels-shape", "index-dimension", "checksum"])
 def test_hand_edited_indexes_are_refused_by_file_and_field(digits_index, digit_png, tmp_path, edit, message):
-    idx = edited_index(digits_index, tmp_path, edit)
+    idx = edited_copy(digits_index, tmp_path / "idx", "meta.json", edit)
     code, _, err = run_hashing("query", digit_png, "--index", idx)
     line = one_line_error(code, err)
     assert message in line and str(idx) in line
