@@ -121,6 +121,8 @@ def read_image(path: str | os.PathLike, size: int = 28, invert: bool = False) ->
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise HashingError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise HashingError(f"image not found: {path}")
     try:

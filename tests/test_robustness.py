@@ -255,3 +255,19 @@ def test_written_files_get_the_usual_permissions(digits_run, digits_index):
     for folder in (digits_run, digits_index):
         for p in folder.iterdir():
             assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+
+
+def test_a_non_utf8_file_name_indexes_into_milvus(digits_run, tmp_path):
+    pytest.importorskip("milvus_lite")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    test = load_dataset("digits", "test")
+    Image.fromarray(test.images[0]).save(folder / "plain.png")
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.png")          # Latin-1 bytes: not UTF-8
+    Image.fromarray(test.images[1]).save(odd, format="PNG")
+    db = tmp_path / "m.db"
+    code, out, err = run_hashing("index", "--model", digits_run, "--images", folder, "--out", db, "--quiet")
+    assert code == 0 and "indexed 2 items" in out, err
+    code, out, err = run_hashing("query", folder / "plain.png", "--index", db, "-k", "2", "--json")
+    sources = sorted(x["source"] for x in json.loads(out)[0]["results"])
+    assert code == 0 and sources[0].endswith("caf\\xe9.png") and sources[1].endswith("plain.png"), (out, err)
