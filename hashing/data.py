@@ -131,15 +131,23 @@ def read_image(path: str | os.PathLike, size: int = 28, invert: bool = False) ->
             with Image.open(path) as im:
                 im.seek(0)
                 im.load()
-                gray = _to_gray(im)
-        if gray.size != (size, size):
-            gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=None)
-        arr = np.asarray(gray, dtype=np.uint8)
+                arr = image_array(im, size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HashingError(f"image too large: {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
                            f"(refused as a possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise HashingError(f"not a readable image: {path} ({type(e).__name__})") from None
+    return 255 - arr if invert else arr
+
+
+def image_array(im, size: int = 28, invert: bool = False) -> np.ndarray:
+    """A loaded PIL image -> grayscale uint8 (size, size): the step read_image applies to files."""
+    from PIL import Image
+
+    gray = _to_gray(im)
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    arr = np.asarray(gray, dtype=np.uint8)
     return 255 - arr if invert else arr
 
 

@@ -1,0 +1,78 @@
+"""The Python API under the CLI: load a model, encode images, open an index, search.
+
+    import hashing
+    model = hashing.load("runs/mnist")                 # a run folder from `hashing train`
+    codes = model.encode(["seven.png", "two.png"])     # paths, PIL images or uint8 arrays -> (N, bits/8) uint8
+    index = hashing.open_index("idx/mnist")            # a FAISS folder, a Milvus Lite .db or a Milvus URI
+    D, I = index.search(codes, k=5)                    # Hamming distances and item ids, nearest first
+    hits = index.query(codes, k=5)                     # the same, with labels and sources
+
+The codes are packed by hashing.bits.pack, so they go straight into any index, or to FAISS
+or Milvus directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+
+from hashing.errors import HashingError
+
+ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
+
+
+class Model:
+    """A trained model that turns images into packed binary codes, deterministically."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint          # hashing.checkpoint.Checkpoint: model, config, fingerprint
+
+    @property
+    def bits(self) -> int:
+        return self.checkpoint.config.bits
+
+    def arrays(self, images: ImageLike | Iterable[ImageLike], invert: bool = False) -> np.ndarray:
+        """Images as the model's input: (N, size, size) uint8, each prepared as the CLI prepares files."""
+        from hashing.data import image_array, read_image
+
+        size = self.checkpoint.config.image_size
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3 \
+                and images.shape[1:] == (size, size):
+            return 255 - images if invert else images          # a batch already at the model's size
+        items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "mode") \
+            else list(images)
+        out = []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                out.append(read_image(Path(item), size, invert))
+            elif isinstance(item, np.ndarray):
+                if item.dtype != np.uint8 or item.ndim not in (2, 3):
+                    raise HashingError(f"an image array must be uint8 (H, W) or (H, W, C), got {item.dtype} "
+                                       f"{item.shape}")
+                from PIL import Image
+                out.append(image_array(Image.fromarray(item), size, invert))
+            elif hasattr(item, "mode"):
+                out.append(image_array(item, size, invert))
+            else:
+                raise HashingError(f"cannot encode a {type(item).__name__}: give paths, PIL images or uint8 arrays")
+        if not out:
+            raise HashingError("no images to encode")
+        return np.stack(out)
+
+    def encode(self, images: ImageLike | Iterable[ImageLike], invert: bool = False,
+               batch_size: int = 1024) -> np.ndarray:
+        """Images -> packed codes (N, bits/8) uint8."""
+        from hashing.codes import encode_array
+
+        return encode_array(self.checkpoint.model, self.arrays(images, invert), batch_size, progress=False).codes
+
+
+def load(run_dir: str | os.PathLike, device: str = "auto") -> Model:
+    """The model of a run folder, checked against its fingerprint, on `device` (auto: GPU if any)."""
+    from hashing import checkpoint
+    from hashing.device import resolve_device
+
+    return Model(checkpoint.load(run_dir, resolve_device(device)))
