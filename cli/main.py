@@ -54,7 +54,7 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--bits", type=int, help="Code length: a multiple of 8 from 8 to 1024.")
 @setting("--epochs", type=int, help="Passes over the training split.")
 @click.option("--batch-size", type=int, default=None,
-              help="Images per step.  [default: 64 on CPU; on a GPU larger, with --scale-lr (hashing.train.auto_batch)]")
+              help="Images per step.  [default: 64 on CPU; on a GPU larger, with --scale-lr (hashing.train.batch_plan)]")
 @setting("--lr", type=float, help="Adam learning rate (betas 0.5, 0.999).")
 @click.option("--scale-lr/--no-scale-lr", default=None,
               help="Scale --lr by sqrt(batch-size / 64), for large batches.  [default: on with the GPU's automatic batch]")

@@ -4,7 +4,7 @@ A file is written as a temp file in the destination folder, then renamed over th
 destination (os.replace): a reader, or a run interrupted half-way, sees the old file or the
 new one, never a torn one. Folders that hold several files (run folders, FAISS indexes) go
 further: their data files get new names for every version and one small manifest file,
-replaced atomically, is the commit point (see `VersionedFolder`).
+replaced atomically, is the commit point (`commit_manifest`).
 
 Output paths: a symlink is written through (its target gets the new file, the link stays);
 a FIFO, a device node or a folder where a file is expected is refused, never replaced.
@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -148,13 +147,6 @@ def check_output_folder(path: str | os.PathLike | None, what: str, marker: str |
             raise HashingError(f"{what} {path}: no permission to write in it")
         if marker and any(path.iterdir()) and not (path / marker).is_file():
             raise HashingError(f"{what} {path} is a folder of other files (no {marker}); choose a new or empty folder")
-
-
-def is_regular_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        return False
 
 
 def commit_manifest(folder: Path, manifest: str, content: dict, ours: tuple[str, ...]) -> None:

@@ -50,13 +50,9 @@ class Checkpoint:
                            estimator=self.config.estimator, dataset=self.config.dataset)
 
 
-def fingerprint(path: Path) -> str:
+def fingerprint(weights: bytes) -> str:
     """First 16 hex digits of the weights' SHA-256: names the model an index was built with."""
-    return _digest(Path(path).read_bytes())
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+    return hashlib.sha256(weights).hexdigest()[:16]
 
 
 def save(run_dir: str | Path, model: HashAutoencoder, train: dict | None = None,
@@ -71,7 +67,7 @@ def save(run_dir: str | Path, model: HashAutoencoder, train: dict | None = None,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = serialize(state)
-    fp = _digest(data)
+    fp = fingerprint(data)
     files = {"weights": f"model-{fp}.safetensors", "history": f"history-{fp}.json"}
     write_bytes(run_dir / files["weights"], data)
     write_json(run_dir / files["history"], history or {})
@@ -128,7 +124,7 @@ def _load(run_dir: Path, device) -> Checkpoint:
         raise HashingError(f"{where}: \"files\" must be an object naming the weights")
     weights = run_dir / file_name(files.get("weights"), f"{where}: files.weights")
     data = weights.read_bytes()
-    if _digest(data) != recorded:
+    if fingerprint(data) != recorded:
         raise HashingError(f"{weights} does not match the fingerprint in {CONFIG}: corrupt, or another model's "
                            f"weights; retrain the model")
     model = HashAutoencoder(cfg)

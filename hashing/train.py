@@ -36,7 +36,7 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     epochs: int = 5
-    batch_size: int | None = None   # None: chosen for the device by recipes.resolve (auto_batch)
+    batch_size: int | None = None   # None: chosen for the device by recipes.resolve (batch_plan)
     lr: float = 1e-3
     scale_lr: bool | None = None    # lr * sqrt(batch_size / 64), the square-root rule for Adam; None: on with the GPU batch
     schedule: str = "constant"      # or "cosine": lr decays to 0 over the run (half a cosine)
@@ -58,7 +58,8 @@ class TrainConfig:
             V.integer("batch_size", self.batch_size, 2, 1 << 20)
         V.number("lr", self.lr, positive=True)
         V.choice("schedule", self.schedule, SCHEDULES)
-        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 or not all(0 <= V.number("betas", b) < 1 for b in self.betas):
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 \
+                or not all(0 <= V.number("betas", b) < 1 for b in self.betas):
             raise HashingError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = tuple(float(b) for b in self.betas)
         V.choice("device", self.device, DEVICES)

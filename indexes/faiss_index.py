@@ -18,6 +18,7 @@ factory string (e.g. "BHNSW32", "BIVF256").
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import uuid
@@ -144,7 +145,7 @@ class FaissIndex(BinaryIndex):
                                    f"another version); rebuild the index with `hashing index`")
         try:
             index = faiss.deserialize_index_binary(np.frombuffer(blobs["index"], dtype=np.uint8))
-            with np.load(path / names["items"], allow_pickle=False) as z:
+            with np.load(io.BytesIO(blobs["items"]), allow_pickle=False) as z:   # the bytes just checked
                 ids, labels, sources = z["ids"], z["labels"], z["sources"]
         except Exception as e:   # faiss raises RuntimeError, numpy BadZipFile/KeyError/ValueError on damaged files
             raise HashingError(f"{path} is a damaged index ({type(e).__name__}); rebuild it with `hashing index`") from None
