@@ -95,9 +95,9 @@ def exercise(name: str, args: list, restore, judge, work: Path, delays: list[flo
 
 
 def train_model(run: Path, seed: int) -> None:
-    from hashing.train import train_on_dataset
+    from hashing.train import train_on
 
-    train_on_dataset("default", "digits", run, progress=False, bits=16, epochs=1, seed=seed)
+    train_on("default", run, "digits", progress=False, bits=16, epochs=1, seed=seed)
 
 
 def query_images_of(work: Path, n: int = 6) -> list[Path]:

@@ -10,7 +10,7 @@ import sys
 import click
 
 from hashing.baselines import BASELINES
-from hashing.cli.options import (LibraryChoice, dataset_options, device_option, model_option, quiet_option,
+from hashing.cli.options import (LibraryChoice, source_options, device_option, model_option, quiet_option,
                                  setting)
 from hashing.data import SPLITS
 from hashing.errors import HashingError
@@ -35,11 +35,14 @@ def cli():
     and find similar images by Hamming distance.
 
     \b
-    Typical use:
+    Typical use (a built-in dataset, or --images FOLDER for your own pictures):
       hashing train --dataset mnist --data-dir DIR --out runs/mnist
       hashing index --model runs/mnist --dataset mnist --data-dir DIR --split train --out idx/mnist
       hashing query digit.png --index idx/mnist -k 10
       hashing evaluate --model runs/mnist --dataset mnist --data-dir DIR
+
+      hashing train --images photos/ --out runs/photos
+      hashing index --model runs/photos --images photos/ --out idx/photos
     """
 
 
@@ -48,7 +51,7 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 
 
 @cli.command()
-@dataset_options()
+@source_options()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write the checkpoint to.")
 @click.option("--recipe", default="default", show_default=True, type=click.Choice(RECIPES), help=RECIPE_HELP)
 @setting("--bits", type=int, help="Code length: a multiple of 8 from 8 to 1024.")
@@ -72,40 +75,62 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
          help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).  [default: off]")
+@click.option("--image-size", type=int, default=None,
+              help="Images are resized to N x N, N from 16 to 256.  [default: 28 for a dataset; for --images the "
+                   "folder's median shorter side, at most 64]")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="1: grayscale, 3: colour.  [default: 1 for a dataset; for --images 3 if any sampled image has "
+                   "colour, else 1]")
+@click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default=None,
+              help="How an image of another shape becomes square: crop = scale the shorter side to N and cut the "
+                   "centre; pad = scale the longer side to N and centre on black; stretch = both sides to N.  "
+                   "[default: crop]")
 @quiet_option
-def train(dataset, data_dir, out, recipe, quiet, **settings):
-    """Train a hashing autoencoder; RUN_DIR gets weights, config.json, history and reconstructions.png."""
-    from hashing.train import train_on_dataset
+def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
+    """Train a hashing model on a dataset or a folder of images; the run folder gets
+    config.json (everything needed to rebuild the model and its preprocessing), the weights,
+    the loss history and reconstructions.png.
 
-    r = train_on_dataset(recipe, dataset, out, data_dir, progress=not quiet, **settings)
+    With --images and no other option, a folder of ordinary photos trains a colour model at
+    64 x 64 (crop to square) with the photo views; a folder of grayscale images trains a
+    grayscale one; the per-channel mean and std are measured on the folder.
+    """
+    from hashing.train import train_on
+
+    r = train_on(recipe, out, dataset, images, data_dir, progress=not quiet,
+                 channels=None if channels is None else int(channels), **settings)
+    if r.skipped:
+        click.echo(r.skipped)
     per_epoch = sum(r.history["seconds"]) / len(r.history["seconds"])
-    click.echo(f"trained {r.model.cfg.bits}-bit model on {dataset} ({r.device}): final loss "
+    cfg = r.model.cfg
+    click.echo(f"trained {cfg.bits}-bit model on {dataset or images} ({cfg.image_size}x{cfg.image_size}, "
+               f"{cfg.channels} channel{'s' if cfg.channels > 1 else ''}, {r.device}): final loss "
                f"{r.history['epoch_loss'][-1]:.4f}, {per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
     click.echo(f"saved {out}: config.json, its weights and history, reconstructions.png")
 
 
 @cli.command()
 @model_option
-@dataset_options(split="test")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CODES.npz to write (codes, labels).")
+@source_options(split="test", strict=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="CODES.npz to write: codes, labels (and sources, classes for --images).")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
 @device_option
 @quiet_option
-def encode(run_dir, dataset, data_dir, split, out, batch_size, device, quiet):
-    """Encode a dataset split to packed codes (uint8, N x bits/8, numpy.packbits order) and labels."""
-    from hashing.retrieval import encode_dataset
+def encode(run_dir, dataset, data_dir, images, split, strict, out, batch_size, device, quiet):
+    """Encode a dataset split or a folder of images to packed codes (uint8, N x bits/8,
+    numpy.packbits order) and labels."""
+    from hashing.retrieval import encode
 
-    r = encode_dataset(run_dir, dataset, split, out, data_dir, batch_size, device, progress=not quiet)
+    r = encode(run_dir, out, dataset, images, split, data_dir, batch_size, device, progress=not quiet, strict=strict)
     click.echo(f"wrote {r.count} {r.bits}-bit codes to {r.out} ({r.images_per_second:.0f} images/s)")
+    if r.skipped:
+        click.echo(r.skipped)
 
 
 @cli.command()
 @model_option
-@dataset_options(required=False, split="train")
-@click.option("--images", type=click.Path(file_okay=False), default=None,
-              help="Index every image file under this folder (recursively) instead of a dataset; unreadable "
-                   "files are skipped and counted.")
-@click.option("--strict", is_flag=True, help="With --images: stop at the first unreadable file instead of skipping it.")
+@source_options(split="train", strict=True)
 @click.option("--out", default=None, help="Index folder (FAISS), or a Milvus Lite .db file or http(s) URI (Milvus).")
 @click.option("--index-type", default="flat", show_default=True,
               help=f"{', '.join(INDEX_TYPES)}, or any faiss binary factory string such as BHNSW32 "
@@ -118,7 +143,7 @@ def encode(run_dir, dataset, data_dir, split, out, batch_size, device, quiet):
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
 @device_option
 @quiet_option
-def index(run_dir, dataset, data_dir, split, images, strict, out, index_type, backend, uri, collection, append,
+def index(run_dir, dataset, data_dir, images, split, strict, out, index_type, backend, uri, collection, append,
           batch_size, device, quiet):
     """Encode a dataset split or a folder of images and store the codes in a binary index."""
     from hashing.retrieval import build_index
@@ -140,13 +165,13 @@ def index(run_dir, dataset, data_dir, split, images, strict, out, index_type, ba
 @click.option("-k", "k", default=10, show_default=True, type=int, help="Number of neighbours per image.")
 @click.option("--radius", type=int, default=None, help="Return every item within this Hamming distance instead of k.")
 @click.option("--invert", is_flag=True, help="Invert the image first (for dark digits on a light background).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{image, results: [{id, distance, label, source}]}].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{image, results: [{id, distance, label, source, class}]}].")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a PNG: each query then its neighbours.")
 def query(images, index_location, collection, k, radius, invert, as_json, grid):
     """Find the nearest indexed items of each IMAGE by Hamming distance.
 
-    Any size and mode is accepted: the image is made grayscale and resized to the model's
-    input. MNIST-style models expect a white digit on a black background (use --invert
+    Any size and mode is accepted: the image is brought to the model's input exactly as its
+    training images were (channels, size, resize rule). MNIST-style models expect a white digit on a black background (use --invert
     for a dark digit on white paper).
     """
     from hashing.retrieval import query_images
@@ -159,7 +184,7 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
         click.echo(f"{r.image}: {len(r.hits)} results")
         click.echo(f"  {'rank':>4}  {'id':>8}  {'distance':>8}  {'label':>5}  source")
         for rank, h in enumerate(r.hits, 1):
-            label = "-" if h.label is None else str(h.label)
+            label = "-" if h.label is None else (r.class_of(h) or str(h.label))
             click.echo(f"  {rank:>4}  {h.id:>8}  {h.distance:>8}  {label:>5}  {h.source}")
     if grid:
         click.echo(f"wrote {grid}")
@@ -194,7 +219,7 @@ def estimators(plot):
 
 @cli.command()
 @model_option
-@dataset_options()
+@source_options()
 @click.option("--database-split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option("--query-split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--k", "ks", default="1,10,100,1000", show_default=True, help="Comma-separated k for precision@k.")
@@ -205,11 +230,12 @@ def estimators(plot):
               help="Folder for pr_curve.png, precision_at_k.png and retrieval.png.")
 @device_option
 @quiet_option
-def evaluate(run_dir, dataset, data_dir, database_split, query_split, ks, baselines, json_out, plots, device, quiet):
+def evaluate(run_dir, dataset, data_dir, images, database_split, query_split, ks, baselines, json_out, plots, device, quiet):
     """Precision@k, mAP, mAP@1000 and radius-2 precision/recall of the model beside LSH, PCAH, ITQ and L2.
 
     Every query ranks the whole database by Hamming distance; relevant = same label; tied
-    distances count as the expectation over a random order within the tie.
+    distances count as the expectation over a random order within the tie. With --images,
+    FOLDER/train is the database and FOLDER/test the queries (class folders are the labels).
     """
     from hashing.evaluation import evaluate as run
 
@@ -221,7 +247,7 @@ def evaluate(run_dir, dataset, data_dir, database_split, query_split, ks, baseli
         raise click.BadParameter("--k needs positive integers")
     names = tuple(b.strip() for b in baselines.split(",") if b.strip())
     report = run(run_dir, dataset, data_dir, database_split, query_split, k_list, names, plots, device,
-                 progress=not quiet, json_out=json_out)
+                 progress=not quiet, json_out=json_out, images=images)
     click.echo(report.table())
     if json_out:
         click.echo(f"wrote {json_out}")

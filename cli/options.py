@@ -58,18 +58,29 @@ def quiet_option(f):
     return click.option("--quiet", is_flag=True, help="No progress bars.")(f)
 
 
-def dataset_options(required: bool = True, split: str | None = None) -> Callable:
-    """--dataset and --data-dir, and --split with the given default when the command reads one split."""
+def source_options(split: str | None = None, strict: bool = False) -> Callable:
+    """Where images come from: --dataset (with --data-dir) or --images; --split with the
+    command's default when it reads one split; --strict for commands that stream a folder."""
     opts = [
-        click.option("--dataset", type=click.Choice(DATASETS), required=required,
+        click.option("--dataset", type=click.Choice(DATASETS), default=None,
                      help="Built-in dataset: mnist and fashion-mnist in torchvision's IDX layout (offline: "
-                          "--data-dir), digits bundled with scikit-learn."),
+                          "--data-dir), digits bundled with scikit-learn. Give this or --images."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Folder with the torchvision layout DIR/MNIST/raw/*-ubyte (FashionMNIST/raw for "
                           "fashion-mnist); nothing is downloaded when it is given."),
+        click.option("--images", type=click.Path(file_okay=False), default=None,
+                     help="A folder of image files (PNG, JPEG, WebP, BMP, GIF, TIFF; any size and mode) instead "
+                          "of --dataset. FOLDER/CLASS/file: CLASS is the label; files directly in FOLDER are "
+                          "unlabelled; FOLDER/train and FOLDER/test, when both exist, are the splits. Unreadable "
+                          "files are skipped and counted."),
     ]
     if split is not None:
-        opts.append(click.option("--split", type=click.Choice(SPLITS), default=split, show_default=True))
+        opts.append(click.option("--split", type=click.Choice(SPLITS), default=None,
+                                 help=f"Split to read (a folder has splits only with train/ and test/ "
+                                      f"folders).  [default: {split}]"))
+    if strict:
+        opts.append(click.option("--strict", is_flag=True,
+                                 help="With --images: stop at the first unreadable file instead of skipping it."))
     return compose(*opts)
 
 

@@ -35,27 +35,31 @@ class Model:
         return self.checkpoint.config.bits
 
     def arrays(self, images: ImageLike | Iterable[ImageLike], invert: bool = False) -> np.ndarray:
-        """Images as the model's input: (N, size, size) uint8, each prepared as the CLI prepares files."""
-        from hashing.data import image_array, read_image
+        """Images as the model's input: (N, *spec.shape) uint8, each prepared as the CLI prepares files
+        (hashing.images.fit_image: mode, then the model's size by its resize rule)."""
+        from hashing.images import fit_image, read_image
 
-        size = self.checkpoint.config.image_size
-        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3 \
-                and images.shape[1:] == (size, size):
+        spec = self.checkpoint.config.spec
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == spec.shape \
+                and images.ndim == len(spec.shape) + 1:
             return 255 - images if invert else images          # a batch already at the model's size
         items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "mode") \
             else list(images)
         out = []
         for item in items:
             if isinstance(item, (str, os.PathLike)):
-                out.append(read_image(Path(item), size, invert))
+                out.append(read_image(Path(item), spec, invert))
             elif isinstance(item, np.ndarray):
                 if item.dtype != np.uint8 or item.ndim not in (2, 3):
                     raise HashingError(f"an image array must be uint8 (H, W) or (H, W, C), got {item.dtype} "
                                        f"{item.shape}")
                 from PIL import Image
-                out.append(image_array(Image.fromarray(item), size, invert))
+                if item.ndim == 3 and item.shape[2] not in (1, 3, 4):
+                    raise HashingError(f"an (H, W, C) image array needs 1, 3 or 4 channels, got {item.shape}")
+                out.append(fit_image(Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item),
+                                     spec, invert))
             elif hasattr(item, "mode"):
-                out.append(image_array(item, size, invert))
+                out.append(fit_image(item, spec, invert))
             else:
                 raise HashingError(f"cannot encode a {type(item).__name__}: give paths, PIL images or uint8 arrays")
         if not out:

@@ -1,14 +1,20 @@
 """Random views of a batch, on the batch's device, for augmentation-invariance objectives.
 
-Every view family is one affine_grid/grid_sample call per batch: no per-image host work.
-Inputs are normalised to [-1, 1] with -1 the background, so the resampling pads with the
-background, not with mid-grey 0.
+Every view family is one affine_grid/grid_sample call per batch plus elementwise colour
+work: no per-image host work. Inputs are the model's normalised input, (x/255 - mean) / std
+per channel (`mean`, `std`: floats or (1, C, 1, 1) tensors, the model's own); resampling pads
+with black, the MNIST background, not with the mid-grey that 0 would be.
 
 - affine: small rotation, scale, shift and shear (digits: a flipped 2 is not a 2).
-- auto: crop for fashion-mnist, affine otherwise (see AUTO_VIEWS).
 - crop: crop-and-resize (SimCLR's main view, Chen et al. 2020) of 35-100 % of the area,
   aspect 3/4-4/3, mirrored half of the time, plus a contrast change; for objects such
   as clothing, where a mirror image is the same kind of thing.
+- photo: SimCLR's views for photographs: crop-and-resize of 25-100 % of the area, mirrored
+  half of the time, then with probability 0.8 colour jitter (brightness, contrast and
+  saturation each x U(0.6, 1.4), hue rotated by up to +-0.1 turn in YIQ space) and with
+  probability 0.2 grayscale. On one channel only brightness and contrast apply.
+- auto: chosen by `resolve_views` from the dataset (AUTO_VIEWS) or, for image folders, from
+  the channels: photo for colour, crop for grayscale.
 """
 
 from __future__ import annotations
@@ -26,13 +32,22 @@ def _uniform(x: torch.Tensor, generator: torch.Generator | None):
     return u
 
 
-def random_affine(x: torch.Tensor, degrees: float = 15.0, scale: tuple[float, float] = (0.85, 1.15),
-                  shift: float = 0.12, shear: float = 0.15, background: float = -1.0,
+Norm = "float | torch.Tensor"
+
+
+def _background(mean, std):
+    """What black (pixel 0) is after normalisation: -mean / std, a float or (1, C, 1, 1)."""
+    return -mean / std
+
+
+def random_affine(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, degrees: float = 15.0,
+                  scale: tuple[float, float] = (0.85, 1.15), shift: float = 0.12, shear: float = 0.15,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W), each image under its own random affine map.
 
     shift is a fraction of the half-width (0.12 ~ 1.7 px on 28 px).
     """
+    background = _background(mean, std)
     u = _uniform(x, generator)
     ang = u(-degrees, degrees) * (math.pi / 180)
     s = u(*scale)
@@ -48,10 +63,11 @@ def random_affine(x: torch.Tensor, degrees: float = 15.0, scale: tuple[float, fl
     return (out + background).to(x.dtype)
 
 
-def random_crop(x: torch.Tensor, area: tuple[float, float] = (0.35, 1.0), aspect: tuple[float, float] = (0.75, 1.333),
-                flip: bool = True, contrast: tuple[float, float] = (0.6, 1.0), background: float = -1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[float, float] = (0.35, 1.0),
+                aspect: tuple[float, float] = (0.75, 1.333), flip: bool = True,
+                contrast: tuple[float, float] = (0.6, 1.0), generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): a random crop of each image resized to full size."""
+    background = _background(mean, std)
     b, dev = x.shape[0], x.device
     u = _uniform(x, generator)
     a = u(*area)
@@ -67,13 +83,52 @@ def random_crop(x: torch.Tensor, area: tuple[float, float] = (0.35, 1.0), aspect
     return (out + background).to(x.dtype)
 
 
-VIEWS = {"affine": random_affine, "crop": random_crop}
+# ITU-R 601 RGB <-> YIQ: hue is the angle in the IQ plane.
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def random_photo(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[float, float] = (0.25, 1.0),
+                 jitter: float = 0.4, hue: float = 0.1, p_jitter: float = 0.8, p_gray: float = 0.2,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): crop-and-resize, then colour jitter and grayscale (see above)."""
+    x = random_crop(x, mean, std, area=area, contrast=(1.0, 1.0), generator=generator)
+    u = _uniform(x, generator)
+    b, c = x.shape[:2]
+    p = (x.float() * std + mean).clamp(0, 1)                        # (B, C, H, W) pixels in [0, 1]
+    on = (u(0, 1) < p_jitter)[:, None, None, None]
+    lo, hi = 1 - jitter, 1 + jitter
+    jittered = p * u(lo, hi)[:, None, None, None]                                   # brightness
+    luma = jittered.mean(1, keepdim=True) if c == 1 else \
+        torch.einsum("bchw,c->bhw", jittered, _YIQ[0].to(x.device))[:, None]
+    grey = luma.mean((2, 3), keepdim=True)
+    jittered = (jittered - grey) * u(lo, hi)[:, None, None, None] + grey            # contrast
+    if c == 3:
+        luma = torch.einsum("bchw,c->bhw", jittered, _YIQ[0].to(x.device))[:, None]
+        jittered = (jittered - luma) * u(lo, hi)[:, None, None, None] + luma        # saturation
+        yiq = torch.einsum("kc,bchw->bkhw", _YIQ.to(x.device), jittered)
+        turn = u(-hue, hue) * (2 * math.pi)
+        cos, sin = torch.cos(turn)[:, None, None], torch.sin(turn)[:, None, None]
+        i, q = yiq[:, 1], yiq[:, 2]
+        yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)   # hue
+        jittered = torch.einsum("ck,bkhw->bchw", torch.linalg.inv(_YIQ).to(x.device), yiq)
+    p = torch.where(on, jittered.clamp(0, 1), p)
+    if c == 3:
+        gray = (u(0, 1) < p_gray)[:, None, None, None]
+        luma = torch.einsum("bchw,c->bhw", p, _YIQ[0].to(x.device))[:, None].expand_as(p)
+        p = torch.where(gray, luma, p)
+    return ((p - mean) / std).to(x.dtype)
+
+
+VIEWS = {"affine": random_affine, "crop": random_crop, "photo": random_photo}
 # "auto" picks by dataset: crop for clothing (a mirrored or partly seen shirt is still a
 # shirt), affine for digits (a mirrored or partial digit can be another digit). Chosen by
-# measurement; the numbers are in the README's "Recipes" section.
-AUTO_VIEWS = {"fashion-mnist": "crop"}
+# measurement; the numbers are in the README's "Recipes" section. Image folders hold
+# anything: photo views for colour, crop for grayscale (objects, scans, screenshots).
+AUTO_VIEWS = {"fashion-mnist": "crop", "mnist": "affine", "digits": "affine"}
 
 
-def resolve_views(name: str, dataset: str) -> str:
-    """'auto' -> the view family chosen for `dataset` (affine unless listed); a family name stays."""
-    return AUTO_VIEWS.get(dataset, "affine") if name == "auto" else name
+def resolve_views(name: str, dataset: str, channels: int = 1) -> str:
+    """'auto' -> the view family chosen for `dataset` (or for a folder, by channels); a family name stays."""
+    if name != "auto":
+        return name
+    return AUTO_VIEWS.get(dataset) or ("photo" if channels == 3 else "crop")

@@ -1,51 +1,92 @@
-"""Datasets and image files, as the uint8 arrays every other part of the project starts from.
+"""Where images come from: built-in datasets and image folders, as one `ImageSet` of uint8 arrays.
 
-Preprocessing has two halves, each in one place: this module turns a dataset or an image
-file into grayscale uint8 (H, W) at the model's size (`read_image` for files: decode,
-composite transparency on black, convert, resize); `HashAutoencoder.preprocess` (model.py)
-turns uint8 into the model's input, (x / 255 - mean) / std with the config's mean and std.
-Training, encoding and querying all go through both. MNIST-style data are white digits on
-a black background; a query image must be too (or be inverted with `invert=True`).
+Preprocessing has two halves, each in one place: `hashing.images.fit_image` turns any image
+into uint8 (size, size[, 3]) at the model's ImageSpec (built-in datasets are already 28x28
+grayscale and go through it only for another size or channel count), and
+`HashAutoencoder.preprocess` (model.py) turns uint8 into the model's input, (x / 255 - mean)
+/ std per channel. Training, encoding and querying all go through both. MNIST-style data are
+white digits on a black background; a query image must be too (or be inverted with `invert=True`).
+
+`load_split(dataset=..., images=...)` is the one entry point the workflows use; folders are
+read through `hashing.folders` (layout, decode once, cache, memory budget).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from hashing.errors import HashingError
+from hashing.images import ImageSpec, conform, read_image
 
 DATASETS = ("mnist", "fashion-mnist", "digits")
 SPLITS = ("train", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "FashionMNIST")}
 
 
 @dataclass
 class ImageSet:
-    """A labelled split held in memory: images (N, H, W) uint8, labels (N,) int64."""
+    """A labelled split: images (N, H, W) or (N, H, W, 3) uint8, in RAM or memory-mapped
+    (a folder bigger than the memory budget), labels (N,) int64 (-1: unlabelled).
+
+    A built-in dataset's items are named "name/split/i"; a folder's items by their file
+    paths (`sources`), and `skipped` says which files could not be read.
+    """
 
     name: str
     split: str
     images: np.ndarray
     labels: np.ndarray
     data_dir: str | None = None
+    sources: list[str] | None = None
+    classes: list[str] | None = None
+    skipped: str = ""                    # hashing.folders.FolderRead.summary() of a folder
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def in_memory(self) -> bool:
+        return not isinstance(self.images, np.memmap)
+
     def source(self, i: int) -> str:
-        return f"{self.name}/{self.split}/{i}"
+        return self.sources[i] if self.sources is not None else f"{self.name}/{self.split}/{i}"
 
     def head(self, n: int | None) -> "ImageSet":
         """The first n items as a new ImageSet (all of them when n is None); self is unchanged."""
         if n is None:
             return self
-        return ImageSet(self.name, self.split, self.images[:n], self.labels[:n], self.data_dir)
+        return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n],
+                                   sources=None if self.sources is None else self.sources[:n])
+
+
+def load_split(dataset: str | None = None, images: str | os.PathLike | None = None, split: str | None = None,
+               default_split: str = "train", data_dir: str | None = None, spec: ImageSpec | None = None,
+               strict: bool = False, progress: bool = True) -> ImageSet:
+    """One split of a built-in dataset or of an image folder (exactly one of the two), at `spec`.
+
+    `split` None means the command's `default_split`; a folder without train/ and test/ is one
+    split and refuses an explicit `split`. A dataset keeps its own 28x28 grayscale when
+    `spec` is None; a folder needs a spec (hashing.folders.inspect suggests one).
+    """
+    if (dataset is None) == (images is None):
+        raise HashingError("give exactly one of --dataset or --images")
+    if dataset is not None:
+        ds = load_dataset(dataset, split or default_split, data_dir)
+        return ds if spec is None else dataclasses.replace(ds, images=conform(ds.images, spec))
+    from hashing import folders
+
+    lay = folders.layout(images)
+    chosen = folders.choose_split(lay, split, default_split)
+    paths, labels = folders.labelled_files(lay, chosen)
+    got = folders.read_folder(paths, labels, spec, strict=strict, progress=progress,
+                              desc=f"decoding {lay.split_root(chosen)}")
+    return ImageSet("images", chosen or "all", got.images, got.labels, str(lay.root.resolve()),
+                    [str(p.resolve()) for p in got.paths], lay.classes, got.read.summary())
 
 
 def default_data_dir() -> Path:
@@ -108,130 +149,36 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return big[sel], d.target[sel].astype(np.int64)
 
 
-def read_image(path: str | os.PathLike, size: int = 28, invert: bool = False) -> np.ndarray:
-    """Any image file Pillow reads, any size and mode -> grayscale uint8 (size, size), as the model expects.
+def folder_spec(images: str | os.PathLike, size: int | None = None, channels: int | None = None,
+                resize: str | None = None) -> ImageSpec:
+    """The ImageSpec to train on a folder with: what was given, the rest chosen from the folder's
+    training files (hashing.folders.inspect: median shorter side up to 64, colour or not), crop."""
+    from hashing import folders
+    from hashing.images import MAX_SIZE, MIN_SIZE, RESIZE
+    from hashing import validation as V
 
-    Transparent pixels are composited on black (the MNIST background) before the grayscale
-    conversion; 16- and 32-bit grayscale is scaled to 0..255 (not clipped); an animated file
-    gives its first frame; the resize uses antialiasing like a downsampled scan. Images over
-    Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) are refused, not decoded.
-    """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if path.is_dir():
-        raise HashingError(f"{path} is a folder, not an image file")
-    if not path.is_file():
-        raise HashingError(f"image not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.seek(0)
-                im.load()
-                arr = image_array(im, size)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HashingError(f"image too large: {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
-                           f"(refused as a possible decompression bomb)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise HashingError(f"not a readable image: {path} ({type(e).__name__})") from None
-    return 255 - arr if invert else arr
+    if size is not None:
+        V.integer("image_size", size, MIN_SIZE, MAX_SIZE)
+    if channels is not None:
+        V.choice("channels", channels, (1, 3))
+    if resize is not None:
+        V.choice("resize", resize, RESIZE)
+    if size is None or channels is None:
+        lay = folders.layout(images)
+        paths, _ = folders.labelled_files(lay, folders.choose_split(lay, None, "train"))
+        auto_size, auto_channels = folders.inspect(paths)
+        size, channels = size or auto_size, channels or auto_channels
+    return ImageSpec(size, channels, resize or "crop")
 
 
-def image_array(im, size: int = 28, invert: bool = False) -> np.ndarray:
-    """A loaded PIL image -> grayscale uint8 (size, size): the step read_image applies to files."""
-    from PIL import Image
-
-    gray = _to_gray(im)
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=None)
-    arr = np.asarray(gray, dtype=np.uint8)
-    return 255 - arr if invert else arr
-
-
-def _to_gray(im):
-    """A loaded PIL image of any mode -> mode 'L'."""
-    from PIL import Image
-
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L")
-    if im.mode.startswith("I"):         # I;16, I;16B, I;16L, I: integers up to 65535 (16-bit files)
-        wide = np.asarray(im, dtype=np.float64)
-        scale = 255.0 / 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 1.0
-        return Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8))
-    if im.mode == "F":                  # floats: [0, 1] when they fit there, else 0..255
-        wide = np.asarray(im, dtype=np.float64)
-        scale = 255.0 if wide.max() <= 1.0 else 1.0
-        return Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8))
-    return im.convert("L")
-
-
-def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Every image file (by suffix) under `folder`, recursively, in a stable (sorted) order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise HashingError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise HashingError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    return files
-
-
-@dataclass
-class FolderRead:
-    """What reading a list of image files found: the files that decoded, and the ones skipped with why."""
-
-    kept: list[Path]
-    skipped: list[tuple[Path, str]]
-
-    def summary(self, shown: int = 3) -> str:
-        """'' when nothing was skipped, else one line: how many, and the first few with their reasons."""
-        if not self.skipped:
-            return ""
-        first = "; ".join(reason for _, reason in self.skipped[:shown])
-        more = f"; and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
-        return f"skipped {len(self.skipped)} unreadable file(s): {first}{more}"
-
-
-def iter_image_batches(paths: list[Path], batch_size: int, size: int = 28, invert: bool = False,
-                       strict: bool = False) -> tuple[Iterator[np.ndarray], FolderRead]:
-    """Stream (B, size, size) uint8 batches so a million files are never all in memory.
-
-    Unreadable files are skipped and recorded in the returned FolderRead as the iterator runs
-    (`strict`: the first one is an error instead); only decoded images are ever in a batch.
-    """
-    read = FolderRead([], [])
-
-    def batches() -> Iterator[np.ndarray]:
-        buf: list[np.ndarray] = []
-        for p in paths:
-            try:
-                buf.append(read_image(p, size, invert))
-            except HashingError as e:
-                if strict:
-                    raise
-                read.skipped.append((p, str(e)))
-                continue
-            read.kept.append(p)
-            if len(buf) == batch_size:
-                yield np.stack(buf)
-                buf = []
-        if buf:
-            yield np.stack(buf)
-    return batches(), read
-
-
-def load_source(source: str, datasets: dict[str, str | None], size: int = 28) -> np.ndarray:
-    """The uint8 image behind an index item's `source` ("name/split/i" or a file path)."""
+def load_source(source: str, datasets: dict[str, str | None], spec: ImageSpec = ImageSpec()) -> np.ndarray:
+    """The uint8 image behind an index item's `source` ("name/split/i" or a file path), at `spec`."""
     parts = source.split("/")
     if len(parts) == 3 and parts[0] in DATASETS and parts[1] in SPLITS and parts[2].isdigit():
         key = f"{parts[0]}/{parts[1]}"
         ds = _cached(parts[0], parts[1], datasets.get(key))
-        return ds.images[int(parts[2])]
-    return read_image(source, size)
+        return conform(ds.images[int(parts[2])][None], spec)[0]
+    return read_image(source, spec)
 
 
 _CACHE: dict[tuple, ImageSet] = {}

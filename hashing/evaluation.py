@@ -17,6 +17,7 @@ import numpy as np
 
 from hashing import metrics
 from hashing.errors import HashingError
+from hashing.folders import memory_budget
 
 DEFAULT_KS = (1, 10, 100, 1000)
 
@@ -144,58 +145,87 @@ def _curves(s: Scores) -> dict:
     return out
 
 
-def evaluate(run_dir: str | Path, dataset: str, data_dir: str | None = None, database_split: str = "train",
-             query_split: str = "test", ks=DEFAULT_KS, baselines=("lsh", "pcah", "itq", "l2"),
-             plots: str | Path | None = None, device: str = "auto", progress: bool = True, seed: int = 0,
-             json_out: str | Path | None = None) -> Report:
+def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None,
+             database_split: str = "train", query_split: str = "test", ks=DEFAULT_KS,
+             baselines=("lsh", "pcah", "itq", "l2"), plots: str | Path | None = None, device: str = "auto",
+             progress: bool = True, seed: int = 0, json_out: str | Path | None = None,
+             images: str | Path | None = None) -> Report:
     """The table: the model's codes beside each baseline at the same bit count, on the same data
-    (written to `json_out` as JSON, and drawn into the folder `plots`, when given)."""
+    (written to `json_out` as JSON, and drawn into the folder `plots`, when given).
+
+    The data are a built-in `dataset` or an image folder `images` with train/ and test/
+    folders (the database and the queries). Relevance is the same label: unlabelled queries
+    (files in the root of test/) are left out and counted, unlabelled database items are
+    relevant to no query."""
     from hashing.atomic import check_output_file, check_output_folder, write_json
     from hashing import baselines as B
     from hashing import checkpoint
     from hashing.codes import encode_array
-    from hashing.data import load_dataset
+    from hashing.data import load_split
     from hashing.device import resolve_device
 
     baselines = B.check_names(baselines)
     check_output_file(json_out, "--json")
     check_output_folder(plots, "--plots")
+    if images is not None:
+        from hashing.folders import layout
+
+        if not layout(images).has_splits:
+            raise HashingError(f"evaluate needs {Path(images) / 'train'} (the database) and "
+                               f"{Path(images) / 'test'} (the queries); {images} has no such folders")
+    elif dataset is None:
+        raise HashingError("give exactly one of --dataset or --images")
     model = checkpoint.load(run_dir, resolve_device(device)).model
-    bits = model.cfg.bits
-    db = load_dataset(dataset, database_split, data_dir)
-    qs = load_dataset(dataset, query_split, data_dir)
-    protocol = {"dataset": dataset, "database": f"{database_split} ({len(db)})", "queries": f"{query_split} ({len(qs)})",
-                "bits": bits, "relevance": "same label", "ranking": "Hamming distance, whole database",
+    bits, spec = model.cfg.bits, model.cfg.spec
+    db = load_split(dataset, images, database_split, database_split, data_dir, spec, progress=progress)
+    qs = load_split(dataset, images, query_split, query_split, data_dir, spec, progress=progress)
+    q_rows = np.flatnonzero(qs.labels >= 0)
+    if not len(q_rows):
+        raise HashingError(f"no labelled queries: evaluate needs the {query_split} images in class folders")
+    q_images, q_labels = qs.images[q_rows] if len(q_rows) < len(qs) else qs.images, qs.labels[q_rows]
+    db_labels = np.where(db.labels >= 0, db.labels, -2)          # -2 equals no query's label
+    protocol = {"dataset": dataset or str(images), "database": f"{database_split} ({len(db)})",
+                "queries": f"{query_split} ({len(q_rows)})", "bits": bits, "image": list(spec.shape),
+                "relevance": "same label", "ranking": "Hamming distance, whole database",
                 "ties": "expectation over random order within tied blocks",
                 "mAP": "over the whole ranking; mAP@1000 divides by min(R, 1000)",
                 "radius": "precision/recall within Hamming distance 2 (precision 0 when nothing retrieved)",
                 "model": str(Path(run_dir)), "ks": list(ks)}
+    if len(q_rows) < len(qs):
+        protocol["unlabelled queries left out"] = int(len(qs) - len(q_rows))
+    for split in (db, qs):
+        if split.skipped:
+            protocol[f"{split.split} files skipped"] = split.skipped
     t0 = time.perf_counter()
     xb = encode_array(model, db.images, progress=progress, desc="encoding database").codes
-    xq = encode_array(model, qs.images, progress=progress, desc="encoding queries").codes
-    model_scores, s = score_codes(xb, xq, db.labels, qs.labels, bits, ks, progress, desc="ranking model")
+    xq = encode_array(model, q_images, progress=progress, desc="encoding queries").codes
+    model_scores, s = score_codes(xb, xq, db_labels, q_labels, bits, ks, progress, desc="ranking model")
     model_scores["seconds"] = round(time.perf_counter() - t0, 2)
     curves = {"model": _curves(s)}
 
-    fdb = db.images.reshape(len(db), -1).astype(np.float32) / 255.0
-    fq = qs.images.reshape(len(qs), -1).astype(np.float32) / 255.0
     base_scores: dict = {}
     for name in baselines:
         t0 = time.perf_counter()
         if name == "l2":
-            sc = rank_all(l2_search(fdb), fq, qs.labels, db.labels, ks, None, curve_ks=_curve_ks(len(db)),
-                          progress=progress, desc="ranking l2")
+            need = len(db) * int(np.prod(spec.shape)) * 4
+            if need > memory_budget():
+                base_scores[name] = {k: None for k in model_scores if k != "seconds"}
+                base_scores[name]["note"] = (f"skipped: exact float search needs {need / 2**30:.1f} GiB of pixels "
+                                             f"(over HASHING_MEMORY_BUDGET)")
+                continue
+            sc = rank_all(l2_search(pixels(db.images)), pixels(q_images), q_labels, db_labels, ks, None,
+                          curve_ks=_curve_ks(len(db)), progress=progress, desc="ranking l2")
             res = sc.result()
             res.update({"precision@r2": None, "recall@r2": None})
         else:
             try:
-                hasher = B.make(name, bits, seed).fit(fdb)
+                hasher = B.make(name, bits, seed).fit(pixels(_sample(db.images)))
             except HashingError as e:
                 base_scores[name] = {k: None for k in model_scores if k != "seconds"}
                 base_scores[name]["note"] = str(e)
                 continue
-            res, sc = score_codes(hasher.codes(fdb), hasher.codes(fq), db.labels, qs.labels, bits, ks, progress,
-                                  desc=f"ranking {name}")
+            res, sc = score_codes(_codes(hasher, db.images), _codes(hasher, q_images), db_labels, q_labels, bits,
+                                  ks, progress, desc=f"ranking {name}")
         res["seconds"] = round(time.perf_counter() - t0, 2)
         base_scores[name] = res
         curves[name] = _curves(sc)
@@ -203,11 +233,26 @@ def evaluate(run_dir: str | Path, dataset: str, data_dir: str | None = None, dat
     if json_out is not None:
         write_json(json_out, report.to_json())
     if plots is not None:
-        write_plots(report, Path(plots), model, db, qs, xb, xq)
+        write_plots(report, Path(plots), model, db, q_images, q_labels, xb, xq)
     return report
 
 
-def write_plots(report: Report, out: Path, model, db, qs, xb, xq, n_queries: int = 8, k: int = 12) -> None:
+def pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W[, C]) -> float32 (N, D) in [0, 1]: what the baselines hash."""
+    return np.asarray(images).reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def _sample(images: np.ndarray, n: int = 20_000) -> np.ndarray:
+    """At most n images, evenly spread: the baselines' training set (all of a split that small)."""
+    return images if len(images) <= n else images[::-(-len(images) // n)]
+
+
+def _codes(hasher, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    return np.concatenate([hasher.codes(pixels(images[i:i + chunk])) for i in range(0, len(images), chunk)])
+
+
+def write_plots(report: Report, out: Path, model, db, q_images, q_labels, xb, xq, n_queries: int = 8,
+                k: int = 12) -> None:
     """PR curves over Hamming radii, precision@k vs k, and a retrieval grid."""
     from hashing.plots import line_plot, retrieval_grid
 
@@ -218,7 +263,7 @@ def write_plots(report: Report, out: Path, model, db, qs, xb, xq, n_queries: int
     line_plot(pk, out / "precision_at_k.png", "k", "precision@k", "precision@k", logx=True)
     search = hamming_search(xb, model.cfg.bits)
     rng = np.random.default_rng(0)
-    pick = rng.choice(len(qs), size=min(n_queries, len(qs)), replace=False)
+    pick = rng.choice(len(xq), size=min(n_queries, len(xq)), replace=False)
     _, I = search(xq[pick], min(k, len(db)))
-    retrieval_grid([qs.images[i] for i in pick], [[db.images[j] for j in row] for row in I], out / "retrieval.png",
-                   match=[[bool(db.labels[j] == qs.labels[i]) for j in row] for i, row in zip(pick, I)])
+    retrieval_grid([q_images[i] for i in pick], [[db.images[j] for j in row] for row in I], out / "retrieval.png",
+                   match=[[bool(db.labels[j] == q_labels[i]) for j in row] for i, row in zip(pick, I)])

@@ -1,24 +1,29 @@
 """The convolutional hashing autoencoder and the one config it is built from.
 
-`HashConfig` holds everything needed to rebuild the model and its preprocessing; the
-checkpoint stores it as config.json beside the safetensors weights.
+`HashConfig` holds everything needed to rebuild the model and its preprocessing (image size,
+channels, resize rule, per-channel mean and std); the checkpoint stores it as config.json
+beside the safetensors weights.
 
-Encoder (the original design): Conv2d 1->64->128->256->bits, kernel 4, stride 2, padding 1
-(28 -> 14 -> 7 -> 3 -> 1), BatchNorm after every conv but the first, ReLU between,
-then the binarizer on the (B, bits) pre-activations.
+Encoder: stride-2 stages Conv2d(kernel 4, stride 2, padding 1) halve the image until it is at
+most 4x4 (`stages`): 28 -> 14 -> 7 -> 3 (the original design), 32 -> 16 -> 8 -> 4,
+64 -> ... -> 4, 256 -> ... -> 4. Channels start at `width` and double per stage up to
+8 x width. BatchNorm after every conv but the first, ReLU between; then one linear map of
+the whole last feature map to the (B, bits) pre-activations (`MapToCode`), a BatchNorm,
+and the binarizer. At 28 this is exactly the first version's network and its checkpoints load.
 
 `head="batchnorm"` (default) binarizes the last BatchNorm's output. `head="relu"` is the
 original design's exact variant, a ReLU right before the binarizer: the forward bits are the same,
 but ReLU's zero derivative blocks the gradient of every bit that is 0 for an image, so
 a bit can be switched off by gradient descent but never back on.
 
-Decoder: ConvTranspose2d bits->256 (k5), 256->128 (k5), 128->64 (k4), 64->1 (k4),
-stride 2, padding 1 (1 -> 3 -> 7 -> 14 -> 28), BatchNorm+ReLU between, Tanh out.
+Decoder, the mirror: the code becomes the last map (`CodeToMap`), then ConvTranspose2d
+stages (stride 2, padding 1, kernel 4 or 5, whichever gives back the encoder's size at that
+stage: 3 -> 7 -> 14 -> 28 at 28), BatchNorm+ReLU between, Tanh out.
 
-The two layers at the 1x1 bottleneck (last encoder conv, first decoder deconv) only ever
-use the central 3x3 taps of their kernels, so they are computed as the matrix products
-they are (`CentreConv`, `CentreConvTranspose`): the same function as the original layers,
-without the convolution backward that took half of a CPU training step.
+At 28 the two bottleneck layers are the original Conv2d(k4, s2, p1) on the 3x3 map and
+ConvTranspose2d(k5, s2, p1) from the 1x1 code, of which only the central 3x3 taps are ever
+used; computing them as the matrix products they are skips the convolution backward that
+took half of a CPU training step.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torch import nn
 from hashing import estimators
 from hashing import validation as V
 from hashing.errors import HashingError
+from hashing.images import MAX_SIZE, MIN_SIZE, RESIZE, ImageSpec
 
 HEADS = ("batchnorm", "relu")
 DOMAINS = ("01", "pm1")
@@ -45,12 +51,13 @@ class HashConfig:
     estimator_options: dict = field(default_factory=dict)
     domain: str = "01"               # code values fed to the decoder: {0,1} or {-1,+1}
     head: str = "batchnorm"          # "relu" = the original design's ReLU before the binarizer
-    width: int = 64                  # channels of the first conv; doubles per layer
-    image_size: int = 28
-    channels: int = 1
-    mean: float = 0.5                # preprocessing: x/255 -> (x - mean) / std, i.e. [-1, 1]
-    std: float = 0.5
-    dataset: str = "mnist"           # what it was trained on (for the record and for queries)
+    width: int = 64                  # channels of the first conv; doubles per stage up to 8x
+    image_size: int = 28             # images are size x size (hashing.images.fit_image makes them so)
+    channels: int = 1                # 1: grayscale, 3: RGB
+    resize: str = "crop"             # how another shape becomes square: hashing.images.RESIZE
+    mean: float | list = 0.5         # preprocessing: x/255 -> (x - mean) / std, per channel when a list
+    std: float | list = 0.5
+    dataset: str = "mnist"           # what it was trained on (a built-in dataset's name, or "images")
 
     def __post_init__(self):
         V.code_bits(self.bits)
@@ -59,61 +66,87 @@ class HashConfig:
         V.choice("domain", self.domain, DOMAINS)
         V.choice("head", self.head, HEADS)
         V.integer("width", self.width, 1, 1024)
-        # The encoder's four stride-2 stages take 28 -> 1 and the decoder mirrors them.
-        V.integer("image_size", self.image_size, 28, 28)
-        V.integer("channels", self.channels, 1, 1)
-        V.number("mean", self.mean)
-        V.number("std", self.std, positive=True)
+        V.integer("image_size", self.image_size, MIN_SIZE, MAX_SIZE)
+        V.choice("channels", self.channels, (1, 3))
+        V.choice("resize", self.resize, RESIZE)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                if len(value) != self.channels:
+                    raise HashingError(f"{name} needs one number per channel ({self.channels}), got {list(value)!r}")
+                setattr(self, name, [V.number(name, v, positive=name == "std") for v in value])
+            else:
+                V.number(name, value, positive=name == "std")
         V.string("dataset", self.dataset)
         estimators.get(self.estimator, domain=self.domain, **self.estimator_options)   # unknown options fail here
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def spec(self) -> ImageSpec:
+        """How an image file becomes this model's uint8 input (hashing.images)."""
+        return ImageSpec(self.image_size, self.channels, self.resize)
+
     @classmethod
     def from_dict(cls, d: dict) -> "HashConfig":
-        """From config.json's "model" object; keys this version does not know are ignored."""
+        """From config.json's "model" object; keys this version does not know are ignored.
+        Configs from before the resize rule was recorded stretched every image: they still do."""
         V.mapping("model", d)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"resize": "stretch", **{k: v for k, v in d.items() if k in known}})
 
 
-class CentreConv(nn.Module):
-    r"""Conv2d(c_in, c_out, kernel 4, stride 2, padding 1) on a 3x3 map, as one matrix product.
+def stages(size: int) -> list[int]:
+    """The encoder's feature-map sizes, input first: halved (floor) until at most 4 (28 -> [28, 14, 7, 3])."""
+    sizes = [size]
+    while sizes[-1] > 4:
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
-    The single output pixel sees input rows/columns 0..2 through kernel taps 1..3; tap 0
-    only ever meets padding. So y_o = sum_{c,i,j} W_{o,c,i,j} x_{c,i,j} + b_o with
-    W = the original kernel's [:, :, 1:4, 1:4]: (B, c_in, 3, 3) -> (B, c_out, 1, 1).
+
+def stage_channels(cfg: HashConfig) -> list[int]:
+    """Channels after each stride-2 stage: width doubling per stage, at most 8 x width."""
+    return [cfg.width * 2 ** min(i, 3) for i in range(len(stages(cfg.image_size)) - 1)]
+
+
+class MapToCode(nn.Module):
+    r"""The whole (c_in, s, s) feature map -> (c_out, 1, 1), as one matrix product.
+
+    y_o = sum_{c,i,j} W_{o,c,i,j} x_{c,i,j} + b_o: a convolution whose kernel covers the map.
+    At s = 3 this is exactly Conv2d(c_in, c_out, kernel 4, stride 2, padding 1), whose one
+    output pixel sees the map through kernel taps 1..3 (tap 0 only ever meets padding), so
+    W = that kernel's [:, :, 1:4, 1:4]: (B, c_in, s, s) -> (B, c_out, 1, 1).
     """
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, size: int = 3):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3))
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, size, size))
         self.bias = nn.Parameter(torch.empty(c_out))
-        _init_like_conv(self.weight, self.bias, fan_in=c_in * 9)
+        _init_like_conv(self.weight, self.bias, fan_in=c_in * size * size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.addmm(self.bias, x.flatten(1), self.weight.flatten(1).t())   # (B, c_out)
         return y[:, :, None, None]
 
 
-class CentreConvTranspose(nn.Module):
-    r"""ConvTranspose2d(c_in, c_out, kernel 5, stride 2, padding 1) on a 1x1 map, as one matrix product.
+class CodeToMap(nn.Module):
+    r"""(B, c_in) codes -> a (c_out, s, s) feature map, as one matrix product.
 
-    The 5x5 output of a 1x1 input is the kernel itself; padding 1 crops its border, so
-    y_{o,i,j} = sum_c x_c W_{c,o,i,j} + b_o with W = the original kernel's [:, :, 1:4, 1:4]:
-    (B, c_in) -> (B, c_out, 3, 3).
+    y_{o,i,j} = sum_c x_c W_{c,o,i,j} + b_o. At s = 3 this is exactly
+    ConvTranspose2d(c_in, c_out, kernel 5, stride 2, padding 1) on a 1x1 input: its 5x5
+    output is the kernel itself, padding 1 crops the border, so W = the kernel's [:, :, 1:4, 1:4].
     """
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, size: int = 3):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(c_in, c_out, 3, 3))
+        self.weight = nn.Parameter(torch.empty(c_in, c_out, size, size))
         self.bias = nn.Parameter(torch.empty(c_out))
-        _init_like_conv(self.weight, self.bias, fan_in=c_out * 9)
+        _init_like_conv(self.weight, self.bias, fan_in=c_out * size * size)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
-        c_in, c_out = self.weight.shape[:2]
-        y = (code @ self.weight.reshape(c_in, c_out * 9)).view(-1, c_out, 3, 3)   # (B, c_out, 3, 3)
+        c_in, c_out, s = self.weight.shape[:3]
+        y = (code @ self.weight.reshape(c_in, c_out * s * s)).view(-1, c_out, s, s)   # (B, c_out, s, s)
         y = y + self.bias[:, None, None]
         return y.contiguous(memory_format=torch.channels_last)  # what the next deconvolution is fastest on
 
@@ -127,7 +160,7 @@ def _init_like_conv(weight: nn.Parameter, bias: nn.Parameter, fan_in: int) -> No
 
 def upgrade_state_dict(state: dict, model: nn.Module) -> dict:
     """Original-shaped kernels (4x4 / 5x5 at the 1x1 bottleneck) -> the 3x3 taps they use."""
-    own = model.state_dict()
+    own = model.state_dict()     # (first-version run folders still hold the full 4x4 / 5x5 kernels)
     out = dict(state)
     for k, v in state.items():
         if k in own and v.dim() == 4 and own[k].shape[-2:] == (3, 3) and v.shape[-2:] in ((4, 4), (5, 5)):
@@ -138,33 +171,35 @@ def upgrade_state_dict(state: dict, model: nn.Module) -> dict:
 class Encoder(nn.Module):
     def __init__(self, cfg: HashConfig):
         super().__init__()
-        w = cfg.width
-        self.net = nn.Sequential(
-            nn.Conv2d(cfg.channels, w, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
-            CentreConv(4 * w, cfg.bits), nn.BatchNorm2d(cfg.bits),
-        )
+        chans = stage_channels(cfg)
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, chans[0], 4, 2, 1), nn.ReLU(inplace=True)]
+        for c_in, c_out in zip(chans, chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [MapToCode(chans[-1], cfg.bits, stages(cfg.image_size)[-1]), nn.BatchNorm2d(cfg.bits)]
+        self.net = nn.Sequential(*layers)
         self.head = nn.ReLU() if cfg.head == "relu" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, 28, 28) -> pre-activations (B, bits)."""
+        """(B, C, size, size) -> pre-activations (B, bits)."""
         return self.head(self.net(x)).flatten(1)
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: HashConfig):
         super().__init__()
-        w = cfg.width
-        self.net = nn.Sequential(
-            CentreConvTranspose(cfg.bits, 4 * w), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(4 * w, 2 * w, 5, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(w, cfg.channels, 4, 2, 1), nn.Tanh(),
-        )
+        sizes, chans = stages(cfg.image_size), stage_channels(cfg)
+        layers: list[nn.Module] = [CodeToMap(cfg.bits, chans[-1], sizes[-1]), nn.BatchNorm2d(chans[-1]),
+                                   nn.ReLU(inplace=True)]
+        outs = [cfg.channels] + chans[:-1]                  # each transposed stage's output channels
+        for i in range(len(chans) - 1, -1, -1):
+            # (in - 1) * 2 - 2 + kernel = out: kernel 4 when out is even, 5 when odd.
+            kernel = sizes[i] - 2 * sizes[i + 1] + 4
+            layers.append(nn.ConvTranspose2d(chans[i], outs[i], kernel, 2, 1))
+            layers += [nn.BatchNorm2d(outs[i]), nn.ReLU(inplace=True)] if i else [nn.Tanh()]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
-        """(B, bits) -> (B, C, 28, 28) in [-1, 1]."""
+        """(B, bits) -> (B, C, size, size) in [-1, 1]."""
         return self.net(code)
 
 
@@ -175,6 +210,9 @@ class HashAutoencoder(nn.Module):
         self.encoder = Encoder(cfg)
         self.binarizer = estimators.get(cfg.estimator, domain=cfg.domain, **cfg.estimator_options)
         self.decoder = Decoder(cfg)
+        # (1, C, 1, 1) normalisation constants; not weights, so not in the state dict.
+        self.register_buffer("mean", _per_channel(cfg.mean, cfg.channels), persistent=False)
+        self.register_buffer("std", _per_channel(cfg.std, cfg.channels), persistent=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> (pre-activations (B, bits), codes (B, bits)) through the estimator."""
@@ -192,8 +230,19 @@ class HashAutoencoder(nn.Module):
         return (self.encoder(x) > 0).to(torch.uint8)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W) -> float (B, 1, H, W), (x / 255 - mean) / std with the config's mean/std.
+        """uint8 (B, H, W) or (B, H, W, C) -> float (B, C, H, W), (x / 255 - mean) / std per channel.
 
-        The second half of the one preprocessing path; hashing.data makes the uint8 images."""
-        x = images.to(torch.float32).div_(255.0).unsqueeze(1)
-        return x.sub_(self.cfg.mean).div_(self.cfg.std)
+        The second half of the one preprocessing path; hashing.images.fit_image makes the uint8."""
+        x = images.to(torch.float32).div_(255.0)
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)      # HWC -> CHW (a channels_last view)
+        return x.sub_(self.mean).div_(self.std)
+
+    def unprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse: float (B, C, H, W) -> uint8 (B, H, W) or (B, H, W, C), for pictures."""
+        u8 = ((x.float() * self.std + self.mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        return u8[:, 0] if u8.shape[1] == 1 else u8.permute(0, 2, 3, 1)
+
+
+def _per_channel(value: float | list, channels: int) -> torch.Tensor:
+    values = value if isinstance(value, (list, tuple)) else [value] * channels
+    return torch.tensor(values, dtype=torch.float32).view(1, channels, 1, 1)

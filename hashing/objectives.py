@@ -143,8 +143,12 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
     """
     if obj.needs_views and obj.views not in VIEWS:
         raise ValueError(f"views {obj.views!r} is not a view family: build the configs with recipes.resolve")
-    view = VIEWS[obj.views] if obj.needs_views else None
-    x0 = view(x) if view is not None else x
+    if obj.needs_views:
+        family = VIEWS[obj.views]
+
+        def view(images: torch.Tensor) -> torch.Tensor:
+            return family(images, model.mean, model.std)
+    x0 = view(x) if obj.needs_views else x
     z, code = model.encode(x0)                                               # (B, bits) each
     pm = _pm1(code, model.cfg.domain)                                         # (B, bits) in {-1, +1}
     per_image = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)

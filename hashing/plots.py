@@ -15,15 +15,17 @@ def _save_png(img, path: str | Path) -> None:
         img.save(tmp, format="PNG")
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray | None]], scale: int = 3, pad: int = 2,
+def image_grid(rows: Sequence[Sequence[np.ndarray | None]], scale: int | None = None, pad: int = 2,
                borders: Sequence[Sequence[str | None]] | None = None):
-    """Rows of uint8 (H, W) images -> a PIL image; None leaves a blank cell.
+    """Rows of uint8 (H, W) or (H, W, 3) images -> a PIL image; None leaves a blank cell.
 
-    borders[r][c] is a colour name drawn round that cell (green = same label, ...).
+    borders[r][c] is a colour name drawn round that cell (green = same label, ...). `scale`
+    (default: about 84 pixels a cell) enlarges small images with visible pixels.
     """
     from PIL import Image, ImageDraw
 
-    h, w = next(im.shape for row in rows for im in row if im is not None)
+    h, w = next(im.shape[:2] for row in rows for im in row if im is not None)
+    scale = scale or max(1, 84 // max(h, w))
     ncol = max(len(r) for r in rows)
     ch, cw = h * scale + 2 * pad, w * scale + 2 * pad
     canvas = Image.new("RGB", (ncol * cw, len(rows) * ch), (255, 255, 255))

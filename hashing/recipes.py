@@ -82,7 +82,8 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
             raise HashingError(f"unknown training setting {key!r}")
         groups[owner][key] = value
     obj = Objective(**{**r.objective, **groups[Objective]})
-    obj = dataclasses.replace(obj, views=resolve_views(obj.views, dataset))
+    channels = groups[HashConfig].get("channels", r.model.get("channels", 1))
+    obj = dataclasses.replace(obj, views=resolve_views(obj.views, dataset, channels))
     cfg = HashConfig(**{**r.model, **groups[HashConfig], "dataset": dataset})
     tcfg = TrainConfig(**{**r.train, **groups[TrainConfig], "dataset": dataset, "recipe": recipe, "objective": obj})
     device = resolve_device(tcfg.device)

@@ -8,7 +8,7 @@ result object that the CLI prints. Images are streamed in batches; only codes
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ import numpy as np
 from hashing import checkpoint
 from hashing.atomic import atomic_path, check_output_file
 from hashing.codes import encode_array, encode_batches
-from hashing.data import find_images, iter_image_batches, load_dataset, load_source, read_image
+from hashing.data import ImageSet, load_dataset, load_source
+from hashing.images import ImageSpec, conform, read_image
 from hashing.device import resolve_device
 from hashing.errors import HashingError
 from hashing.indexes import BinaryIndex, Hit, IndexInfo, create, open_index
@@ -29,19 +30,83 @@ class EncodeResult:
     count: int
     bits: int
     images_per_second: float
+    skipped: str = ""          # FolderRead.summary() of an --images run: '' when every file was read
 
 
-def encode_dataset(run_dir: str | Path, dataset: str, split: str, out: str | Path, data_dir: str | None = None,
-                   batch_size: int = 1024, device: str = "auto", progress: bool = True) -> EncodeResult:
-    """Write CODES.npz with `codes` (N, bits/8) uint8 and `labels` (N,) int64."""
+@dataclass
+class Encoding:
+    """Codes of one split of a dataset or a folder, with what an index stores beside them."""
+
+    codes: np.ndarray          # (N, bits/8) uint8
+    labels: np.ndarray         # (N,) int64, -1 unlabelled
+    sources: list[str]
+    classes: list[str]
+    datasets: dict             # "name/split" -> data_dir, for a dataset's sources
+    images_per_second: float
+    skipped: str
+
+
+def plan_split(dataset: str | None, images: str | Path | None, split: str | None, default_split: str,
+               data_dir: str | None):
+    """Check the source (and the split it has) before any encoding: a dataset's split, loaded
+    (ImageSet), or a folder's split as (paths, labels, classes), its files not yet read."""
+    if (dataset is None) == (images is None):
+        raise HashingError("give exactly one of --dataset or --images")
+    if images is None:
+        return load_dataset(dataset, split or default_split, data_dir)
+    from hashing import folders
+
+    lay = folders.layout(images)
+    paths, labels = folders.labelled_files(lay, folders.choose_split(lay, split, default_split))
+    return paths, labels, lay.classes
+
+
+def encode_split(model, planned, batch_size: int, progress: bool, strict: bool) -> Encoding:
+    """Encode what plan_split found: a dataset split, or a folder's files in decoded batches
+    (from the image cache when `train` or `evaluate` already decoded these files at this
+    spec, else decoded as they stream by)."""
+    from hashing import folders
+
+    if isinstance(planned, ImageSet):
+        ds = planned
+        images = conform(ds.images, model.cfg.spec)
+        enc = encode_array(model, images, batch_size, progress, desc=f"encoding {ds.name}/{ds.split}")
+        return Encoding(enc.codes, ds.labels, [ds.source(i) for i in range(len(ds))], [],
+                        {f"{ds.name}/{ds.split}": ds.data_dir}, enc.images_per_second, "")
+    paths, labels, classes = planned
+    got = folders.cached(paths, labels, model.cfg.spec)
+    if got is not None:
+        if strict and got.read.skipped:
+            raise HashingError(got.read.skipped[0][1])
+        enc = encode_array(model, got.images, batch_size, progress, desc="encoding images")
+        read, kept_labels = got.read, got.labels
+    else:
+        batches, read = folders.iter_image_batches(paths, batch_size, model.cfg.spec, strict=strict)
+        enc = encode_batches(model, batches, len(paths), progress, desc="encoding images")
+        row = {p: i for i, p in enumerate(paths)}
+        kept_labels = labels[[row[p] for p in read.kept]] if read.kept else labels[:0]
+    if not read.kept:
+        raise HashingError(f"none of the {len(paths)} images could be read ({read.summary(1)})")
+    return Encoding(enc.codes, kept_labels, [str(p.resolve()) for p in read.kept], classes, {},
+                    enc.images_per_second, read.summary())
+
+
+def encode(run_dir: str | Path, out: str | Path, dataset: str | None = None, images: str | Path | None = None,
+           split: str | None = None, data_dir: str | None = None, batch_size: int = 1024, device: str = "auto",
+           progress: bool = True, strict: bool = False) -> EncodeResult:
+    """Write CODES.npz: `codes` (N, bits/8) uint8, `labels` (N,) int64 (-1: unlabelled) and,
+    for a folder, `sources` (the files, in the order of the codes) and `classes`."""
     check_output_file(out, "--out")
+    planned = plan_split(dataset, images, split, "test", data_dir)
     model = checkpoint.load(run_dir, resolve_device(device)).model
-    ds = load_dataset(dataset, split, data_dir)
-    enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
+    enc = encode_split(model, planned, batch_size, progress, strict)
+    arrays = {"codes": enc.codes, "labels": enc.labels.astype(np.int64)}
+    if not isinstance(planned, ImageSet):
+        arrays.update(sources=np.array(enc.sources, dtype=str), classes=np.array(enc.classes, dtype=str))
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, codes=enc.codes, labels=ds.labels.astype(np.int64))
-    return EncodeResult(Path(out), len(enc.codes), model.cfg.bits, enc.images_per_second)
+            np.savez(f, **arrays)
+    return EncodeResult(Path(out), len(enc.codes), model.cfg.bits, enc.images_per_second, enc.skipped)
 
 
 @dataclass
@@ -55,19 +120,20 @@ class IndexResult:
     skipped: str = ""          # FolderRead.summary() of an --images run: '' when every file was read
 
 
-def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split: str = "train",
+def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split: str | None = None,
                 images: str | Path | None = None, data_dir: str | None = None, index_type: str = "flat",
                 backend: str | None = None, collection: str | None = None, append: bool = False,
                 batch_size: int = 1024, device: str = "auto", progress: bool = True,
                 strict: bool = False) -> IndexResult:
     """Encode a dataset split or a folder of images and store the codes with their metadata.
 
-    Everything that can be refused is refused before encoding (the location, the model, the
-    index type for this many items); the destination is touched only after encoding, and the
-    backend's save() is one atomic commit, so a failure or a kill leaves the old index whole.
+    Everything that can be refused is refused before encoding (the location, the source and
+    its split, the model, the index type for this many items); the destination is touched only
+    after encoding, and the backend's save() is one atomic commit, so a failure or a kill
+    leaves the old index whole. A folder's labels are its class folders (names kept in the
+    index's info); files in its root are unlabelled.
     """
-    if (dataset is None) == (images is None):
-        raise HashingError("give exactly one of --dataset or --images")
+    planned = plan_split(dataset, images, split, "train", data_dir)
     kind = backend_class(backend_for(out, backend))
     kind.check_location(out, creating=not append, collection=collection)
     ckpt = checkpoint.load(run_dir, resolve_device(device))
@@ -79,34 +145,19 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
         finally:
             index.close()
     else:
-        kind.check_type(index_type, model.cfg.bits)
-    if dataset is not None:
-        ds = load_dataset(dataset, split, data_dir)
-        n = len(ds)
-    else:
-        paths = find_images(images)
-        n = len(paths)
+        kind.check_type(index_type, model.cfg.bits, len(planned) if isinstance(planned, ImageSet) else len(planned[0]))
+    enc = encode_split(model, planned, batch_size, progress, strict)
     if not append:
-        kind.check_type(index_type, model.cfg.bits, n)
-    skipped = ""
-    if dataset is not None:
-        enc = encode_array(model, ds.images, batch_size, progress, desc=f"encoding {dataset}/{split}")
-        labels, sources = ds.labels, [ds.source(i) for i in range(len(ds))]
-        datasets = {f"{dataset}/{split}": ds.data_dir}
-    else:
-        batches, read = iter_image_batches(paths, batch_size, model.cfg.image_size, strict=strict)
-        enc = encode_batches(model, batches, len(paths), progress, desc="encoding images")
-        if not read.kept:
-            raise HashingError(f"none of the {len(paths)} images under {images} could be read ({read.summary(1)})")
-        labels, sources, datasets, skipped = None, [str(p.resolve()) for p in read.kept], {}, read.summary()
+        kind.check_type(index_type, model.cfg.bits, len(enc.codes))
     index = open_index(out, collection, backend) if append else \
         create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
     try:
-        index.info.datasets.update(datasets)
-        index.add(enc.codes, labels, sources)
+        index.info.datasets.update(enc.datasets)
+        labels = index.info.merge_classes(enc.classes, enc.labels) if enc.classes else enc.labels
+        index.add(enc.codes, labels, enc.sources)
         index.save()
         return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
-                           enc.images_per_second, skipped)
+                           enc.images_per_second, enc.skipped)
     finally:
         index.close()
 
@@ -115,9 +166,15 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
 class QueryResult:
     image: str
     hits: list[Hit]
+    classes: list[str] = field(default_factory=list)    # the index's class names, by label
+
+    def class_of(self, hit: Hit) -> str | None:
+        return self.classes[hit.label] if hit.label is not None and 0 <= hit.label < len(self.classes) else None
 
     def to_dict(self) -> dict:
-        return {"image": self.image, "results": [h.to_dict() for h in self.hits]}
+        """{"image", "results": [{"id", "distance", "label", "source", "class"}]}; class is None unless the
+        index was built from class folders."""
+        return {"image": self.image, "results": [{**h.to_dict(), "class": self.class_of(h)} for h in self.hits]}
 
 
 def query_images(paths: list[str | os.PathLike], index_location: str, k: int = 10, radius: int | None = None,
@@ -135,12 +192,12 @@ def query_images(paths: list[str | os.PathLike], index_location: str, k: int = 1
 def _query(index: BinaryIndex, paths, k, radius, invert, grid) -> list[QueryResult]:
     index.check_searchable(None if radius is not None else k, radius)   # before loading the model
     model = load_model_for(index)
-    size = model.cfg.image_size
-    arrays = [read_image(p, size, invert) for p in paths]  # all read before any work: fail early
+    arrays = [read_image(p, model.cfg.spec, invert) for p in paths]  # all read before any work: fail early
     xq = encode_array(model, np.stack(arrays), progress=False).codes
-    results = [QueryResult(str(p), hits) for p, hits in zip(paths, index.query(xq, k=k, radius=radius))]
+    classes = list(index.info.classes)
+    results = [QueryResult(str(p), hits, classes) for p, hits in zip(paths, index.query(xq, k=k, radius=radius))]
     if grid is not None:
-        save_grid(results, arrays, index, grid)
+        save_grid(results, arrays, index, grid, model.cfg.spec)
     return results
 
 
@@ -155,10 +212,18 @@ def load_model_for(index: BinaryIndex):
 
 
 def save_grid(results: list[QueryResult], arrays: list[np.ndarray], index: BinaryIndex, path: str | Path,
-              max_neighbours: int = 16) -> None:
+              spec: ImageSpec, max_neighbours: int = 16) -> None:
+    """A PNG: each query, then its neighbours (read back from their sources at the model's spec)."""
     from hashing.plots import retrieval_grid
 
-    size = arrays[0].shape[0]
-    neighbours = [[load_source(h.source, index.info.datasets, size) for h in r.hits[:max_neighbours]]
+    neighbours = [[_source_or_blank(h.source, index.info.datasets, spec) for h in r.hits[:max_neighbours]]
                   for r in results]
     retrieval_grid(arrays, neighbours, path)
+
+
+def _source_or_blank(source: str, datasets: dict, spec: ImageSpec) -> np.ndarray | None:
+    """An indexed item's image for a picture; None (a blank cell) when its file is gone."""
+    try:
+        return load_source(source, datasets, spec)
+    except HashingError:
+        return None

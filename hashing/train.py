@@ -1,13 +1,16 @@
 """Training: the whole split lives in one tensor on the device; batches are index lookups.
 
 No DataLoader and no per-image host work: a batch is `images[perm[i:i+B]]`, normalised
-on the device. On CUDA the forward/backward runs under bf16 autocast with channels_last
+on the device. A split over the memory budget (an image folder; hashing.folders) is a
+read-only memory map of decoded uint8 instead, and each batch's rows are gathered from it
+on the host (in file order within the batch) and copied to the device. On CUDA the forward/backward runs under bf16 autocast with channels_last
 tensors. After every epoch the run dir is saved atomically, so an interrupted run keeps
 the last complete epoch.
 
 `train()` trains on the data its caller hands it, under configs already resolved by
-`hashing.recipes.resolve`; `train_on_dataset()` is the workflow behind `hashing train`
-(load the split, resolve the recipe, train, draw reconstructions).
+`hashing.recipes.resolve`; `train_on()` is the workflow behind `hashing train` (load the
+dataset split or the image folder, choose the image geometry, resolve the recipe, train,
+draw reconstructions).
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ class TrainResult:
     images_per_second: float
     device: str
     model: HashAutoencoder = field(repr=False)
+    skipped: str = ""          # an image folder's unreadable files (hashing.folders.FolderRead.summary)
 
 
 def _check_resolved(tcfg: TrainConfig) -> None:
@@ -162,8 +166,15 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
     device = torch.device(tcfg.device)
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
-    images = torch.from_numpy(data.images).to(device)          # (N, H, W) uint8
+    if tuple(data.images.shape[1:]) != cfg.spec.shape:
+        raise ValueError(f"images are {data.images.shape[1:]}, the model reads {cfg.spec.shape}")
+    streamed = not data.in_memory
+    # (N, H, W[, C]) uint8 on the device, or the memory map itself (gathered per batch below).
+    images = data.images if streamed else torch.from_numpy(data.images).to(device)
     labels = torch.from_numpy(data.labels).to(device)          # (N,)
+    if tcfg.objective.needs_labels and not bool((labels >= 0).any()):
+        raise HashingError("the supervised term needs labels: put the training images in class folders "
+                           "(FOLDER/CLASS/image.png), or use a recipe without --supervised")
     bs = min(tcfg.batch_size, n)
 
     model = HashAutoencoder(cfg).to(device)
@@ -198,7 +209,17 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
             for group in opt.param_groups:
                 group["lr"] = lr_at(tcfg, done)
             idx = perm[i * bs:(i + 1) * bs]
-            x = model.preprocess(images[idx]).contiguous(memory_format=torch.channels_last)
+            if streamed:
+                # Read the rows in file order (sequential-ish reads of the map), then put them back
+                # in the permutation's order: the same batches as the in-memory path, exactly.
+                want = idx.cpu().numpy()
+                order = np.argsort(want, kind="stable")
+                rows = np.empty((len(want), *images.shape[1:]), np.uint8)
+                rows[order] = images[want[order]]
+                batch = torch.from_numpy(rows).to(device, non_blocking=True)
+            else:
+                batch = images[idx]
+            x = model.preprocess(batch).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tcfg.amp):
                 loss, per_image, parts = compute(step_model, x, labels[idx], obj, centres)
                 aux = model.binarizer.auxiliary_loss(per_image)
@@ -224,29 +245,73 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
     return TrainResult(Path(out), history.to_dict(), seconds, seen / seconds, str(device), model.eval())
 
 
-def train_on_dataset(recipe: str, dataset: str, out: str | Path, data_dir: str | None = None,
-                     progress: bool = True, **settings) -> TrainResult:
-    """`hashing train`: load the train split, resolve the recipe with `settings`, train, and
-    draw reconstructions.png from the test split."""
+def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: str | Path | None = None,
+             data_dir: str | None = None, progress: bool = True, **settings) -> TrainResult:
+    """`hashing train`: the train split of a built-in `dataset` or of the image folder `images`,
+    the recipe resolved with `settings`, training, and reconstructions.png from the test split.
+
+    For a folder, the image size, channels and resize rule not given in `settings` are chosen
+    from the folder (hashing.folders.inspect), and the per-channel mean and std are measured
+    on it; all of it is recorded in the checkpoint's config."""
     from hashing.atomic import check_output_folder
-    from hashing.data import load_dataset
+    from hashing.data import folder_spec, load_split
+    from hashing.images import ImageSpec
     from hashing.recipes import resolve
 
     check_output_folder(out, "--out", marker=checkpoint.CONFIG)   # before any data or epoch
-    data = load_dataset(dataset, "train", data_dir).head(settings.get("max_images"))
-    cfg, tcfg = resolve(recipe, dataset, len(data), data_dir=data_dir, **settings)
+    if images is not None:
+        spec = folder_spec(images, settings.get("image_size"), settings.get("channels"), settings.get("resize"))
+    elif any(settings.get(k) is not None for k in ("image_size", "channels")):
+        spec = ImageSpec(settings.get("image_size") or 28, settings.get("channels") or 1,
+                         settings.get("resize") or "crop")
+    else:
+        spec = None                                        # the dataset as it is: 28x28 grayscale
+    data = load_split(dataset, images, None, "train", data_dir, spec, progress=progress)
+    data = data.head(settings.get("max_images"))
+    if images is not None:
+        mean, std = channel_stats(data.images)
+        settings = {**settings, "image_size": spec.size, "channels": spec.channels, "resize": spec.resize,
+                    "mean": mean, "std": std}
+    name = dataset if dataset is not None else "images"
+    cfg, tcfg = resolve(recipe, name, len(data), data_dir=data.data_dir if images is not None else data_dir,
+                        **settings)
     result = train(cfg, tcfg, data, out, progress)
-    save_reconstructions(result.model, load_dataset(dataset, "test", data_dir).images[:32], out)
+    save_reconstructions(result.model, _picture_images(dataset, images, data_dir, cfg.spec, data), out)
+    result.skipped = data.skipped
     return result
+
+
+def _picture_images(dataset, images, data_dir, spec, data: ImageSet, n: int = 32) -> np.ndarray:
+    """Up to n images to draw reconstructions of: the test split's, or the training images'
+    when the folder has no test split."""
+    from hashing.data import load_split
+    from hashing import folders
+
+    if images is None or folders.layout(images).has_splits:
+        try:
+            test = load_split(dataset, images, "test", "test", data_dir, spec, progress=False)
+            return np.array(test.images[:n])
+        except HashingError:
+            pass                           # a test split with no readable image: draw the training images
+    return np.array(data.images[:n])           # a copy: the map is read-only
+
+
+def channel_stats(images: np.ndarray, sample: int = 10_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, H, W[, C]) images in [0, 1], from an even sample."""
+    step = max(1, len(images) // sample)
+    x = np.asarray(images[::step][:sample], dtype=np.float64) / 255.0
+    x = x.reshape(len(x), -1, 1) if x.ndim == 3 else x.reshape(len(x), -1, x.shape[-1])
+    mean = x.mean((0, 1))
+    std = np.maximum(x.std((0, 1)), 1e-3)            # a constant folder would divide by 0
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
 
 
 @torch.inference_mode()
 def save_reconstructions(model: HashAutoencoder, images: np.ndarray, out: str | Path) -> None:
-    """reconstructions.png: uint8 (N, H, W) originals above their reconstructions from the binary codes."""
+    """reconstructions.png: uint8 (N, H, W[, C]) originals above their reconstructions from the binary codes."""
     from hashing.plots import reconstructions
 
     model.eval()
     device = next(model.parameters()).device
     _, _, recon = model(model.preprocess(torch.from_numpy(images).to(device)))
-    recon_u8 = ((recon.float().squeeze(1) * model.cfg.std + model.cfg.mean).clamp(0, 1) * 255).round()
-    reconstructions(images, recon_u8.to(torch.uint8).cpu().numpy(), Path(out) / "reconstructions.png")
+    reconstructions(images, model.unprocess(recon).cpu().numpy(), Path(out) / "reconstructions.png")

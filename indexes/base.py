@@ -48,6 +48,7 @@ class IndexInfo:
     model: ModelRecord
     index_type: str = "flat"
     datasets: dict = field(default_factory=dict)   # "mnist/train" -> data_dir, to find source images
+    classes: list = field(default_factory=list)    # label i of a folder's items is the class classes[i]
 
     def __post_init__(self):
         V.code_bits(self.bits)
@@ -55,6 +56,17 @@ class IndexInfo:
             self.model = ModelRecord.from_dict(self.model)
         V.string("index_type", self.index_type)
         V.mapping("datasets", self.datasets)
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise HashingError(f"classes must be a list of names, got {self.classes!r}")
+
+    def merge_classes(self, classes: list[str], labels: np.ndarray) -> np.ndarray:
+        """Record a folder's class names; return its labels renumbered into this index's classes
+        (new names are appended, so the labels already stored keep their meaning)."""
+        for name in classes:
+            if name not in self.classes:
+                self.classes.append(name)
+        ids = np.array([self.classes.index(c) for c in classes] + [-1], dtype=np.int64)
+        return ids[np.where(labels < 0, len(classes), labels)]     # -1 (unlabelled) stays -1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +148,12 @@ class BinaryIndex(abc.ABC):
 
     def close(self) -> None:
         """Release connections and file locks (Milvus Lite lets one process open a .db at a time)."""
+
+    def __enter__(self) -> "BinaryIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- shared checks and result shaping: the only place these rules are written -------------
 

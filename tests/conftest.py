@@ -5,13 +5,56 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache(tmp_path_factory):
+    """Decoded-folder caches go to a temporary folder, for this process and the CLIs it starts."""
+    import os
+
+    os.environ["HASHING_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
+    return os.environ["HASHING_CACHE"]
+
+
+def write_digit_folder(root, colour: bool = False, random_sizes: bool = False, limit: int | None = None,
+                       seed: int = 0, suffix: str = ".png"):
+    """scikit-learn's digits as an ImageFolder tree root/{train,test}/<digit name>/<i>.png.
+
+    colour: each digit gets a random foreground and background colour (so hue carries no
+    label); random_sizes: each file is resized to a random width and height in 20..90 (so
+    the resize path is really exercised). Returns (root, {split: (N,) labels in file order})."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from hashing.data import load_dataset
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for split in ("train", "test"):
+        ds = load_dataset("digits", split).head(limit)
+        for i, (im, label) in enumerate(zip(ds.images, ds.labels)):
+            folder = root / split / names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            if colour:
+                fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+                a = im[..., None].astype(np.float32) / 255
+                arr = np.clip(a * fg + (1 - a) * bg, 0, 255).astype(np.uint8)           # (28, 28, 3)
+                pic = Image.fromarray(arr)
+            else:
+                pic = Image.fromarray(im)
+            if random_sizes:
+                pic = pic.resize((int(rng.integers(20, 91)), int(rng.integers(20, 91))), Image.BILINEAR)
+            pic.save(folder / f"{i:05d}{suffix}")
+    return root
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A small model trained briefly on scikit-learn's digits, shared by the tests that need one."""
-    from hashing.train import train_on_dataset
+    from hashing.train import train_on
 
     out = tmp_path_factory.mktemp("runs") / "digits64"
-    train_on_dataset("default", "digits", out, progress=False, bits=64, epochs=3, seed=0)   # what `hashing train` runs
+    train_on("default", out, "digits", progress=False, bits=64, epochs=3, seed=0)   # what `hashing train` runs
     return out
 
 

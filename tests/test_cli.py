@@ -43,7 +43,7 @@ def test_train_index_query_end_to_end(tmp_path, query_png):
     assert len(res) == 7
     d = [x["distance"] for x in res]
     assert d == sorted(d)
-    assert all(set(x) == {"id", "distance", "label", "source"} for x in res)
+    assert all(set(x) == {"id", "distance", "label", "source", "class"} for x in res)
     assert all(x["source"].startswith("digits/train/") for x in res)
     r = invoke("query", query_png[0], "--index", idx, "-k", "3", "--grid", tmp_path / "grid.png")
     assert r.exit_code == 0 and "rank" in r.output and (tmp_path / "grid.png").exists()
@@ -95,7 +95,7 @@ def test_index_a_folder_of_images(digits_run, tmp_path, query_png):
     r = invoke("query", folder / "3.png", "--index", tmp_path / "idx", "-k", "6", "--json")
     res = json.loads(r.output)[0]["results"]
     assert res[0]["distance"] == 0 and res[0]["source"] == str((folder / "3.png").resolve())
-    assert res[0]["label"] is None
+    assert res[0]["label"] == 0 and res[0]["class"] == "sub"          # ImageFolder: the first folder is the class
 
 
 def error_of(*args):

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashing.data import find_images, load_dataset, read_image
+from hashing.data import load_dataset
+from hashing.folders import find_images
+from hashing.images import read_image
 from hashing.errors import HashingError
 
 

@@ -40,14 +40,14 @@ def test_seed_head_blocks_gradient_of_off_bits_and_default_does_not():
 
 
 def test_bottleneck_layers_equal_the_seed_convolutions():
-    """CentreConv / CentreConvTranspose compute exactly the seed's Conv2d(k4) / ConvTranspose2d(k5)."""
+    """MapToCode / CodeToMap at 3x3 compute exactly the seed's Conv2d(k4) / ConvTranspose2d(k5)."""
     from torch import nn
 
-    from hashing.model import CentreConv, CentreConvTranspose, upgrade_state_dict
+    from hashing.model import MapToCode, CodeToMap, upgrade_state_dict
 
     torch.manual_seed(0)
     conv, deconv = nn.Conv2d(32, 16, 4, 2, 1), nn.ConvTranspose2d(16, 32, 5, 2, 1)
-    ours_c, ours_d = CentreConv(32, 16), CentreConvTranspose(16, 32)
+    ours_c, ours_d = MapToCode(32, 16), CodeToMap(16, 32)
     ours_c.load_state_dict(upgrade_state_dict(conv.state_dict(), ours_c))
     ours_d.load_state_dict(upgrade_state_dict(deconv.state_dict(), ours_d))
     x, code = torch.randn(5, 32, 3, 3), torch.randn(5, 16)

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import one_line_error, run_hashing
-from hashing.data import load_dataset, read_image
+from hashing.data import load_dataset
+from hashing.images import read_image
 
 
 def snapshot(path):

@@ -1,0 +1,168 @@
+"""One image -> the uint8 array a model reads. Training, encoding, querying, the Python API and
+folder caches all go through `fit_image`; `HashAutoencoder.preprocess` (model.py) then turns
+the uint8 into the model's input with the config's per-channel mean and std.
+
+An `ImageSpec` is the model's view of an image: `size` x `size` pixels, 1 channel (grayscale,
+array (size, size)) or 3 (RGB, array (size, size, 3)), and a `resize` rule for images of
+another shape:
+
+- "crop"    scale so the shorter side is `size`, then cut the centred square (nothing is
+            distorted; the ends of the longer side are lost). The default for new models.
+- "pad"     scale so the longer side is `size` and centre it on black (nothing is lost).
+- "stretch" scale each side to `size`, changing the aspect ratio. What every model before
+            image folders did; checkpoints without a recorded rule keep it, bit for bit.
+
+All three give the same result for a square image. Resampling is bilinear with
+antialiasing (Pillow's convolution resize). Before that, the mode is made uniform:
+transparency is composited on black (the MNIST background), 16- and 32-bit integer images
+are scaled 0..65535 -> 0..255 (not clipped), float images in [0, 1] are scaled to 0..255,
+palette/CMYK/YCbCr are converted, and grayscale is replicated for an RGB model (an RGB image
+is converted with ITU-R 601 luma for a grayscale one). Animated files give their first frame.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hashing.errors import HashingError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+RESIZE = ("crop", "pad", "stretch")
+MIN_SIZE, MAX_SIZE = 16, 256
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    size: int = 28
+    channels: int = 1
+    resize: str = "stretch"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The uint8 array of one image: (size, size) or (size, size, 3)."""
+        return (self.size, self.size) if self.channels == 1 else (self.size, self.size, self.channels)
+
+
+def fit_image(im, spec: ImageSpec, invert: bool = False) -> np.ndarray:
+    """A loaded PIL image of any mode and size -> uint8 `spec.shape`, by the rules above."""
+    from PIL import Image
+
+    im = to_rgb(im) if spec.channels == 3 else to_gray(im)
+    w, h, s = im.width, im.height, spec.size
+    if (w, h) != (s, s):
+        if spec.resize == "stretch":
+            im = im.resize((s, s), Image.BILINEAR, reducing_gap=None)
+        elif spec.resize == "crop":
+            side = min(w, h)                             # the centred square, in source pixels
+            left, top = (w - side) / 2, (h - side) / 2
+            im = im.resize((s, s), Image.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
+        else:                                            # pad
+            scale = s / max(w, h)
+            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            canvas = Image.new(im.mode, (s, s), 0)
+            canvas.paste(im.resize((nw, nh), Image.BILINEAR, reducing_gap=None), ((s - nw) // 2, (s - nh) // 2))
+            im = canvas
+    arr = np.asarray(im, dtype=np.uint8)
+    return 255 - arr if invert else arr
+
+
+def read_image(path: str | os.PathLike, spec: ImageSpec | int = ImageSpec(), invert: bool = False) -> np.ndarray:
+    """An image file -> uint8 `spec.shape` (an int is a grayscale stretch spec of that size).
+
+    Images over Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) are refused, not
+    decoded. A JPEG bigger than twice the target is decoded at a reduced scale (libjpeg's DCT
+    scaling), which is several times faster and changes nothing visible after the resize;
+    "stretch" models skip that so their codes stay exactly what they were.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(spec, int):
+        spec = ImageSpec(spec)
+    path = Path(path)
+    if path.is_dir():
+        raise HashingError(f"{path} is a folder, not an image file")
+    if not path.is_file():
+        raise HashingError(f"image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if spec.resize != "stretch" and im.format == "JPEG":
+                    im.draft(im.mode, (2 * spec.size, 2 * spec.size))
+                im.seek(0)
+                im.load()
+                return fit_image(im, spec, invert)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HashingError(f"image too large: {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
+                           f"(refused as a possible decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise HashingError(f"not a readable image: {path} ({type(e).__name__})") from None
+
+
+def to_gray(im):
+    """A loaded PIL image of any mode -> mode 'L'."""
+    from PIL import Image
+
+    if _transparent(im):
+        return _on_black(im).convert("L")
+    wide = _wide_to_8bit(im)
+    return wide if wide is not None else im.convert("L")
+
+
+def to_rgb(im):
+    """A loaded PIL image of any mode -> mode 'RGB'."""
+    if _transparent(im):
+        return _on_black(im).convert("RGB")
+    wide = _wide_to_8bit(im)
+    return (wide if wide is not None else im).convert("RGB")
+
+
+def is_gray(im, tolerance: int = 8) -> bool:
+    """Whether a loaded image carries no colour: a gray mode, or RGB whose channels agree."""
+    if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;"):
+        return True
+    small = np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.int16)     # (32, 32, 3), any other mode
+    return int(np.abs(small - small.mean(2, keepdims=True)).max()) <= tolerance
+
+
+def _transparent(im) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+
+
+def _on_black(im):
+    from PIL import Image
+
+    rgba = im.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+
+
+def _wide_to_8bit(im):
+    """16/32-bit integer and float images -> mode 'L' scaled to 0..255; None for other modes."""
+    from PIL import Image
+
+    if im.mode.startswith("I"):         # I;16, I;16B, I;16L, I: integers up to 65535 (16-bit files)
+        wide = np.asarray(im, dtype=np.float64)
+        scale = 255.0 / 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 1.0
+    elif im.mode == "F":                # floats: [0, 1] when they fit there, else 0..255
+        wide = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if wide.max() <= 1.0 else 1.0
+    else:
+        return None
+    return Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8))
+
+
+def conform(images: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, C) already in memory (a built-in dataset) -> (N, *spec.shape)."""
+    from PIL import Image
+
+    if images.shape[1:] == spec.shape:
+        return images
+    out = np.empty((len(images), *spec.shape), np.uint8)
+    for i, im in enumerate(images):
+        out[i] = fit_image(Image.fromarray(im), spec)
+    return out
