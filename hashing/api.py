@@ -34,6 +34,11 @@ class Model:
     def bits(self) -> int:
         return self.checkpoint.config.bits
 
+    @property
+    def spec(self):
+        """hashing.images.ImageSpec: the size, channels and resize rule images are brought to."""
+        return self.checkpoint.config.spec
+
     def arrays(self, images: ImageLike | Iterable[ImageLike], invert: bool = False) -> np.ndarray:
         """Images as the model's input: (N, *spec.shape) uint8, each prepared as the CLI prepares files
         (hashing.images.fit_image: mode, then the model's size by its resize rule)."""
