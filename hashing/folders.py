@@ -237,7 +237,10 @@ class FolderImages:
     labels: np.ndarray
     paths: list[Path]
     read: FolderRead
-    in_memory: bool
+
+    @property
+    def in_memory(self) -> bool:
+        return not isinstance(self.images, np.memmap)
 
 
 def _key(paths: list[Path], spec: ImageSpec, invert: bool) -> str:
@@ -315,22 +318,10 @@ def cached(paths: list[Path], labels: np.ndarray, spec: ImageSpec, invert: bool 
 
 
 def read_folder(paths: list[Path], labels: np.ndarray, spec: ImageSpec, invert: bool = False, strict: bool = False,
-                progress: bool = True, desc: str = "decoding", cache: bool = True) -> FolderImages:
+                progress: bool = True, desc: str = "decoding") -> FolderImages:
     """Decode `paths` at `spec` (once: later calls map the cache), in RAM when within the budget."""
-    if cache:
-        where, key = cache_dir(), _key(paths, spec, invert)
-        found = _load_cached(where, key, paths) or _build_cache(where, key, paths, spec, invert, strict, progress, desc)
-    else:
-        rows, kept, skipped = [], [], []
-        for i, (p, arr, why) in enumerate(decode_files(paths, spec, invert, progress, desc)):
-            if arr is None:
-                if strict:
-                    raise HashingError(why)
-                skipped.append((i, why))
-            else:
-                rows.append(arr)
-                kept.append(i)
-        found = (np.stack(rows) if rows else np.zeros((0, *spec.shape), np.uint8), kept, skipped)
+    where, key = cache_dir(), _key(paths, spec, invert)
+    found = _load_cached(where, key, paths) or _build_cache(where, key, paths, spec, invert, strict, progress, desc)
     got = _result(paths, labels, *found)
     if strict and got.read.skipped:
         raise HashingError(got.read.skipped[0][1])
@@ -342,7 +333,6 @@ def read_folder(paths: list[Path], labels: np.ndarray, spec: ImageSpec, invert: 
 def _result(paths, labels, images, kept, skipped) -> FolderImages:
     kept = np.asarray(kept, dtype=np.int64)
     read = FolderRead([paths[i] for i in kept], [(paths[i], why) for i, why in skipped])
-    in_memory = images.nbytes <= memory_budget()
-    if in_memory and isinstance(images, np.memmap):
+    if isinstance(images, np.memmap) and images.nbytes <= memory_budget():
         images = np.array(images)
-    return FolderImages(images, labels[kept], read.kept, read, in_memory)
+    return FolderImages(images, labels[kept], read.kept, read)
