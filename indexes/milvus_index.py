@@ -32,6 +32,7 @@ import json
 import logging
 import re
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
@@ -101,8 +102,11 @@ def check_lite_file(uri: str, creating: bool) -> None:
                            f"choose another path, or remove it if it is yours to replace")
 
 
-def _in_use(uri: str) -> bool:
+def _in_use(uri: str, grace: float = 3.0) -> bool:
     """Whether another process holds Milvus Lite's lock on the file (one process per .db).
+
+    A lock still held after `grace` seconds counts: the server of a process that was just killed
+    holds it for some tens of milliseconds while it exits (seen after kill -9 of `hashing index`).
 
     Asked before connecting: a failed start of Milvus Lite deletes the lock file. Never asked
     when this process runs the file's server itself, since closing our probe would release
@@ -119,15 +123,20 @@ def _in_use(uri: str) -> bool:
             return False
     except (ImportError, AttributeError):
         pass
-    if not lock.exists():
-        return False
-    with open(lock, "a") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.lockf(f, fcntl.LOCK_UN)
-    return False
+    deadline = time.monotonic() + grace
+    while True:
+        if not lock.exists():
+            return False
+        with open(lock, "a") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return True
+            else:
+                fcntl.lockf(f, fcntl.LOCK_UN)
+                return False
+        time.sleep(0.05)
 
 
 def connect(uri: str, creating: bool = False, timeout: float = 5.0):
