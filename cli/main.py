@@ -191,6 +191,35 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
 
 
 @cli.command()
+@click.option("--index", "index_location", required=True, help="Index folder, Milvus Lite .db file or Milvus URI.")
+@click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 (or ::) answers other machines too.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port; 0 picks a free one (printed).")
+@click.option("--token", envvar="HASHING_TOKEN", default=None,
+              help="Secret that POST /items must carry (Authorization: Bearer TOKEN); without one, additions are "
+                   "off.  [env: HASHING_TOKEN]")
+@click.option("--read-only", is_flag=True, help="Refuse every addition, token or not.")
+@click.option("--max-upload", "max_upload_mb", default=10.0, show_default=True, type=float,
+              help="Largest request body in MB (larger uploads get 413).")
+@click.option("--uploads", type=click.Path(file_okay=False), default=None,
+              help="Folder for images added through POST /items.  [default: INDEX/uploads for FAISS, "
+                   "FILE.db.uploads for Milvus Lite; needed for a Milvus server]")
+@device_option
+def serve(index_location, collection, host, port, token, read_only, max_upload_mb, uploads, device):
+    """Serve an index over HTTP: a web page at /, a JSON API (/search, /items, /health), its docs at /docs.
+
+    Loads the model and the index once, then answers until Ctrl-C or SIGTERM. Needs the serve extra
+    (pip install 'hashing[serve]').
+    """
+    from hashing.service import serve as run
+
+    run(index_location, collection, host, port, token, read_only, max_upload_mb, uploads, device,
+        on_ready=lambda line: click.echo(line, err=False) or sys.stdout.flush())
+    click.echo("stopped")
+
+
+@cli.command()
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG of each estimator's forward value and backward gradient against the input.")
 def estimators(plot):

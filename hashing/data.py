@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,15 +174,24 @@ def folder_spec(images: str | os.PathLike, size: int | None = None, channels: in
 
 def load_source(source: str, datasets: dict[str, str | None], spec: ImageSpec = ImageSpec()) -> np.ndarray:
     """The uint8 image behind an index item's `source` ("name/split/i" or a file path), at `spec`."""
+    native = dataset_image(source, datasets)
+    return read_image(source, spec) if native is None else conform(native[None], spec)[0]
+
+
+def dataset_image(source: str, datasets: dict[str, str | None]) -> np.ndarray | None:
+    """A built-in dataset item's image as stored ("name/split/i" -> uint8 (H, W)); None for a file source."""
     parts = source.split("/")
     if len(parts) == 3 and parts[0] in DATASETS and parts[1] in SPLITS and parts[2].isdigit():
-        key = f"{parts[0]}/{parts[1]}"
-        ds = _cached(parts[0], parts[1], datasets.get(key))
-        return conform(ds.images[int(parts[2])][None], spec)[0]
-    return read_image(source, spec)
+        with _CACHE_LOCK:                        # the service asks from several threads; load a split once
+            ds = _cached(parts[0], parts[1], datasets.get(f"{parts[0]}/{parts[1]}"))
+        if int(parts[2]) >= len(ds.images):
+            raise HashingError(f"{source}: {parts[0]}/{parts[1]} has {len(ds.images)} images here")
+        return ds.images[int(parts[2])]
+    return None
 
 
 _CACHE: dict[tuple, ImageSet] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def _cached(name: str, split: str, data_dir: str | None) -> ImageSet:

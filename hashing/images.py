@@ -22,6 +22,7 @@ is converted with ITU-R 601 luma for a grayscale one). Animated files give their
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -79,8 +80,6 @@ def read_image(path: str | os.PathLike, spec: ImageSpec | int = ImageSpec(), inv
     scaling), which is several times faster and changes nothing visible after the resize;
     "stretch" models skip that so their codes stay exactly what they were.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if isinstance(spec, int):
         spec = ImageSpec(spec)
     path = Path(path)
@@ -88,20 +87,58 @@ def read_image(path: str | os.PathLike, spec: ImageSpec | int = ImageSpec(), inv
         raise HashingError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise HashingError(f"image not found: {path}")
+    with _opened(path, str(path)) as im:
+        return _fit_first_frame(im, spec, invert)
+
+
+def decode_image(data: bytes, name: str, spec: ImageSpec, invert: bool = False) -> np.ndarray:
+    """An image file's bytes (an upload) -> uint8 `spec.shape`, exactly as read_image reads that file."""
+    import io
+
+    with _opened(io.BytesIO(data), name) as im:
+        return _fit_first_frame(im, spec, invert)
+
+
+def thumbnail_png(path: str | os.PathLike, size: int) -> bytes:
+    """An image file as a PNG that fits in size x size (never enlarged), for showing it: gray or RGB,
+    transparency on black, first frame."""
+    import io
+
+    with _opened(Path(path), str(path)) as im:
+        im.seek(0)
+        im.draft(im.mode, (size, size))              # JPEG: decode at a reduced scale when it is large
+        im.load()
+        im = to_gray(im) if is_gray(im) else to_rgb(im)
+        im.thumbnail((size, size))
+        out = io.BytesIO()
+        im.save(out, "PNG")
+        return out.getvalue()
+
+
+def _fit_first_frame(im, spec: ImageSpec, invert: bool) -> np.ndarray:
+    if spec.resize != "stretch" and im.format == "JPEG":
+        im.draft(im.mode, (2 * spec.size, 2 * spec.size))
+    im.seek(0)
+    im.load()
+    return fit_image(im, spec, invert)
+
+
+@contextlib.contextmanager
+def _opened(fp, name: str):
+    """Image.open with the one set of refusals: decompression bombs, and anything Pillow cannot read,
+    each as a one-line HashingError naming `name`."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if spec.resize != "stretch" and im.format == "JPEG":
-                    im.draft(im.mode, (2 * spec.size, 2 * spec.size))
-                im.seek(0)
-                im.load()
-                return fit_image(im, spec, invert)
+            with Image.open(fp) as im:
+                yield im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HashingError(f"image too large: {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
+        raise HashingError(f"image too large: {name} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
                            f"(refused as a possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-        raise HashingError(f"not a readable image: {path} ({type(e).__name__})") from None
+        raise HashingError(f"not a readable image: {name} ({type(e).__name__})") from None
 
 
 def to_gray(im):

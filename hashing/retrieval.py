@@ -201,12 +201,12 @@ def _query(index: BinaryIndex, paths, k, radius, invert, grid) -> list[QueryResu
     return results
 
 
-def load_model_for(index: BinaryIndex):
-    """The model that built the index, checked to be that very model (bits and weights)."""
+def load_model_for(index: BinaryIndex, device: str = "auto"):
+    """The model that built the index, checked to be that very model (bits and weights), on `device`."""
     run_dir = index.info.model.run_dir
     if not run_dir:
         raise HashingError("the index does not record the model that built it; rebuild it with `hashing index`")
-    ckpt = checkpoint.load(run_dir, resolve_device("auto"))
+    ckpt = checkpoint.load(run_dir, resolve_device(device))
     index.info.check_model(ckpt.record())
     return ckpt.model
 

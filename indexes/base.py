@@ -95,6 +95,7 @@ class Hit:
 
 class BinaryIndex(abc.ABC):
     info: IndexInfo
+    MAX_K: int | None = None          # the most results one query may ask for (None: the item count)
 
     @property
     def bits(self) -> int:
@@ -166,6 +167,8 @@ class BinaryIndex(abc.ABC):
                 raise HashingError(f"-k must be at least 1, got {k}")
             if k > self.count:
                 raise HashingError(f"-k {k} is larger than the index ({self.count} items); ask for at most {self.count}")
+            if self.MAX_K is not None and k > self.MAX_K:
+                raise HashingError(f"-k {k}: this backend returns at most {self.MAX_K} results per query")
         if radius is not None and not 0 <= radius <= self.bits:
             raise HashingError(f"--radius must be from 0 to {self.bits} (the code length), got {radius}")
 

@@ -162,6 +162,8 @@ def check_collection_name(name: str) -> str:
 
 
 class MilvusIndex(BinaryIndex):
+    MAX_K = MAX_LIMIT
+
     def __init__(self, client, uri: str, name: str, info: IndexInfo, version: int | None, data: str, count: int):
         self.client, self.uri, self.name, self.info = client, uri, name, info
         self.version, self.data, self._count = version, data, count   # committed version (None: new)
@@ -354,8 +356,6 @@ class MilvusIndex(BinaryIndex):
 
     def search(self, xq, k):
         xq = self.check_queries(xq, k)
-        if k > MAX_LIMIT:
-            raise HashingError(f"Milvus returns at most {MAX_LIMIT} results per query; ask for -k <= {MAX_LIMIT}")
         pairs = self._search(xq, k, {})
         D = np.full((len(xq), k), -1, np.int32)
         I = np.full((len(xq), k), -1, np.int64)

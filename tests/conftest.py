@@ -96,3 +96,50 @@ def one_line_error(code: int, err: str) -> str:
     assert lines and lines[-1].startswith("Error") and sum(x.startswith("Error") for x in lines) == 1, err
     assert len(lines) == 1 or lines[0].startswith("Usage"), err
     return lines[-1]
+
+
+class Server:
+    """`hashing serve ... --port 0` as a real process: its URL once it listens; stop() sends SIGTERM."""
+
+    def __init__(self, *args, env: dict | None = None, timeout: float = 120):
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "hashing", "serve", *map(str, args), "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.url = None
+        found = threading.Event()
+
+        def read():
+            line = self.proc.stdout.readline()
+            if line.startswith("serving"):
+                self.url = line.split(" at ", 1)[1].split()[0].rstrip("/")
+            found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(timeout) or self.url is None:
+            self.proc.kill()
+            raise RuntimeError(f"hashing serve did not start: {self.proc.stderr.read()}")
+
+    def stop(self) -> tuple[int, str, str]:
+        """SIGTERM, then (exit code, rest of stdout, stderr)."""
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, out, err
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+
+@pytest.fixture
+def serve_process():
+    return Server
