@@ -40,7 +40,9 @@ def cli():
       hashing index --model runs/mnist --dataset mnist --data-dir DIR --split train --out idx/mnist
       hashing query digit.png --index idx/mnist -k 10
       hashing evaluate --model runs/mnist --dataset mnist --data-dir DIR
+      hashing serve --index idx/mnist            # web page and JSON API on 127.0.0.1:8000
 
+    \b
       hashing train --images photos/ --out runs/photos
       hashing index --model runs/photos --images photos/ --out idx/photos
     """

@@ -31,7 +31,9 @@ from hashing.errors import HashingError
 from hashing.indexes.backends import backend_for, open_index
 from hashing.indexes.base import Hit
 
-MAX_BATCH = 256                       # images per forward pass when many requests wait at once
+# Images per forward pass when many requests wait at once; HASHING_MAX_BATCH=1 turns batching off
+# (benchmarks/serve.py --batching measures both).
+MAX_BATCH = max(1, int(os.environ.get("HASHING_MAX_BATCH", "256") or 256))
 
 
 @dataclass
