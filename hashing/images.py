@@ -102,17 +102,24 @@ def decode_image(data: bytes, name: str, spec: ImageSpec, invert: bool = False) 
 def thumbnail_png(path: str | os.PathLike, size: int) -> bytes:
     """An image file as a PNG that fits in size x size (never enlarged), for showing it: gray or RGB,
     transparency on black, first frame."""
-    import io
-
     with _opened(Path(path), str(path)) as im:
         im.seek(0)
         im.draft(im.mode, (size, size))              # JPEG: decode at a reduced scale when it is large
         im.load()
-        im = to_gray(im) if is_gray(im) else to_rgb(im)
-        im.thumbnail((size, size))
-        out = io.BytesIO()
-        im.save(out, "PNG")
-        return out.getvalue()
+        return png_bytes(to_gray(im) if is_gray(im) else to_rgb(im), size)
+
+
+def png_bytes(im, size: int) -> bytes:
+    """A loaded PIL image (or a uint8 array) as PNG bytes that fit in size x size (never enlarged)."""
+    import io
+
+    from PIL import Image
+
+    im = Image.fromarray(im) if isinstance(im, np.ndarray) else im.copy()
+    im.thumbnail((size, size))
+    out = io.BytesIO()
+    im.save(out, "PNG")
+    return out.getvalue()
 
 
 def _fit_first_frame(im, spec: ImageSpec, invert: bool) -> np.ndarray:

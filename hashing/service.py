@@ -20,7 +20,6 @@ parameter; an unexpected failure is a 500 whose body names only its type.
 # name classes imported inside create_app (fastapi stays out of `import hashing`).
 import asyncio
 import hmac
-import io
 import socket
 import threading
 from collections import OrderedDict
@@ -52,7 +51,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
     from starlette.exceptions import HTTPException
 
     from hashing.data import dataset_image
-    from hashing.images import decode_image, thumbnail_png
+    from hashing.images import decode_image, png_bytes, thumbnail_png
 
     app = FastAPI(title="hashing", version=_version(), docs_url=None, redoc_url=None,
                   description="Search images by the Hamming distance of their learned binary codes.")
@@ -184,16 +183,8 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
     thumbnails_lock = threading.Lock()
 
     def render(source: str, size: int) -> bytes:
-        from PIL import Image
-
         native = dataset_image(source, engine.datasets)
-        if native is None:
-            return thumbnail_png(source, size)
-        im = Image.fromarray(native)
-        im.thumbnail((size, size))
-        out = io.BytesIO()
-        im.save(out, "PNG")
-        return out.getvalue()
+        return thumbnail_png(source, size) if native is None else png_bytes(native, size)
 
     @app.get("/items/{item_id}/image", response_class=Response,
              responses={200: {"content": {"image/png": {}}}})

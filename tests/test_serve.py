@@ -3,7 +3,6 @@ a loopback port over FAISS and Milvus Lite: the same answers as `hashing query -
 survive a restart, concurrent requests, a clean stop on SIGTERM."""
 
 import io
-import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -284,4 +283,3 @@ def test_serve_refuses_bad_starts_in_one_line(digits_index, tmp_path):
     assert "--port" in one_line_error(code, err)
     code, out, _ = run_hashing("serve", "--help")
     assert code == 0 and "--token" in out and "HASHING_TOKEN" in out
-    json.dumps(out)
