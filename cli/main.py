@@ -10,9 +10,11 @@ import sys
 import click
 
 from hashing.baselines import BASELINES
+from hashing.copies import COPY_BASELINES
 from hashing.cli.options import (LibraryChoice, source_options, device_option, model_option, quiet_option,
                                  setting)
 from hashing.data import SPLITS
+from hashing.edits import DEFAULT_EDITS, EDITS
 from hashing.errors import HashingError
 from hashing.indexes.backends import BACKENDS
 from hashing.indexes.faiss_index import INDEX_TYPES
@@ -40,6 +42,7 @@ def cli():
       hashing index --model runs/mnist --dataset mnist --data-dir DIR --split train --out idx/mnist
       hashing query digit.png --index idx/mnist -k 10
       hashing evaluate --model runs/mnist --dataset mnist --data-dir DIR
+      hashing evaluate --task copies --model RUN --dataset mnist --data-dir DIR   # edited copies vs pHash
       hashing serve --index idx/mnist            # web page and JSON API on 127.0.0.1:8000
 
     \b
@@ -58,6 +61,7 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @click.option("--recipe", default="default", show_default=True, type=click.Choice(RECIPES), help=RECIPE_HELP)
 @setting("--bits", type=int, help="Code length: a multiple of 8 from 8 to 1024.")
 @setting("--epochs", type=int, help="Passes over the training split.")
+@setting("--max-images", type=int, help="Train on the first N images of the split only (for quick trials).")
 @click.option("--batch-size", type=int, default=None,
               help="Images per step.  [default: 64 on CPU; on a GPU larger, with --scale-lr (hashing.train.batch_plan)]")
 @setting("--lr", type=float, help="Adam learning rate (betas 0.5, 0.999).")
@@ -251,39 +255,78 @@ def estimators(plot):
 @cli.command()
 @model_option
 @source_options()
+@click.option("--task", type=click.Choice(["classes", "copies"]), default="classes", show_default=True,
+              help="classes: relevant = same label (database = --database-split, queries = --query-split). "
+                   "copies: relevant = the image an edited copy was made from (database = --split).")
 @click.option("--database-split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option("--query-split", type=click.Choice(SPLITS), default="test", show_default=True)
-@click.option("--k", "ks", default="1,10,100,1000", show_default=True, help="Comma-separated k for precision@k.")
-@click.option("--baselines", default=",".join(BASELINES), show_default=True,
-              help="Comma-separated: lsh, pcah, itq (same bit count, raw pixels), l2 (exact float kNN); '' for none.")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="--task copies: the split that is the database (a folder without train/ and test/: all of it).  "
+                   "[default: test]")
+@click.option("--k", "ks", default="1,10,100,1000", show_default=True,
+              help="--task classes: comma-separated k for precision@k.")
+@click.option("--copies", type=int, default=None,
+              help="--task copies: how many database images get edited copies (drawn with --seed).  [default: 1000]")
+@click.option("--edits", default=None,
+              help="--task copies: comma-separated edits, one copy of each source per edit: "
+                   f"{', '.join(EDITS)}.  [default: {','.join(DEFAULT_EDITS)}]")
+@click.option("--baselines", default=None,
+              help=f"Comma-separated; '' for none. classes: lsh, pcah, itq (same bit count, raw pixels), l2 (exact "
+                   f"float kNN).  [default: {','.join(BASELINES)}]  copies: phash, dhash, ahash, whash, pdq "
+                   f"(perceptual hashes of the files), itq, lsh, pcah.  [default: {','.join(COPY_BASELINES)}]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the baselines' randomness and the copies.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
-              help="Folder for pr_curve.png, precision_at_k.png and retrieval.png.")
+              help="Folder for the pictures: pr_curve.png, precision_at_k.png, retrieval.png (classes); "
+                   "copies_recall.png, copies_edits.png (copies).")
 @device_option
 @quiet_option
-def evaluate(run_dir, dataset, data_dir, images, database_split, query_split, ks, baselines, json_out, plots, device, quiet):
-    """Precision@k, mAP, mAP@1000 and radius-2 precision/recall of the model beside LSH, PCAH, ITQ and L2.
+def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_split, split, ks, copies, edits,
+             baselines, seed, json_out, plots, device, quiet):
+    """Retrieval quality of the model beside baselines at the same bit count.
 
-    Every query ranks the whole database by Hamming distance; relevant = same label; tied
-    distances count as the expectation over a random order within the tie. With --images,
+    --task classes (default): precision@k, mAP, mAP@1000 and radius-2 precision/recall; every
+    query ranks the whole database by Hamming distance; relevant = same label. With --images,
     FOLDER/train is the database and FOLDER/test the queries (class folders are the labels).
-    """
-    from hashing.evaluation import evaluate as run
 
-    try:
-        k_list = tuple(int(k) for k in ks.split(",") if k.strip())
-    except ValueError:
-        raise click.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
-    if not k_list or min(k_list) < 1:
-        raise click.BadParameter("--k needs positive integers")
-    names = tuple(b.strip() for b in baselines.split(",") if b.strip())
-    report = run(run_dir, dataset, data_dir, database_split, query_split, k_list, names, plots, device,
-                 progress=not quiet, json_out=json_out, images=images)
+    --task copies: near-duplicate search. Edited copies (JPEG, rescale, crop, rotation,
+    brightness/contrast, blur, noise, overlay, combinations, flip) of --copies database images
+    are the queries, each relevant only to its source; recall@1, recall@10, mAP (mean
+    reciprocal rank) and the true-positive rate at the Hamming threshold with a false-positive
+    rate of 1e-3 over all non-copy pairs, overall and per edit, beside perceptual hashes.
+
+    Tied distances count as the expectation over a random order within the tie.
+    """
+    names = None if baselines is None else tuple(b.strip() for b in baselines.split(",") if b.strip())
+    if task == "copies":
+        from hashing.copies import evaluate_copies
+
+        report = evaluate_copies(run_dir, dataset, data_dir, images, split, 1000 if copies is None else copies,
+                                 DEFAULT_EDITS if edits is None else edits.split(","),
+                                 COPY_BASELINES if names is None else names, seed, json_out, plots, device,
+                                 progress=not quiet)
+        pictures = "copies_recall.png, copies_edits.png"
+    else:
+        given = [f"--{o}" for o, v in (("split", split), ("copies", copies), ("edits", edits)) if v is not None]
+        if given:
+            raise click.UsageError(f"{given[0]} belongs to --task copies")
+        from hashing.evaluation import evaluate as run
+
+        try:
+            k_list = tuple(int(k) for k in ks.split(",") if k.strip())
+        except ValueError:
+            raise click.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
+        if not k_list or min(k_list) < 1:
+            raise click.BadParameter("--k needs positive integers")
+        report = run(run_dir, dataset, data_dir, database_split, query_split, k_list,
+                     BASELINES if names is None else names, plots, device, progress=not quiet, seed=seed,
+                     json_out=json_out, images=images)
+        pictures = "pr_curve.png, precision_at_k.png, retrieval.png"
     click.echo(report.table())
     if json_out:
         click.echo(f"wrote {json_out}")
     if plots:
-        click.echo(f"wrote {plots}/pr_curve.png, precision_at_k.png, retrieval.png")
+        click.echo(f"wrote {pictures} in {plots}")
 
 
 def main() -> None:

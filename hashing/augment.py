@@ -13,6 +13,14 @@ with black, the MNIST background, not with the mid-grey that 0 would be.
   half of the time, then with probability 0.8 colour jitter (brightness, contrast and
   saturation each x U(0.6, 1.4), hue rotated by up to +-0.1 turn in YIQ space) and with
   probability 0.2 grayscale. On one channel only brightness and contrast apply.
+- copies: the edits of the copy-detection protocol (hashing.edits), batched on the device:
+  crop keeping 70-100 % of the area (aspect 3/4-4/3) with a rotation of up to +-10 degrees
+  half of the time, then each with its own probability: downscale-upscale (0.3-0.6 of the
+  side), Gaussian blur, brightness and contrast x 0.6-1.4, an occluding rectangle of
+  4-12 % of the area, Gaussian noise (5-20 grey levels) and, last, JPEG re-encoding at
+  quality 20-70 (8x8 DCT quantised with the standard tables, as libjpeg does, without
+  chroma subsampling). No mirror: a flipped copy is the user's call (`hashing evaluate
+  --task copies` reports flips apart).
 - auto: chosen by `resolve_views` from the dataset (AUTO_VIEWS) or, for image folders, from
   the channels: photo for colour, crop for grayscale.
 """
@@ -119,7 +127,116 @@ def random_photo(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple
     return ((p - mean) / std).to(x.dtype)
 
 
-VIEWS = {"affine": random_affine, "crop": random_crop, "photo": random_photo}
+# JPEG's quantisation tables (ITU-T T.81 Annex K) for luma and chroma, at quality 50.
+_JPEG_LUMA = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+_JPEG_CHROMA = torch.full((8, 8), 99.0)
+_JPEG_CHROMA[:4, :4] = torch.tensor([[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]])
+_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    """Orthonormal DCT-II: coefficients = M @ block @ M.T."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    m = torch.cos(math.pi * (2 * torch.arange(n, dtype=torch.float64)[None] + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m.float()
+
+
+def jpeg(p: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) pixels in [0, 1], quality (B,) 1..100 -> the same after JPEG's lossy step.
+
+    libjpeg's quality scaling of the tables (q < 50: 5000/q %, else 200 - 2q %), 8x8 blocks
+    (the image padded by edge replication to a multiple of 8), YCbCr for colour, rounding of
+    the quantised coefficients; no chroma subsampling and no integer DCT, so it is close to,
+    not bit-exact with, a JPEG file (tests compare it with Pillow's).
+    """
+    b, c, h, w = p.shape
+    dev = p.device
+    x = F.pad(p.float() * 255, (0, -w % 8, 0, -h % 8), mode="replicate")
+    if c == 3:
+        x = torch.einsum("kc,bchw->bkhw", _YCC.to(dev), x)
+        x[:, 1:] += 128
+    q = quality.float().clamp(1, 100)
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)[:, None, None, None]               # (B, 1, 1, 1) percent
+    tables = torch.stack([_JPEG_LUMA, _JPEG_CHROMA, _JPEG_CHROMA])[:c].to(dev)            # (C, 8, 8)
+    table = ((tables[None] * scale + 50) / 100).floor().clamp(1, 255)                      # (B, C, 8, 8)
+    blocks = (x - 128).unfold(2, 8, 8).unfold(3, 8, 8)                                     # (B, C, H/8, W/8, 8, 8)
+    m = _dct_matrix().to(dev)
+    coef = m @ blocks @ m.T
+    t = table[:, :, None, None]
+    blocks = m.T @ (torch.round(coef / t) * t) @ m + 128
+    x = blocks.permute(0, 1, 2, 4, 3, 5).reshape(b, c, x.shape[2], x.shape[3])
+    if c == 3:
+        x[:, 1:] -= 128
+        x = torch.einsum("ck,bkhw->bchw", torch.linalg.inv(_YCC).to(dev), x)
+    return (x[:, :, :h, :w] / 255).clamp(0, 1).to(p.dtype)
+
+
+def _gaussian_blur(p: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, C, H, W), sigma (B,) pixels -> each image blurred with its own separable Gaussian."""
+    b, c, h, w = p.shape
+    t = torch.arange(-radius, radius + 1, device=p.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)                               # (B*C, 2r+1)
+    x = F.pad(p.float().reshape(1, b * c, h, w), (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, k[:, None, :, None], groups=b * c)
+    x = F.conv2d(x, k[:, None, None, :], groups=b * c)
+    return x.reshape(b, c, h, w).to(p.dtype)
+
+
+def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[float, float] = (0.7, 1.0),
+                degrees: float = 10.0, p_rotate: float = 0.5, p_rescale: float = 0.3, p_blur: float = 0.3,
+                p_brightness: float = 0.5, p_overlay: float = 0.3, p_noise: float = 0.3, p_jpeg: float = 0.4,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): each image edited as a copy of it might be (see above)."""
+    background = _background(mean, std)
+    b, c, h, w = x.shape
+    dev = x.device
+    u = _uniform(x, generator)
+
+    def chosen(prob: float) -> torch.Tensor:                                   # (B, 1, 1, 1) bool
+        return (u(0, 1) < prob)[:, None, None, None]
+
+    a = u(*area)
+    r = torch.exp(u(math.log(3 / 4), math.log(4 / 3)))
+    sx, sy = (a * r).sqrt().clamp(max=1.0), (a / r).sqrt().clamp(max=1.0)      # kept fraction of each side
+    ang = u(-degrees, degrees) * (math.pi / 180) * (u(0, 1) < p_rotate)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    theta = torch.stack([torch.stack([sx * cos, -sy * sin, u(-1, 1) * (1 - sx)], 1),
+                         torch.stack([sx * sin, sy * cos, u(-1, 1) * (1 - sy)], 1)], 1)   # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    p = F.grid_sample((x - background).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    p = ((p + background) * std + mean).clamp(0, 1)                            # (B, C, H, W) pixels in [0, 1]
+
+    f = float(u(0.3, 0.6)[0])                                                  # one factor per batch: interpolate
+    small = F.interpolate(p, size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear", antialias=True)
+    p = torch.where(chosen(p_rescale), F.interpolate(small, size=(h, w), mode="bilinear"), p)
+    sigma = u(0.5, 1.5) * max(1.0, min(h, w) / 64)
+    p = torch.where(chosen(p_blur), _gaussian_blur(p, sigma, radius=max(2, math.ceil(3 * float(sigma.max())))), p)
+    edited = (p * u(0.6, 1.4)[:, None, None, None]).clamp(0, 1)
+    grey = edited.mean((1, 2, 3), keepdim=True)
+    edited = ((edited - grey) * u(0.6, 1.4)[:, None, None, None] + grey).clamp(0, 1)
+    p = torch.where(chosen(p_brightness), edited, p)
+    pa = u(0.04, 0.12)
+    pr = torch.exp(u(math.log(1 / 2), math.log(2)))
+    pw, ph = (pa * pr).sqrt().clamp(max=1.0), (pa / pr).sqrt().clamp(max=1.0)  # fractions of the side
+    left, top = u(0, 1) * (1 - pw), u(0, 1) * (1 - ph)
+    ys = (torch.arange(h, device=dev) + 0.5) / h
+    xs = (torch.arange(w, device=dev) + 0.5) / w
+    inside = ((ys[None, :, None] >= top[:, None, None]) & (ys[None, :, None] < (top + ph)[:, None, None])
+              & (xs[None, None, :] >= left[:, None, None]) & (xs[None, None, :] < (left + pw)[:, None, None]))
+    colour = torch.rand(b, c, 1, 1, device=dev, generator=generator)
+    p = torch.where(chosen(p_overlay) & inside[:, None], colour, p)
+    noise = torch.randn(p.shape, device=dev, generator=generator) * (u(5, 20) / 255)[:, None, None, None]
+    p = torch.where(chosen(p_noise), (p + noise).clamp(0, 1), p)
+    p = torch.where(chosen(p_jpeg), jpeg(p, u(20, 70)), p)
+    return ((p - mean) / std).to(x.dtype)
+
+
+VIEWS = {"affine": random_affine, "crop": random_crop, "photo": random_photo, "copies": random_copy}
 # "auto" picks by dataset: crop for clothing (a mirrored or partly seen shirt is still a
 # shirt), affine for digits (a mirrored or partial digit can be another digit). Chosen by
 # measurement; the numbers are in the README's "Recipes" section. Image folders hold

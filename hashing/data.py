@@ -134,7 +134,34 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     MNIST centres each digit in a 20x20 box inside a 28x28 frame, so the 8x8 digit is
     scaled to 20x20 (bilinear) and padded by 4 on every side; values map 0..16 -> 0..255.
     Split: stratified 80/20, random_state 0, fixed forever so tests are reproducible.
+    The result is kept in the image cache folder (hashing.folders.cache_dir), keyed by the
+    scikit-learn version: importing scikit-learn costs a command ~2.5 s, the cached file ~2 ms.
     """
+    from importlib.metadata import version
+
+    from hashing.folders import cache_dir
+
+    cached = cache_dir() / f"digits-{version('scikit-learn')}.npz"
+    try:
+        with np.load(cached) as f:
+            images, labels, test = f["images"], f["labels"], f["test"]
+    except Exception:                             # noqa: BLE001 - missing, truncated, foreign: make it again
+        images, labels, test = _make_digits()
+        try:
+            from hashing.atomic import atomic_path
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp, open(tmp, "wb") as out:
+                np.savez(out, images=images, labels=labels, test=test)
+        except OSError:
+            pass                                  # no cache where none can be written: recomputed next time
+    sel = test if split == "test" else ~test
+    return images[sel], labels[sel]
+
+
+def _make_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) int64, test (N,) bool): the split as a mask, in sklearn's order
+    within each split."""
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -144,10 +171,11 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     big = np.zeros((len(small), 28, 28), dtype=np.uint8)
     for i, im in enumerate(small):
         big[i, 4:24, 4:24] = np.asarray(Image.fromarray(im).resize((20, 20), Image.BILINEAR))
-    idx = np.arange(len(big))
-    train_idx, test_idx = train_test_split(idx, test_size=0.2, stratify=d.target, random_state=0)
-    sel = train_idx if split == "train" else test_idx
-    return big[sel], d.target[sel].astype(np.int64)
+    train_idx, test_idx = train_test_split(np.arange(len(big)), test_size=0.2, stratify=d.target, random_state=0)
+    order = np.concatenate([train_idx, test_idx])      # train_test_split's order, kept: it is the items' order
+    test = np.zeros(len(big), dtype=bool)
+    test[len(train_idx):] = True
+    return big[order], d.target[order].astype(np.int64), test
 
 
 def folder_spec(images: str | os.PathLike, size: int | None = None, channels: int | None = None,

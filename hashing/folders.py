@@ -43,7 +43,7 @@ from hashing.images import IMAGE_SUFFIXES, MAX_SIZE, MIN_SIZE, ImageSpec, is_gra
 CACHE_FORMAT = "hashing-image-cache/1"
 DEFAULT_BUDGET = 2 << 30
 AUTO_SIZE_MAX = 64             # the automatic image size: the folder's median shorter side, at most this
-PARALLEL_FROM = 256            # fewer files than this are decoded in this process
+PARALLEL_FROM = 256            # fewer jobs than this (files to decode) run in this process
 
 
 def cache_dir() -> Path:
@@ -156,28 +156,35 @@ def _decode_one(job: tuple[str, ImageSpec, bool]) -> tuple[np.ndarray | None, st
         return None, str(e)
 
 
-def decode_files(paths: list[Path], spec: ImageSpec, invert: bool = False, progress: bool = True,
-                 desc: str = "decoding") -> Iterator[tuple[Path, np.ndarray | None, str]]:
-    """(path, uint8 image or None, why not) for every path, in order; many files are decoded in
-    worker processes (fork: nothing to re-import; the workers only run Pillow)."""
+def fork_map(fn, jobs: list, progress: bool = True, desc: str = "", unit: str = "img") -> Iterator:
+    """fn(job) for every job, in order, with a progress bar; many jobs run in worker processes
+    (fork: nothing to re-import; fn must be a module-level function)."""
     from tqdm import tqdm
 
-    jobs = [(str(p), spec, invert) for p in paths]
     workers = min(os.cpu_count() or 1, 8)
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True, leave=False)
     try:
-        if workers > 1 and len(paths) >= PARALLEL_FROM and "fork" in multiprocessing.get_all_start_methods():
+        if workers > 1 and len(jobs) >= PARALLEL_FROM and "fork" in multiprocessing.get_all_start_methods():
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for p, (arr, why) in zip(paths, pool.imap(_decode_one, jobs, chunksize=32)):
+                for out in pool.imap(fn, jobs, chunksize=32):
                     bar.update()
-                    yield p, arr, why
+                    yield out
         else:
-            for p, job in zip(paths, jobs):
-                arr, why = _decode_one(job)
+            for job in jobs:
+                out = fn(job)
                 bar.update()
-                yield p, arr, why
+                yield out
     finally:
         bar.close()
+
+
+def decode_files(paths: list[Path], spec: ImageSpec, invert: bool = False, progress: bool = True,
+                 desc: str = "decoding") -> Iterator[tuple[Path, np.ndarray | None, str]]:
+    """(path, uint8 image or None, why not) for every path, in order (many in worker processes: the
+    workers only run Pillow)."""
+    jobs = [(str(p), spec, invert) for p in paths]
+    for p, (arr, why) in zip(paths, fork_map(_decode_one, jobs, progress, desc)):
+        yield p, arr, why
 
 
 def iter_image_batches(paths: list[Path], batch_size: int, spec: ImageSpec, invert: bool = False,

@@ -22,6 +22,13 @@ Definitions (per query, then averaged over queries):
                 AP@all uses K = N, i.e. divides by R; a query with R = 0 scores 0)
   precision / recall within Hamming radius rho: of the items at distance <= rho (no ties
   to break), the fraction relevant (0 when none is retrieved), and the fraction of R found.
+  recall@k    = E[#relevant in top k] / R; with one relevant item (copy detection) AP is the
+                expected reciprocal rank of that item, (H(c+n) - H(c)) / n for its block.
+
+Operating point (deduplication): accept a pair when its distance is <= T. Distances are
+integers, so the false-positive rate jumps; the threshold that gives a target rate exactly
+accepts the pairs at T + 1 with a probability (`operating_point`), the same expectation over
+a random tie-break as above, and the true-positive rate is taken at that same point.
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ def precision_at_k(n: np.ndarray, r: np.ndarray, k: int) -> np.ndarray:
     return expected_relevant_at(n, r, k) / k
 
 
+def recall_at_k(n: np.ndarray, r: np.ndarray, k: int) -> np.ndarray:
+    """Tie-aware recall@k per query: E[#relevant in top k] / R (0 when R = 0), (Q,)."""
+    R = r.sum(axis=1)
+    return np.where(R > 0, expected_relevant_at(n, r, k) / np.where(R > 0, R, 1), 0.0)
+
+
 def _harmonic(upto: int) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, upto + 1))])
 
@@ -100,3 +113,27 @@ def radius_precision_recall(n: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, n
     precision = np.where(ret > 0, hit / np.where(ret > 0, ret, 1), 0.0)
     recall = np.where(R > 0, hit / np.where(R > 0, R, 1), 0.0)
     return precision, recall
+
+
+def operating_point(negatives: np.ndarray, fpr: float) -> tuple[int, float]:
+    """The Hamming threshold with false-positive rate `fpr`, from the non-copy pairs' distance
+    histogram `negatives` (bits+1,): (T, share) = accept every pair at distance <= T and the
+    fraction `share` of pairs at T + 1, so that E[false positives] / #pairs = fpr exactly
+    (T = -1: not even distance 0 fits; share 1 at T = bits: everything is accepted)."""
+    total = float(negatives.sum())
+    if total == 0:
+        return len(negatives) - 1, 1.0
+    cdf = np.concatenate([[0.0], np.cumsum(negatives) / total])       # cdf[t + 1] = FPR of "d <= t"
+    t = int(np.searchsorted(cdf, fpr, side="right")) - 2              # largest t with cdf[t + 1] <= fpr
+    if t + 1 >= len(negatives):
+        return len(negatives) - 1, 1.0
+    step = cdf[t + 2] - cdf[t + 1]
+    return t, float((fpr - cdf[t + 1]) / step) if step > 0 else 0.0
+
+
+def true_positive_rate(distances: np.ndarray, threshold: int, share: float) -> float:
+    """The share of positive pairs (their distances (P,)) accepted at the operating point (threshold, share)."""
+    d = np.asarray(distances)
+    if not d.size:
+        return 0.0
+    return float(((d <= threshold).sum() + share * (d == threshold + 1).sum()) / d.size)

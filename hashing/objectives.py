@@ -17,6 +17,9 @@ loss = mean_i L_i + sum over batch terms of weight * term.
   norm, should agree more with each other than with any other image in the batch
   (NT-Xent / InfoNCE, Chen et al. 2020; for hashing, CIBHash, Qiu et al. 2021). The
   cosine of +-1 codes is 1 - 2 d_H / bits, so this directly shapes Hamming distances.
+  With `asymmetric` the first "view" is the image itself and only the second is random:
+  the pair an index of originals meets when it is asked for an edited copy (the `copies`
+  recipe; measured in the README's copy-detection section).
 - supervised: labels where the dataset has them (label -1 = unlabelled: 0 for that image):
   each class gets a hash centre from a Hadamard matrix and every code is pulled to its
   class centre by binary cross-entropy on sigmoid(z) (CSQ, Yuan et al. CVPR 2020). It sees
@@ -50,6 +53,7 @@ class Objective:
     supervised: float = 0.0
     temperature: float = 0.3     # NT-Xent temperature on unit-norm codes
     views: str = "auto"          # random views (augment.VIEWS) for contrastive/supervised; recipes.resolve fixes "auto"
+    asymmetric: bool = False     # the first view is the image itself, the second a random view
 
     def __post_init__(self):
         for term in PER_IMAGE + PER_BATCH:
@@ -58,6 +62,8 @@ class Objective:
             raise HashingError("every loss weight is 0: give at least one term a positive weight")
         self.temperature = V.number("temperature", self.temperature, positive=True)
         V.choice("views", self.views, ("auto", *VIEWS))
+        if not isinstance(self.asymmetric, bool):
+            raise HashingError(f"asymmetric must be true or false, got {self.asymmetric!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,7 +154,7 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
 
         def view(images: torch.Tensor) -> torch.Tensor:
             return family(images, model.mean, model.std)
-    x0 = view(x) if obj.needs_views else x
+    x0 = view(x) if obj.needs_views and not obj.asymmetric else x
     z, code = model.encode(x0)                                               # (B, bits) each
     pm = _pm1(code, model.cfg.domain)                                         # (B, bits) in {-1, +1}
     per_image = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)

@@ -63,6 +63,13 @@ def retrieval_grid(queries: Sequence[np.ndarray], neighbours: Sequence[Sequence[
     _save_png(image_grid(rows, borders=borders), path)
 
 
+def copies_grid(sources: Sequence[np.ndarray], copies: Sequence[Sequence[np.ndarray]], path: str | Path) -> None:
+    """One row per source image (blue frame), then its edited copies."""
+    rows = [[src, None, *cs] for src, cs in zip(sources, copies)]
+    borders = [["blue"] + [None] * (len(r) - 1) for r in rows]
+    _save_png(image_grid(rows, borders=borders), path)
+
+
 def _pyplot():
     import matplotlib
 
@@ -113,4 +120,23 @@ def estimator_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def bar_groups(series: dict[str, Sequence[float]], groups: Sequence[str], path: str | Path, ylabel: str,
+               title: str = "") -> None:
+    """Grouped bars: for each group (x), one bar per named series."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) + 1), 4.2))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     save_figure(fig, path)

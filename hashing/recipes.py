@@ -41,6 +41,15 @@ RECIPES: dict[str, Recipe] = {
     "contrastive-fast": Recipe("two-view contrastive alone: no decoder pass, faster steps",
                                model={"estimator": "saturated"},
                                objective={"contrastive": 1.0, "reconstruction": 0.0}),
+    # Near-duplicate search (`hashing evaluate --task copies`): each image against an edited
+    # copy of itself (JPEG, rescale, crop, rotation, blur, brightness, occlusion, noise), at a
+    # low temperature; chosen by measurement (README, "Copy detection").
+    "copies": Recipe("the image against an edited copy of it (JPEG, crop, blur, ...), contrastive, "
+                     "cosine lr over 12 epochs: finds copies",
+                     model={"estimator": "saturated"},
+                     objective={"contrastive": 1.0, "reconstruction": 0.0, "views": "copies", "temperature": 0.1,
+                                "asymmetric": True},
+                     train={"epochs": 12, "schedule": "cosine"}),
     "autoencoder": Recipe("pixel reconstruction only, BatchNorm head", objective={"reconstruction": 1.0}),
     "supervised": Recipe("hash centres from labels on augmented views, cosine lr over 15 epochs",
                          objective={"supervised": 1.0, "contrastive": 0.0, "reconstruction": 0.0},
