@@ -197,7 +197,8 @@ def test_a_killed_decode_leaves_no_cache_to_trust(tmp_path, monkeypatch):
     monkeypatch.setattr(folders, "decode_files", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         folders.read_folder(paths, labels, ImageSpec(28), progress=False)
-    assert list((tmp_path / "cache").iterdir()) == []                  # the temporary array is gone too
+    left = [f.name for f in (tmp_path / "cache").iterdir() if not f.name.startswith("digits-")]   # (data._digits)
+    assert left == []                                                  # the temporary array is gone too
     monkeypatch.setattr(folders, "decode_files", real)
     assert len(folders.read_folder(paths, labels, ImageSpec(28), progress=False).images) == len(paths)
 
