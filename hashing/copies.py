@@ -23,7 +23,6 @@ are asked for (hashing.edits.SEPARATE); each edit also has its own, at the overa
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,14 +64,12 @@ def _original(ref):
     """A database item as the picture its copies are made from: a dataset array or an image file (L or RGB)."""
     from PIL import Image
 
-    from hashing.images import _opened, is_gray, to_gray, to_rgb
+    from hashing.images import is_gray, load_picture, to_gray, to_rgb
 
     if isinstance(ref, np.ndarray):
         return Image.fromarray(ref)
-    with _opened(Path(ref), str(ref)) as im:
-        im.seek(0)
-        im.load()
-        return to_gray(im) if is_gray(im) else to_rgb(im)
+    im = load_picture(ref)
+    return to_gray(im) if is_gray(im) else to_rgb(im)
 
 
 def _hash_original(job) -> dict:
@@ -90,13 +87,12 @@ def _bits(name: str, im) -> np.ndarray:
 def _make_query(job) -> tuple[np.ndarray, dict, str]:
     """(original, edit, rng key, spec, hash names) -> (the copy as the model reads it, hash bits, steps)."""
     from hashing.edits import make_copy
-    from hashing.images import _opened, fit_image
+    from hashing.images import fit_image, load_picture
 
     ref, edit, key, spec, names = job
     data, steps = make_copy(_original(ref), edit, np.random.default_rng(key))
-    with _opened(io.BytesIO(data), "copy") as im:
-        im.load()
-        return fit_image(im, spec), {name: _bits(name, im) for name in names}, " + ".join(s.describe() for s in steps)
+    im = load_picture(data, "copy")
+    return fit_image(im, spec), {name: _bits(name, im) for name in names}, " + ".join(s.describe() for s in steps)
 
 
 def make_queries(refs: list, sources: np.ndarray, edits: tuple[str, ...], spec, names: tuple[str, ...],
@@ -197,7 +193,7 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
     from hashing.codes import encode_array
     from hashing.data import load_split
     from hashing.device import resolve_device
-    from hashing.evaluation import _codes, _sample, pixels
+    from hashing.evaluation import baseline_codes, fitting_sample, pixels
     from hashing.images import conform
 
     edits = check_edits(edits)
@@ -261,11 +257,11 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
         elif n not in PERCEPTUAL:
             t0 = time.perf_counter()
             try:
-                hasher = B.make(n, bits, seed).fit(pixels(_sample(db.images)))
+                hasher = B.make(n, bits, seed).fit(pixels(fitting_sample(db.images)))
             except HashingError as e:
                 base[n] = {k: None for k in KEYS} | {"note": str(e)}
                 continue
-            base[n] = score(_codes(hasher, db.images), _codes(hasher, qs.arrays), qs.source, qs.edit, bits, overall)
+            base[n] = score(baseline_codes(hasher, db.images), baseline_codes(hasher, qs.arrays), qs.source, qs.edit, bits, overall)
             base[n]["seconds"] = round(time.perf_counter() - t0, 2)
     base = {n: base[n] for n in baselines}
     protocol = {"task": "copies", "dataset": dataset or str(images), "database": f"{db.split} ({len(db)})",

@@ -219,12 +219,12 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
             res.update({"precision@r2": None, "recall@r2": None})
         else:
             try:
-                hasher = B.make(name, bits, seed).fit(pixels(_sample(db.images)))
+                hasher = B.make(name, bits, seed).fit(pixels(fitting_sample(db.images)))
             except HashingError as e:
                 base_scores[name] = {k: None for k in model_scores if k != "seconds"}
                 base_scores[name]["note"] = str(e)
                 continue
-            res, sc = score_codes(_codes(hasher, db.images), _codes(hasher, q_images), db_labels, q_labels, bits,
+            res, sc = score_codes(baseline_codes(hasher, db.images), baseline_codes(hasher, q_images), db_labels, q_labels, bits,
                                   ks, progress, desc=f"ranking {name}")
         res["seconds"] = round(time.perf_counter() - t0, 2)
         base_scores[name] = res
@@ -242,12 +242,12 @@ def pixels(images: np.ndarray) -> np.ndarray:
     return np.asarray(images).reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def _sample(images: np.ndarray, n: int = 20_000) -> np.ndarray:
+def fitting_sample(images: np.ndarray, n: int = 20_000) -> np.ndarray:
     """At most n images, evenly spread: the baselines' training set (all of a split that small)."""
     return images if len(images) <= n else images[::-(-len(images) // n)]
 
 
-def _codes(hasher, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def baseline_codes(hasher, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return np.concatenate([hasher.codes(pixels(images[i:i + chunk])) for i in range(0, len(images), chunk)])
 
 

@@ -99,6 +99,18 @@ def decode_image(data: bytes, name: str, spec: ImageSpec, invert: bool = False) 
         return _fit_first_frame(im, spec, invert)
 
 
+def load_picture(source: str | os.PathLike | bytes, name: str = "image"):
+    """An image file (a path, or a file's bytes) -> its first frame as a loaded PIL image, in its own mode,
+    with read_image's refusals (copy detection hashes it, edits it, or fits it)."""
+    import io
+
+    fp = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    with _opened(fp, name if isinstance(source, bytes) else str(source)) as im:
+        im.seek(0)
+        im.load()
+        return im.copy()
+
+
 def thumbnail_png(path: str | os.PathLike, size: int) -> bytes:
     """An image file as a PNG that fits in size x size (never enlarged), for showing it: gray or RGB,
     transparency on black, first frame."""
