@@ -58,6 +58,7 @@ class HashConfig:
     mean: float | list = 0.5         # preprocessing: x/255 -> (x - mean) / std, per channel when a list
     std: float | list = 0.5
     dataset: str = "mnist"           # what it was trained on (a built-in dataset's name, or "images")
+    standardise: bool = False        # each image zero-mean, unit-variance before the encoder (Encoder.forward)
 
     def __post_init__(self):
         V.code_bits(self.bits)
@@ -78,6 +79,8 @@ class HashConfig:
             else:
                 V.number(name, value, positive=name == "std")
         V.string("dataset", self.dataset)
+        if not isinstance(self.standardise, bool):
+            raise HashingError(f"standardise must be true or false, got {self.standardise!r}")
         estimators.get(self.estimator, domain=self.domain, **self.estimator_options)   # unknown options fail here
 
     def to_dict(self) -> dict:
@@ -178,9 +181,15 @@ class Encoder(nn.Module):
         layers += [MapToCode(chans[-1], cfg.bits, stages(cfg.image_size)[-1]), nn.BatchNorm2d(cfg.bits)]
         self.net = nn.Sequential(*layers)
         self.head = nn.ReLU() if cfg.head == "relu" else nn.Identity()
+        self.standardise = cfg.standardise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, size, size) -> pre-activations (B, bits)."""
+        if self.standardise:
+            # x -> (x - mean) / std over each image's pixels and channels: a change of brightness or
+            # contrast of the whole image (affine in x, up to clipping) cannot change its code.
+            mean = x.mean((1, 2, 3), keepdim=True)
+            x = (x - mean) / (x - mean).square().mean((1, 2, 3), keepdim=True).add(1e-4).sqrt()
         return self.head(self.net(x)).flatten(1)
 
 

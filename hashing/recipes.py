@@ -44,9 +44,9 @@ RECIPES: dict[str, Recipe] = {
     # Near-duplicate search (`hashing evaluate --task copies`): each image against an edited
     # copy of itself (JPEG, rescale, crop, rotation, blur, brightness, occlusion, noise), at a
     # low temperature; chosen by measurement (README, "Copy detection").
-    "copies": Recipe("the image against an edited copy of it (JPEG, crop, blur, ...), contrastive, "
-                     "cosine lr over 12 epochs: finds copies",
-                     model={"estimator": "saturated"},
+    "copies": Recipe("the image against an edited copy of it (JPEG, crop, blur, ...), contrastive, each image "
+                     "standardised, cosine lr over 12 epochs: finds copies",
+                     model={"estimator": "saturated", "standardise": True},
                      objective={"contrastive": 1.0, "reconstruction": 0.0, "views": "copies", "temperature": 0.1,
                                 "asymmetric": True},
                      train={"epochs": 12, "schedule": "cosine"}),

@@ -17,6 +17,19 @@ def test_shapes_for_any_bit_length():
         assert recon.min() >= -1 and recon.max() <= 1
 
 
+def test_a_standardising_encoder_ignores_brightness_and_contrast():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28) * 1.6 - 0.8
+    on = HashAutoencoder(HashConfig(bits=32, standardise=True)).eval()
+    off = HashAutoencoder(HashConfig(bits=32)).eval()
+    with torch.no_grad():
+        for a, b in ((0.5, 0.3), (1.2, -0.1)):
+            assert torch.allclose(on.encoder(x), on.encoder(a * x + b), atol=1e-3)
+            assert not torch.allclose(off.encoder(x), off.encoder(a * x + b), atol=1e-3)
+        assert torch.equal(on.binarize(x), on.binarize(0.5 * x + 0.3))
+    assert HashConfig().standardise is False                  # configs written before it load unchanged
+
+
 def test_seed_head_blocks_gradient_of_off_bits_and_default_does_not():
     torch.manual_seed(0)
     x = torch.randn(16, 1, 28, 28)
@@ -90,7 +103,8 @@ def test_resolve_leaves_nothing_automatic_and_flags_beat_the_recipe():
     ({"lr": 0.0}, "lr"), ({"seed": -1}, "seed"), ({"seed": 2**70}, "seed"), ({"epochs": 0}, "epochs"),
     ({"balance": float("nan")}, "balance"), ({"reconstruction": 0.0, "contrastive": 0.0}, "every loss weight"),
     ({"views": "zoom"}, "views"), ({"schedule": "step"}, "schedule"), ({"batch_size": 1}, "batch_size"),
-    ({"temperature": 0}, "temperature"), ({"std": 0.0}, "std"),
+    ({"temperature": 0}, "temperature"), ({"std": 0.0}, "std"), ({"standardise": "yes"}, "standardise"),
+    ({"asymmetric": 1}, "asymmetric"),
 ])
 def test_configs_validate_themselves_with_the_projects_error(settings, message):
     with pytest.raises(HashingError, match=message):
