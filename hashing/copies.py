@@ -32,7 +32,7 @@ import numpy as np
 from hashing import metrics
 from hashing.edits import DEFAULT_EDITS, SEPARATE, check_edits
 from hashing.errors import HashingError
-from hashing.perceptual import PERCEPTUAL
+from hashing.perceptual import PERCEPTUAL, hasher
 
 FPR = 1e-3
 COPY_BASELINES = (*PERCEPTUAL, "itq", "lsh")
@@ -75,13 +75,7 @@ def _original(ref):
 def _hash_original(job) -> dict:
     ref, names = job
     im = _original(ref)
-    return {name: _bits(name, im) for name in names}
-
-
-def _bits(name: str, im) -> np.ndarray:
-    from hashing.perceptual import hasher
-
-    return hasher(name)(im)
+    return {name: hasher(name)(im) for name in names}
 
 
 def _make_query(job) -> tuple[np.ndarray, dict, str]:
@@ -92,7 +86,7 @@ def _make_query(job) -> tuple[np.ndarray, dict, str]:
     ref, edit, key, spec, names = job
     data, steps = make_copy(_original(ref), edit, np.random.default_rng(key))
     im = load_picture(data, "copy")
-    return fit_image(im, spec), {name: _bits(name, im) for name in names}, " + ".join(s.describe() for s in steps)
+    return fit_image(im, spec), {name: hasher(name)(im) for name in names}, " + ".join(s.describe() for s in steps)
 
 
 def make_queries(refs: list, sources: np.ndarray, edits: tuple[str, ...], spec, names: tuple[str, ...],
@@ -210,8 +204,7 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
     bits, spec = model.cfg.bits, model.cfg.spec
     if dataset is not None:
         native = load_split(dataset, None, split, "test", data_dir)        # the dataset's own pixels
-        db = native if spec.shape == native.images.shape[1:] and spec.resize == "stretch" else \
-            dataclasses.replace(native, images=conform(native.images, spec))
+        db = dataclasses.replace(native, images=conform(native.images, spec))      # the same array at 28x28
         refs = list(native.images)
     else:
         db = load_split(None, images, split, "test", data_dir, spec, progress=progress)
@@ -224,7 +217,7 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
     notes = {}
     for n in names:
         try:
-            _bits(n, _original(refs[0]))
+            hasher(n)                                   # the package is there
         except HashingError as e:
             notes[n] = str(e)
     names = tuple(n for n in names if n not in notes)
@@ -257,11 +250,11 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
         elif n not in PERCEPTUAL:
             t0 = time.perf_counter()
             try:
-                hasher = B.make(n, bits, seed).fit(pixels(fitting_sample(db.images)))
+                fitted = B.make(n, bits, seed).fit(pixels(fitting_sample(db.images)))
             except HashingError as e:
                 base[n] = {k: None for k in KEYS} | {"note": str(e)}
                 continue
-            base[n] = score(baseline_codes(hasher, db.images), baseline_codes(hasher, qs.arrays), qs.source, qs.edit, bits, overall)
+            base[n] = score(baseline_codes(fitted, db.images), baseline_codes(fitted, qs.arrays), qs.source, qs.edit, bits, overall)
             base[n]["seconds"] = round(time.perf_counter() - t0, 2)
     base = {n: base[n] for n in baselines}
     protocol = {"task": "copies", "dataset": dataset or str(images), "database": f"{db.split} ({len(db)})",

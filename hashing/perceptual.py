@@ -13,6 +13,7 @@ over the hash's bit matrix, so Hamming distances equal the packages' own differe
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -23,8 +24,10 @@ from hashing.errors import HashingError
 PERCEPTUAL = {"phash": 64, "dhash": 64, "ahash": 64, "whash": 64, "pdq": 256}     # name -> bits
 
 
+@functools.lru_cache(maxsize=None)
 def hasher(name: str) -> Callable[[object], np.ndarray]:
-    """name -> f(PIL image) -> (bits,) uint8 of 0/1. Raises HashingError when the package is missing."""
+    """name -> f(PIL image) -> (bits,) uint8 of 0/1, built once per process (it is called per image).
+    Raises HashingError when the package is missing."""
     if name == "pdq":
         try:
             import pdqhash
