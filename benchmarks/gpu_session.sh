@@ -21,3 +21,6 @@ TAILN=6 run hashing_evaluate 90 python3 -m hashing evaluate --model runs/gpu --d
 run supervised_train 150 python3 -m hashing train --dataset mnist --data-dir $D --out runs/sup --recipe supervised --bits 64
 run supervised_evaluate 90 python3 -m hashing evaluate --model runs/sup --dataset mnist --data-dir $D --baselines ''
 TAILN=6 run pytest 240 python3 -m pytest -q -p no:cacheprovider tests
+# Issue 19's GPU half: where the default recipe's 1.4 s per 60,000-image epoch goes (launches vs kernels).
+TAILN=30 run profile_default 180 python3 benchmarks/profile_step.py --data-dir $D --device cuda --batch-size 512 --scale-lr --trace "$OUT/profile_default.json"
+run train_default_compiled 180 python3 benchmarks/train.py --data-dir $D --device cuda --batch-size 512 --scale-lr --recipe default --compile

@@ -30,9 +30,20 @@ class Group(click.Group):
             raise click.ClickException(str(e)) from None
 
 
+def _one_process_unless_training(command: str | None) -> None:
+    """Only `hashing train` runs data-parallel: N copies of any other command would only race."""
+    from hashing.distributed import environment
+
+    world = environment().world
+    if world > 1 and command not in (None, "train"):
+        raise HashingError(f"`hashing {command}` runs as one process; only `hashing train` runs under torchrun "
+                           f"(WORLD_SIZE={world} here): run it without torchrun")
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hashing")
-def cli():
+@click.pass_context
+def cli(ctx: click.Context):
     """Binary-hashing image retrieval: learn binary codes for images, index them,
     and find similar images by Hamming distance.
 
@@ -44,11 +55,13 @@ def cli():
       hashing evaluate --model runs/mnist --dataset mnist --data-dir DIR
       hashing evaluate --task copies --model RUN --dataset mnist --data-dir DIR   # edited copies vs pHash
       hashing serve --index idx/mnist            # web page and JSON API on 127.0.0.1:8000
+      torchrun --standalone --nproc_per_node=2 -m hashing train ...   # data-parallel training
 
     \b
       hashing train --images photos/ --out runs/photos
       hashing index --model runs/photos --images photos/ --out idx/photos
     """
+    _one_process_unless_training(ctx.invoked_subcommand)
 
 
 RECIPE_HELP = "Named preset of architecture, objective and schedule; the options below override it. " + "; ".join(
@@ -100,11 +113,17 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     With --images and no other option, a folder of ordinary photos trains a colour model at
     64 x 64 (crop to square) with the photo views; a folder of grayscale images trains a
     grayscale one; the per-channel mean and std are measured on the folder.
+
+    Data-parallel over N processes (one per GPU; Gloo on CPU): `torchrun --standalone
+    --nproc_per_node=N -m hashing train ...`; --batch-size is then per process, and each
+    step sees N x that many images (README, "Training on several processes").
     """
     from hashing.train import train_on
 
     r = train_on(recipe, out, dataset, images, data_dir, progress=not quiet,
                  channels=None if channels is None else int(channels), **settings)
+    if r.rank:
+        return                                    # under torchrun rank 0 speaks for the job
     if r.skipped:
         click.echo(r.skipped)
     per_epoch = sum(r.history["seconds"]) / len(r.history["seconds"])
@@ -112,6 +131,8 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     click.echo(f"trained {cfg.bits}-bit model on {dataset or images} ({cfg.image_size}x{cfg.image_size}, "
                f"{cfg.channels} channel{'s' if cfg.channels > 1 else ''}, {r.device}): final loss "
                f"{r.history['epoch_loss'][-1]:.4f}, {per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
+    if r.world > 1:
+        click.echo(f"{r.world} processes (torchrun), {r.world} x {r.batch_size} = {r.world * r.batch_size} images per step")
     click.echo(f"saved {out}: config.json, its weights and history, reconstructions.png")
 
 

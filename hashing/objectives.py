@@ -32,6 +32,7 @@ loss = mean_i L_i + sum over batch terms of weight * term.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ import torch.nn.functional as F
 from hashing import validation as V
 from hashing.augment import VIEWS
 from hashing.errors import HashingError
+
+if TYPE_CHECKING:
+    from hashing.distributed import Group
 
 PER_IMAGE = ("reconstruction", "contrastive", "supervised")
 PER_BATCH = ("balance", "decorrelation")
@@ -100,13 +104,23 @@ def reconstruction_term(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((recon.float() - x.float()) ** 2).flatten(1).mean(1)
 
 
-def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE over 2B views: (B, D), (B, D) unit rows -> (B,) per-image loss."""
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float, group: "Group | None" = None) -> torch.Tensor:
+    """InfoNCE: (B, D), (B, D) unit rows -> (B,) per-image loss.
+
+    Each view's positive is the other view of its image; its negatives are all the other
+    views of the batch. With a `group` of several training processes the batch is every
+    rank's (hashing.distributed.Group.gather): this rank's 2B views are scored against all
+    2 * world * B, which with one process is exactly the plain loss.
+    """
     n = a.shape[0]
-    z = torch.cat([a, b])                                  # (2B, D)
-    sim = z @ z.t() / temperature                          # (2B, 2B)
-    sim.fill_diagonal_(float("-inf"))
-    target = torch.arange(2 * n, device=a.device).roll(n)      # view i's positive is view i +- n
+    start = group.rank * n if group is not None else 0
+    keys = torch.cat([group.gather(a), group.gather(b)]) if group is not None else torch.cat([a, b])   # (2WB, D)
+    total = keys.shape[0] // 2                                              # W * B images in all
+    sim = torch.cat([a, b]) @ keys.t() / temperature                       # (2B, 2WB)
+    own = torch.arange(start, start + n, device=a.device)                  # this rank's images, globally
+    rows = torch.arange(2 * n, device=a.device)
+    sim[rows, torch.cat([own, own + total])] = float("-inf")               # a view is not its own negative
+    target = torch.cat([own + total, own])                                 # view i's positive: its other view
     loss = F.cross_entropy(sim.float(), target, reduction="none")
     return (loss[:n] + loss[n:]) / 2
 
@@ -141,8 +155,11 @@ def _pm1(code: torch.Tensor, domain: str) -> torch.Tensor:
 
 
 def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
-            centres: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+            centres: torch.Tensor | None = None, group: "Group | None" = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One batch -> (loss to differentiate, per-image loss (B,), {term: batch mean}).
+
+    Under data-parallel training `group` makes the contrastive negatives every rank's; the
+    batch terms (balance, decorrelation) stay statistics of this rank's batch.
 
     With views the first view stands in for the image in every term, so a contrastive step
     costs two encoder passes (plus one decoder pass when reconstruction is on), not three.
@@ -170,7 +187,7 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
     if obj.contrastive:
         _, code2 = model.encode(view(x))
         scale = code.shape[1] ** -0.5
-        add("contrastive", nt_xent(pm * scale, _pm1(code2, model.cfg.domain) * scale, obj.temperature),
+        add("contrastive", nt_xent(pm * scale, _pm1(code2, model.cfg.domain) * scale, obj.temperature, group),
             obj.contrastive)
     if obj.supervised and labels is not None and centres is not None and bool((labels >= 0).any()):
         sup = centre_term(z, labels, centres)

@@ -77,6 +77,7 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
     """
     from hashing.augment import resolve_views
     from hashing.device import resolve_device
+    from hashing.distributed import environment
     from hashing.model import HashConfig
     from hashing.objectives import Objective
     from hashing.train import TrainConfig, batch_plan
@@ -87,7 +88,7 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
         if value is None:
             continue
         owner = next((cls for cls in groups if key in _names(cls)), None)
-        if owner is None or key in ("dataset", "objective", "recipe"):
+        if owner is None or key in ("dataset", "objective", "recipe", "world_size"):
             raise HashingError(f"unknown training setting {key!r}")
         groups[owner][key] = value
     obj = Objective(**{**r.objective, **groups[Objective]})
@@ -96,8 +97,9 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
     cfg = HashConfig(**{**r.model, **groups[HashConfig], "dataset": dataset})
     tcfg = TrainConfig(**{**r.train, **groups[TrainConfig], "dataset": dataset, "recipe": recipe, "objective": obj})
     device = resolve_device(tcfg.device)
-    batch, scale_lr = batch_plan(tcfg.batch_size, tcfg.scale_lr, device.type, n_images)
-    return cfg, dataclasses.replace(tcfg, device=device.type, batch_size=batch, scale_lr=scale_lr)
+    world = environment().world                 # training processes under torchrun (1 without it)
+    batch, scale_lr = batch_plan(tcfg.batch_size, tcfg.scale_lr, device.type, n_images, world)
+    return cfg, dataclasses.replace(tcfg, device=device.type, batch_size=batch, scale_lr=scale_lr, world_size=world)
 
 
 def _names(cls) -> set[str]:

@@ -7,6 +7,15 @@ on the host (in file order within the batch) and copied to the device. On CUDA t
 tensors. After every epoch the run dir is saved atomically, so an interrupted run keeps
 the last complete epoch.
 
+Under torchrun (hashing.distributed) each of the N processes trains on a disjoint share of
+every global batch: all ranks draw the same permutation, global batch i is
+`perm[i*N*B:(i+1)*N*B]` and rank r takes the r-th of its N equal parts, so N processes with
+batch B see the batches of one process with batch N*B. DDP averages the gradients, the
+contrastive negatives are gathered from every rank, and BatchNorm is synchronised on CUDA
+(SyncBatchNorm); on CPU it stays per process, because torch's SyncBatchNorm runs on GPUs
+only (README, "Training on several processes", measures what that costs). Only rank 0
+writes the run folder and shows progress.
+
 `train()` trains on the data its caller hands it, under configs already resolved by
 `hashing.recipes.resolve`; `train_on()` is the workflow behind `hashing train` (load the
 dataset split or the image folder, choose the image geometry, resolve the recipe, train,
@@ -27,6 +36,7 @@ from hashing import checkpoint
 from hashing import validation as V
 from hashing.data import ImageSet
 from hashing.device import DEVICES
+from hashing.distributed import Group
 from hashing.errors import HashingError
 from hashing.model import HashAutoencoder, HashConfig
 from hashing.objectives import Objective, compute, hadamard_centres
@@ -39,9 +49,9 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     epochs: int = 5
-    batch_size: int | None = None   # None: chosen for the device by recipes.resolve (batch_plan)
+    batch_size: int | None = None   # per process; None: chosen for the device by recipes.resolve (batch_plan)
     lr: float = 1e-3
-    scale_lr: bool | None = None    # lr * sqrt(batch_size / 64), the square-root rule for Adam; None: on with the GPU batch
+    scale_lr: bool | None = None    # lr * sqrt(effective_batch / 64), the square-root rule for Adam; None: on with the GPU batch
     schedule: str = "constant"      # or "cosine": lr decays to 0 over the run (half a cosine)
     betas: tuple[float, float] = (0.5, 0.999)
     device: str = "auto"            # recipes.resolve turns "auto" into cpu or cuda
@@ -51,6 +61,7 @@ class TrainConfig:
     max_images: int | None = None   # train on the first N images of the split (None = all)
     amp: bool = True                # bf16 autocast, CUDA only
     compile: bool = False           # torch.compile the model (CUDA; slow first epoch)
+    world_size: int = 1             # training processes (torchrun); each step sees world_size * batch_size images
 
     def __post_init__(self):
         V.string("dataset", self.dataset)
@@ -72,14 +83,23 @@ class TrainConfig:
             self.objective = Objective(**self.objective)
         if self.max_images is not None:
             V.integer("max_images", self.max_images, 2)
+        V.integer("world_size", self.world_size, 1, 1 << 16)
         for flag in ("scale_lr", "amp", "compile"):
             value = getattr(self, flag)
             if not (isinstance(value, bool) or (flag == "scale_lr" and value is None)):
                 raise HashingError(f"{flag} must be true or false, got {value!r}")
 
+    @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step over all processes."""
+        return (self.batch_size or 0) * self.world_size
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["effective_batch"] = self.effective_batch
+        if self.world_size > 1:
+            d["batchnorm"] = "synchronised" if self.device == "cuda" else "per process"
         return d
 
 
@@ -90,23 +110,26 @@ AUTO_BATCH = {"cpu": 64, "cuda": 512}
 MIN_STEPS = 32
 
 
-def batch_plan(batch_size: int | None, scale_lr: bool | None, device_type: str, n: int) -> tuple[int, bool]:
-    """(batch size, square-root lr scaling) for a split of n images on this kind of device.
+def batch_plan(batch_size: int | None, scale_lr: bool | None, device_type: str, n: int,
+               world: int = 1) -> tuple[int, bool]:
+    """(batch size per process, square-root lr scaling) for a split of n images on this kind
+    of device, trained by `world` processes.
 
     None means "not given": the batch is AUTO_BATCH for the device, halved until an epoch
-    has MIN_STEPS steps, and the lr is scaled exactly when that chose a batch other than 64.
+    has MIN_STEPS steps, and the lr is scaled exactly when the effective batch (all
+    processes together) that this chose is not 64.
     """
     if batch_size is not None:
         return batch_size, bool(scale_lr)
     batch = AUTO_BATCH.get(device_type, 64)
-    while batch > 64 and n < batch * MIN_STEPS:
+    while batch > 64 and n < batch * world * MIN_STEPS:
         batch //= 2
-    return batch, (batch != 64) if scale_lr is None else scale_lr
+    return batch, (batch * world != 64) if scale_lr is None else scale_lr
 
 
 def effective_lr(tcfg: TrainConfig) -> float:
-    """The learning rate, scaled for a batch larger than the reference 64 when asked."""
-    return tcfg.lr * (tcfg.batch_size / 64) ** 0.5 if tcfg.scale_lr else tcfg.lr
+    """The learning rate, scaled for an effective batch larger than the reference 64 when asked."""
+    return tcfg.lr * (tcfg.effective_batch / 64) ** 0.5 if tcfg.scale_lr else tcfg.lr
 
 
 def lr_at(tcfg: TrainConfig, progress: float) -> float:
@@ -148,6 +171,9 @@ class TrainResult:
     device: str
     model: HashAutoencoder = field(repr=False)
     skipped: str = ""          # an image folder's unreadable files (hashing.folders.FolderRead.summary)
+    rank: int = 0              # this process's rank under torchrun (only rank 0 wrote the run folder)
+    world: int = 1             # training processes
+    batch_size: int = 0        # images per step per process
 
 
 def _check_resolved(tcfg: TrainConfig) -> None:
@@ -155,15 +181,56 @@ def _check_resolved(tcfg: TrainConfig) -> None:
         raise ValueError("train() needs configs from hashing.recipes.resolve (device, batch and views decided)")
 
 
-def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, progress: bool = True) -> TrainResult:
-    """Train the model described by `cfg` under `tcfg` on `data`, saving to `out` after every epoch."""
+class Step(torch.nn.Module):
+    """The loss of one batch, as one module: what DDP wraps. The objective calls the model
+    several times per batch (two views, the decoder), and DDP must see a single forward."""
+
+    def __init__(self, model: HashAutoencoder, objective: Objective, centres: torch.Tensor | None, group: Group):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.centres = centres          # (classes, bits) or None; a constant, not a buffer DDP would broadcast
+        self.group = group
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        loss, per_image, parts = compute(self.model, x, labels, self.objective, self.centres,
+                                         self.group if self.group.distributed else None)
+        aux = self.model.binarizer.auxiliary_loss(per_image)
+        return (loss if aux is None else loss + aux), parts
+
+
+def shards(n: int, batch: int, world: int = 1, rank: int = 0) -> list[slice]:
+    """This rank's positions in the epoch's permutation, one slice per step: n images, `batch`
+    per rank, `world` ranks. Global batch i is positions [i*world*batch, (i+1)*world*batch)
+    and rank r has the r-th of its `world` equal parts: together the ranks see exactly the
+    batches of one process with batch world*batch.
+
+    Every rank gets the same number of images in a step (the gathered negatives need equal
+    shapes); a last global batch too small to give each rank 2 images (BatchNorm needs 2) is
+    left out of the epoch, and its few images come back in the next epoch's permutation."""
+    full, rest = divmod(n, batch * world)
+    sizes = [batch] * full + ([rest // world] if rest // world >= 2 else [])
+    return [slice(i * batch * world + rank * size, i * batch * world + (rank + 1) * size)
+            for i, size in enumerate(sizes)]
+
+
+def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, progress: bool = True,
+          group: Group | None = None) -> TrainResult:
+    """Train the model described by `cfg` under `tcfg` on `data`, saving to `out` after every epoch.
+
+    `group` is this process's place under torchrun (hashing.distributed.start); None = alone."""
     from tqdm import tqdm
 
     _check_resolved(tcfg)
+    group = group or Group()
+    if tcfg.world_size != group.world:
+        raise ValueError(f"the config says {tcfg.world_size} processes, the process group has {group.world}")
     n = len(data)
-    if n < 2:
-        raise HashingError(f"{data.name} {data.split} split has {n} images; need at least 2")
-    device = torch.device(tcfg.device)
+    world, rank = group.world, group.rank
+    if n < 2 * world:
+        raise HashingError(f"{data.name} {data.split} split has {n} images; {world} process(es) need at least {2 * world}")
+    device = torch.device(tcfg.device, group.local_rank) if tcfg.device == "cuda" and group.distributed \
+        else torch.device(tcfg.device)
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
     if tuple(data.images.shape[1:]) != cfg.spec.shape:
@@ -175,22 +242,35 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
     if tcfg.objective.needs_labels and not bool((labels >= 0).any()):
         raise HashingError("the supervised term needs labels: put the training images in class folders "
                            "(FOLDER/CLASS/image.png), or use a recipe without --supervised")
-    bs = min(tcfg.batch_size, n)
+    bs = min(tcfg.batch_size, n // world)
 
     model = HashAutoencoder(cfg).to(device)
     cuda = device.type == "cuda"
+    if group.distributed and cuda:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)   # the same parameters and buffers
     model = model.to(memory_format=torch.channels_last)   # faster convolutions on CPU (oneDNN) and GPU
     if cuda:
         torch.backends.cudnn.benchmark = True
-    step_model = torch.compile(model) if (tcfg.compile and cuda) else model
+    if rank:
+        # Each rank its own random views; the weights above and the permutation below stay common.
+        torch.manual_seed(tcfg.seed + 7919 * rank)
     # fused: one kernel per step for all parameters instead of a handful of ops per tensor.
     opt = torch.optim.Adam(model.parameters(), lr=lr_at(tcfg, 0.0), betas=tcfg.betas, fused=True)
     obj = tcfg.objective
     centres = hadamard_centres(int(labels.max()) + 1, cfg.bits, tcfg.seed).to(device) if obj.needs_labels else None
-    gen = torch.Generator(device=device).manual_seed(tcfg.seed)
+    step: torch.nn.Module = Step(model, obj, centres, group)
+    if group.distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    # Batches of one break BatchNorm: fold a last batch of 1 into nothing.
-    steps = n // bs + (1 if n % bs >= 2 else 0)
+        # The decoder has no gradient when the reconstruction weight is 0: DDP must not wait for it.
+        step = DistributedDataParallel(step, device_ids=[device.index] if cuda else None,
+                                       find_unused_parameters=not obj.reconstruction)
+    if tcfg.compile and cuda:
+        step = torch.compile(step)
+    gen = torch.Generator(device=device).manual_seed(tcfg.seed)     # the same permutation on every rank
+
+    plan = shards(n, bs, world, rank)
+    steps = len(plan)
     history = History()
     total_steps = steps * tcfg.epochs
     t_start = time.perf_counter()
@@ -201,14 +281,14 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
         t0 = time.perf_counter()
         run_loss = torch.zeros((), device=device)
         parts_sum: dict[str, torch.Tensor] = {}
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not (progress and group.main),
                    unit="batch", leave=True, dynamic_ncols=True)
         for i in bar:
             done = (epoch * steps + i) / max(1, total_steps - 1)
             model.binarizer.set_progress(done)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(tcfg, done)
-            idx = perm[i * bs:(i + 1) * bs]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(tcfg, done)
+            idx = perm[plan[i]]                                              # this rank's part of global batch i
             if streamed:
                 # Read the rows in file order (sequential-ish reads of the map), then put them back
                 # in the permutation's order: the same batches as the in-memory path, exactly.
@@ -221,28 +301,29 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
                 batch = images[idx]
             x = model.preprocess(batch).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tcfg.amp):
-                loss, per_image, parts = compute(step_model, x, labels[idx], obj, centres)
-                aux = model.binarizer.auxiliary_loss(per_image)
-                if aux is not None:
-                    loss = loss + aux
+                loss, parts = step(x, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             run_loss += loss.detach()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0) + v.detach()
-            seen += len(idx)
-            if i % 25 == 0 or i == steps - 1:  # .item() syncs the GPU: not every step
+            seen += len(idx) * world
+            if group.main and (i % 25 == 0 or i == steps - 1):  # .item() syncs the GPU: not every step
                 value = (run_loss / (i + 1)).item()
                 history.step(epoch * steps + i, value)
                 bar.set_postfix(loss=f"{value:.4f}")
-        if not torch.isfinite(run_loss):
-            raise HashingError(f"training diverged (loss is {run_loss.item()}) in epoch {epoch + 1}; lower --lr")
-        history.epoch((run_loss / steps).item(), {k: (v / steps).item() for k, v in parts_sum.items()},
-                      time.perf_counter() - t0)
-        checkpoint.save(out, model, tcfg.to_dict(), history.to_dict())
+        # One collective an epoch: the loss averaged over ranks, so every rank takes the same decisions.
+        names = sorted(parts_sum)
+        totals = group.mean(torch.stack([run_loss, *(parts_sum[k] for k in names)]).float()) / steps
+        if not torch.isfinite(totals[0]):
+            raise HashingError(f"training diverged (loss is {totals[0].item()}) in epoch {epoch + 1}; lower --lr")
+        history.epoch(totals[0].item(), {k: v.item() for k, v in zip(names, totals[1:])}, time.perf_counter() - t0)
+        if group.main:
+            checkpoint.save(out, model, tcfg.to_dict(), history.to_dict())
     seconds = time.perf_counter() - t_start
-    return TrainResult(Path(out), history.to_dict(), seconds, seen / seconds, str(device), model.eval())
+    return TrainResult(Path(out), history.to_dict(), seconds, seen / seconds, str(device), model.eval(), rank=rank,
+                       world=world, batch_size=bs)
 
 
 def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: str | Path | None = None,
@@ -252,21 +333,45 @@ def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: s
 
     For a folder, the image size, channels and resize rule not given in `settings` are chosen
     from the folder (hashing.folders.inspect), and the per-channel mean and std are measured
-    on it; all of it is recorded in the checkpoint's config."""
+    on it; all of it is recorded in the checkpoint's config.
+
+    Under torchrun this process joins the process group first (hashing.distributed) and
+    leaves it at the end; a failed collective (a rank died or stalled) is a one-line error."""
+    from hashing import distributed
     from hashing.atomic import check_output_folder
+    from hashing.device import resolve_device
+
+    check_output_folder(out, "--out", marker=checkpoint.CONFIG)   # before any data or epoch
+    group = distributed.start(resolve_device(settings.get("device") or "auto").type)
+    try:
+        result = _train_on(recipe, out, dataset, images, data_dir, progress and group.main, group, settings)
+    except Exception as e:
+        if group.distributed and distributed.is_collective_error(e):
+            raise HashingError(f"rank {group.rank} of {group.world}: another training process stopped or stalled "
+                               f"({str(e).splitlines()[0][:200]}); nothing after the last complete epoch "
+                               "was saved") from None
+        raise
+    finally:
+        distributed.stop()
+    return result
+
+
+def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | Path | None, data_dir: str | None,
+              progress: bool, group: Group, settings: dict) -> TrainResult:
     from hashing.data import folder_spec, load_split
     from hashing.images import ImageSpec
     from hashing.recipes import resolve
 
-    check_output_folder(out, "--out", marker=checkpoint.CONFIG)   # before any data or epoch
     if images is not None:
-        spec = folder_spec(images, settings.get("image_size"), settings.get("channels"), settings.get("resize"))
+        spec = group.main_first(lambda: folder_spec(images, settings.get("image_size"), settings.get("channels"),
+                                                    settings.get("resize")))
     elif any(settings.get(k) is not None for k in ("image_size", "channels")):
         spec = ImageSpec(settings.get("image_size") or 28, settings.get("channels") or 1,
                          settings.get("resize") or "crop")
     else:
         spec = None                                        # the dataset as it is: 28x28 grayscale
-    data = load_split(dataset, images, None, "train", data_dir, spec, progress=progress)
+    # Rank 0 first: it decodes an image folder into the cache, the other ranks then read the cache.
+    data = group.main_first(lambda: load_split(dataset, images, None, "train", data_dir, spec, progress=progress))
     data = data.head(settings.get("max_images"))
     if images is not None:
         mean, std = channel_stats(data.images)
@@ -275,8 +380,9 @@ def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: s
     name = dataset if dataset is not None else "images"
     cfg, tcfg = resolve(recipe, name, len(data), data_dir=data.data_dir if images is not None else data_dir,
                         **settings)
-    result = train(cfg, tcfg, data, out, progress)
-    save_reconstructions(result.model, _picture_images(dataset, images, data_dir, cfg.spec, data), out)
+    result = train(cfg, tcfg, data, out, progress, group)
+    if group.main:
+        save_reconstructions(result.model, _picture_images(dataset, images, data_dir, cfg.spec, data), out)
     result.skipped = data.skipped
     return result
 
