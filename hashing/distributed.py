@@ -132,14 +132,23 @@ def start(device_type: str) -> Group:
     if not group.distributed or dist.is_initialized():
         return group
     timeout = timedelta(seconds=timeout_seconds())
-    if device_type == "cuda":
-        if group.local_rank >= torch.cuda.device_count():
-            raise HashingError(f"LOCAL_RANK {group.local_rank} has no GPU ({torch.cuda.device_count()} visible): "
-                               "use --nproc_per_node at most the number of GPUs")
-        torch.cuda.set_device(group.local_rank)
-        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", group.local_rank))
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise HashingError(f"WORLD_SIZE={group.world} but {' and '.join(missing)} not set: launch with "
+                           "torchrun (it sets them), or unset WORLD_SIZE for one process")
+    try:
+        if device_type == "cuda":
+            if group.local_rank >= torch.cuda.device_count():
+                raise HashingError(f"LOCAL_RANK {group.local_rank} has no GPU ({torch.cuda.device_count()} visible): "
+                                   "use --nproc_per_node at most the number of GPUs")
+            torch.cuda.set_device(group.local_rank)
+            dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", group.local_rank))
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+    except (RuntimeError, ValueError) as e:          # the rendezvous failed or timed out
+        raise HashingError(f"rank {group.rank} of {group.world} could not join the process group at "
+                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: "
+                           f"{str(e).splitlines()[0][:200]}") from None
     return group
 
 

@@ -240,3 +240,18 @@ def test_killing_one_rank_stops_the_job_and_keeps_the_last_epoch(tmp_path):
     assert "another training process stopped or stalled" in err or "SIGKILL" in err
     ckpt = load(out)                                                # a complete earlier epoch, not a torn one
     assert ckpt.config.bits == 64 and ckpt.train["world_size"] == 2
+
+
+def test_a_world_without_torchrun_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    r = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "MASTER_ADDR and MASTER_PORT not set" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "run").exists()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    monkeypatch.setenv("HASHING_DIST_TIMEOUT", "-5")
+    r = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "HASHING_DIST_TIMEOUT='-5'" in r.output
