@@ -93,6 +93,9 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--reconstruction", type=float, help="Weight of the pixel reconstruction (MSE) term.")
 @setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
          help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
+@setting("--lowpass", type=float,
+         help="Gaussian blur (sigma in pixels at the model's image size) of every image before the encoder, in "
+              "training and search alike: codes that ignore fine detail (rescaling, blur, JPEG, noise).")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).  [default: off]")
 @click.option("--image-size", type=int, default=None,
               help="Images are resized to N x N, N from 16 to 256.  [default: 28 for a dataset; for --images the "

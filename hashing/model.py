@@ -59,6 +59,7 @@ class HashConfig:
     std: float | list = 0.5
     dataset: str = "mnist"           # what it was trained on (a built-in dataset's name, or "images")
     standardise: bool = False        # each image zero-mean, unit-variance before the encoder (Encoder.forward)
+    lowpass: float = 0.0             # Gaussian blur (sigma, pixels at image_size) before the encoder; 0 = none
 
     def __post_init__(self):
         V.code_bits(self.bits)
@@ -81,6 +82,10 @@ class HashConfig:
         V.string("dataset", self.dataset)
         if not isinstance(self.standardise, bool):
             raise HashingError(f"standardise must be true or false, got {self.standardise!r}")
+        self.lowpass = V.number("lowpass", self.lowpass, lo=0)
+        if self.lowpass > self.image_size / 4:
+            raise HashingError(f"lowpass sigma {self.lowpass} blurs a {self.image_size}-pixel image away: "
+                               f"at most {self.image_size / 4:g}")
         estimators.get(self.estimator, domain=self.domain, **self.estimator_options)   # unknown options fail here
 
     def to_dict(self) -> dict:
@@ -182,9 +187,22 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.head = nn.ReLU() if cfg.head == "relu" else nn.Identity()
         self.standardise = cfg.standardise
+        self.register_buffer("lowpass", None, persistent=False)
+        if cfg.lowpass > 0:
+            r = math.ceil(3 * cfg.lowpass)
+            g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * cfg.lowpass ** 2))
+            g = g / g.sum()
+            # (C, 1, k, k) separable Gaussian, one per channel; a constant, not a weight.
+            self.register_buffer("lowpass", (g[:, None] * g[None, :]).expand(cfg.channels, 1, -1, -1).clone(),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, size, size) -> pre-activations (B, bits)."""
+        if self.lowpass is not None:
+            # Fine detail is what rescaling, blur, JPEG and noise destroy: the code never sees it.
+            r = self.lowpass.shape[-1] // 2
+            x = nn.functional.conv2d(nn.functional.pad(x, (r, r, r, r), mode="replicate"), self.lowpass,
+                                     groups=x.shape[1])
         if self.standardise:
             # x -> (x - mean) / std over each image's pixels and channels: a change of brightness or
             # contrast of the whole image (affine in x, up to clipping) cannot change its code.

@@ -30,6 +30,26 @@ def test_a_standardising_encoder_ignores_brightness_and_contrast():
     assert HashConfig().standardise is False                  # configs written before it load unchanged
 
 
+def test_lowpass_removes_fine_detail_before_the_encoder():
+    from hashing.model import Encoder
+
+    enc = Encoder(HashConfig(bits=32, lowpass=1.5)).eval()
+    k = enc.lowpass                                          # (1, 1, 11, 11): 2 * ceil(3 * 1.5) + 1 taps
+    assert k.shape == (1, 1, 11, 11) and abs(k.sum().item() - 1) < 1e-6
+    # A 1-pixel checkerboard (the finest detail there is) is all but gone, a constant image is kept;
+    # the pixels the blur hands the network: run the first part of forward by hand.
+    seen = []
+    enc.net[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    ii, jj = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
+    checker = ((ii + jj) % 2 * 2 - 1).float()[None, None]       # (1, 1, 28, 28) in {-1, +1}
+    with torch.no_grad():
+        enc(checker)
+        enc(torch.full((1, 1, 28, 28), 0.25))
+    assert seen[0][..., 6:-6, 6:-6].abs().max() < 1e-3         # away from the replicated border
+    assert torch.allclose(seen[1], torch.full_like(seen[1], 0.25), atol=1e-6)
+    assert HashConfig().lowpass == 0 and Encoder(HashConfig(bits=32)).lowpass is None   # old configs: no blur
+
+
 def test_seed_head_blocks_gradient_of_off_bits_and_default_does_not():
     torch.manual_seed(0)
     x = torch.randn(16, 1, 28, 28)
@@ -104,7 +124,7 @@ def test_resolve_leaves_nothing_automatic_and_flags_beat_the_recipe():
     ({"balance": float("nan")}, "balance"), ({"reconstruction": 0.0, "contrastive": 0.0}, "every loss weight"),
     ({"views": "zoom"}, "views"), ({"schedule": "step"}, "schedule"), ({"batch_size": 1}, "batch_size"),
     ({"temperature": 0}, "temperature"), ({"std": 0.0}, "std"), ({"standardise": "yes"}, "standardise"),
-    ({"asymmetric": 1}, "asymmetric"),
+    ({"asymmetric": 1}, "asymmetric"), ({"lowpass": -1}, "lowpass"), ({"lowpass": 8}, "lowpass"),
 ])
 def test_configs_validate_themselves_with_the_projects_error(settings, message):
     with pytest.raises(HashingError, match=message):
