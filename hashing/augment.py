@@ -175,12 +175,17 @@ def jpeg(p: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     return (x[:, :, :h, :w] / 255).clamp(0, 1).to(p.dtype)
 
 
+def gaussian_taps(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """sigma (B,) pixels -> (B, 2 radius + 1) normalised 1-D Gaussian taps, one row per sigma."""
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
 def _gaussian_blur(p: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, C, H, W), sigma (B,) pixels -> each image blurred with its own separable Gaussian."""
     b, c, h, w = p.shape
-    t = torch.arange(-radius, radius + 1, device=p.device, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)                               # (B*C, 2r+1)
+    k = gaussian_taps(sigma.to(p.device), radius).repeat_interleave(c, 0)                  # (B*C, 2r+1)
     x = F.pad(p.float().reshape(1, b * c, h, w), (radius,) * 4, mode="replicate")
     x = F.conv2d(x, k[:, None, :, None], groups=b * c)
     x = F.conv2d(x, k[:, None, None, :], groups=b * c)

@@ -189,10 +189,10 @@ class Encoder(nn.Module):
         self.standardise = cfg.standardise
         self.register_buffer("lowpass", None, persistent=False)
         if cfg.lowpass > 0:
-            r = math.ceil(3 * cfg.lowpass)
-            g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * cfg.lowpass ** 2))
-            g = g / g.sum()
-            # (C, 1, k, k) separable Gaussian, one per channel; a constant, not a weight.
+            from hashing.augment import gaussian_taps
+
+            g = gaussian_taps(torch.tensor([cfg.lowpass]), math.ceil(3 * cfg.lowpass))[0]       # (k,)
+            # (C, 1, k, k) Gaussian, one per channel; a constant, not a weight.
             self.register_buffer("lowpass", (g[:, None] * g[None, :]).expand(cfg.channels, 1, -1, -1).clone(),
                                  persistent=False)
 

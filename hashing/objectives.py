@@ -109,16 +109,21 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float, group: "Group 
 
     Each view's positive is the other view of its image; its negatives are all the other
     views of the batch. With a `group` of several training processes the batch is every
-    rank's (hashing.distributed.Group.gather): this rank's 2B views are scored against all
-    2 * world * B, which with one process is exactly the plain loss.
+    rank's (hashing.distributed.Group.gather, one collective for both views): this rank's 2B
+    views are scored against all 2 * world * B, which with one process is exactly the plain loss.
     """
+    from hashing.distributed import Group
+
+    group = group or Group()
     n = a.shape[0]
-    start = group.rank * n if group is not None else 0
-    keys = torch.cat([group.gather(a), group.gather(b)]) if group is not None else torch.cat([a, b])   # (2WB, D)
-    total = keys.shape[0] // 2                                              # W * B images in all
-    sim = torch.cat([a, b]) @ keys.t() / temperature                       # (2B, 2WB)
-    own = torch.arange(start, start + n, device=a.device)                  # this rank's images, globally
+    mine = torch.cat([a, b])                                                # (2B, D)
+    everyone = group.gather(mine)                                           # (W * 2B, D): rank blocks [a_r; b_r]
+    world = everyone.shape[0] // (2 * n)
+    keys = everyone.view(world, 2, n, -1).transpose(0, 1).reshape(2 * world * n, -1)   # (2WB, D): all a, then all b
+    sim = mine @ keys.t() / temperature                                     # (2B, 2WB)
+    own = torch.arange(group.rank * n, (group.rank + 1) * n, device=a.device)   # this rank's images, globally
     rows = torch.arange(2 * n, device=a.device)
+    total = world * n
     sim[rows, torch.cat([own, own + total])] = float("-inf")               # a view is not its own negative
     target = torch.cat([own + total, own])                                 # view i's positive: its other view
     loss = F.cross_entropy(sim.float(), target, reduction="none")

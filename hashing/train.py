@@ -193,8 +193,7 @@ class Step(torch.nn.Module):
         self.group = group
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        loss, per_image, parts = compute(self.model, x, labels, self.objective, self.centres,
-                                         self.group if self.group.distributed else None)
+        loss, per_image, parts = compute(self.model, x, labels, self.objective, self.centres, self.group)
         aux = self.model.binarizer.auxiliary_loss(per_image)
         return (loss if aux is None else loss + aux), parts
 
