@@ -55,9 +55,20 @@ def score_baseline(name: str, bits: int, db, qs, ks=(100,)) -> dict:
     return {**scores, "seconds": time.perf_counter() - t0}
 
 
+def score_l2(db, qs, ks=(100,)) -> dict:
+    """Exact float L2 kNN on the raw pixels: the reference the codes compress away from."""
+    from hashing.evaluation import l2_search, pixels, rank_all
+
+    t0 = time.perf_counter()
+    s = rank_all(l2_search(pixels(db.images)), pixels(qs.images), qs.labels, db.labels, ks, None, progress=False)
+    return {**s.result(), "seconds": time.perf_counter() - t0}
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+    def cell(column, v):
+        if not isinstance(v, float):
+            return str(v)
+        return f"{v:.4f}" if abs(v) < 10 and column != "seconds" else f"{v:.1f}"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(c, r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

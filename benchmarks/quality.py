@@ -1,10 +1,12 @@
-"""Retrieval quality per bit length: the default recipe, the original recipe, ITQ and LSH.
+"""Retrieval quality per bit length: the default recipe, the original recipe, ITQ, LSH and L2 on pixels.
 
     python benchmarks/quality.py --data-dir ../shared/data/mnist [--dataset mnist] [--bits 16,32,64,128,256,512]
-                                 [--epochs 1] [--recipes default,original] [--baselines itq,lsh] [--tag T] [--out DIR]
+                                 [--epochs 1] [--recipes default,original] [--baselines itq,lsh,l2] [--tag T]
+                                 [--out DIR] [--set KEY=VALUE ...]
 
 Database = train split, queries = test split, relevant = same label, mAP over the whole
-ranking (tie-aware). Writes DIR/quality_<dataset>[_T].md (a table) and .png (mAP vs bits).
+ranking (tie-aware), and mAP@1000. `l2` is exact float kNN on the raw pixels (no bits: one
+row). `--set neighbours=20` passes a training setting to every recipe, as its flag would. Writes DIR/quality_<dataset>[_T].md (a table) and .png (mAP vs bits).
 Configs are built as `hashing train` builds them (hashing.recipes.resolve): --epochs, when
 given, overrides every recipe, like the flag; without it each recipe trains for its own
 default length (5 epochs; the supervised recipe 15, cosine).
@@ -18,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, markdown_table, score_baseline, train_and_score  # noqa: E402
+from common import machine, markdown_table, score_baseline, score_l2, train_and_score  # noqa: E402
 
 
 def main() -> None:
@@ -28,12 +30,17 @@ def main() -> None:
     p.add_argument("--bits", default="16,32,64,128,256,512")
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's length (default: the recipe's)")
     p.add_argument("--recipes", default="default,original")
-    p.add_argument("--baselines", default="itq,lsh")
+    p.add_argument("--baselines", default="itq,lsh,l2")
     p.add_argument("--out", default="benchmarks/out")
     p.add_argument("--train-images", type=int, default=None,
                    help="train each model on the first N train images (the database is still the whole split)")
     p.add_argument("--tag", default="", help="suffix of the output file names")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training setting for every recipe (a JSON value: neighbours=20, schedule=\"cosine\")")
     a = p.parse_args()
+    import json
+
+    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
 
     from hashing.data import load_dataset
     from hashing.plots import line_plot
@@ -43,11 +50,16 @@ def main() -> None:
     rows, series = [], {}
     methods = [m for m in a.recipes.split(",") + a.baselines.split(",") if m]
     for method in methods:
+        if method == "l2":
+            r = score_l2(db, qs)
+            rows.append({"method": method, "bits": "float", **r})
+            print(f"l2 on pixels  mAP {r['mAP']:.4f}  P@100 {r['precision@100']:.4f}  {r['seconds']:.0f}s", flush=True)
+            continue
         for bits in bits_list:
             if method in ("itq", "lsh", "pcah"):
                 r = score_baseline(method, bits, db, qs)
             else:
-                r = train_and_score(method, db, qs, train_images=a.train_images, bits=bits, epochs=a.epochs)
+                r = train_and_score(method, db, qs, train_images=a.train_images, bits=bits, epochs=a.epochs, **extra)
             rows.append({"method": method, "bits": bits, **r})
             series.setdefault(method, ([], []))
             series[method][0].append(bits)
@@ -58,7 +70,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     trained_on = f"models trained on the first {a.train_images} train images; " if a.train_images else ""
     header = f"{a.dataset}: database {len(db)} (train), queries {len(qs)} (test); {trained_on}{machine()}"
-    table = markdown_table(rows, ["method", "bits", "epochs", "mAP", "precision@100", "seconds"])
+    settings = "".join(f"; every recipe with {k}={v}" for k, v in extra.items())
+    header += settings
+    table = markdown_table(rows, ["method", "bits", "epochs", "mAP", "precision@100", "mAP@1000", "seconds"])
     name = f"quality_{a.dataset}" + (f"_{a.tag}" if a.tag else "")
     (out / f"{name}.md").write_text(header + "\n\n" + table + "\n")
     line_plot(series, out / f"{name}.png", "bits", "mAP", f"{a.dataset}: mAP vs bits", logx=True)

@@ -93,6 +93,9 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--reconstruction", type=float, help="Weight of the pixel reconstruction (MSE) term.")
 @setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
          help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
+@setting("--neighbours", type=int,
+         help="Contrastive positives from the model's own K nearest training images (re-found each epoch from "
+              "the second): pulls neighbourhoods onto one code; 0 = the image itself only.")
 @setting("--lowpass", type=float,
          help="Gaussian blur (sigma in pixels at the model's image size) of every image before the encoder, in "
               "training and search alike: codes that ignore fine detail (rescaling, blur, JPEG, noise).")
@@ -111,7 +114,8 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     """Train a hashing model on a dataset or a folder of images; the run folder gets
     config.json (everything needed to rebuild the model and its preprocessing), the weights,
-    the loss history and reconstructions.png.
+    the loss history and a picture: reconstructions.png, or neighbours.png (test images and
+    their nearest training images by code) when the recipe trains no decoder.
 
     With --images and no other option, a folder of ordinary photos trains a colour model at
     64 x 64 (crop to square) with the photo views; a folder of grayscale images trains a
@@ -136,7 +140,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
                f"{r.history['epoch_loss'][-1]:.4f}, {per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
     if r.world > 1:
         click.echo(f"{r.world} processes (torchrun), {r.world} x {r.batch_size} = {r.world * r.batch_size} images per step")
-    click.echo(f"saved {out}: config.json, its weights and history, reconstructions.png")
+    click.echo(f"saved {out}: config.json, its weights and history, {r.picture}")
 
 
 @cli.command()

@@ -4,7 +4,7 @@ RUN_DIR/config.json                 the manifest: {"format", "model": HashConfig
                                     "fingerprint", "files": {"weights": ..., "history": ...}}
 RUN_DIR/model-<FP>.safetensors      weights (safetensors: no pickle, loads under weights_only torch)
 RUN_DIR/history-<FP>.json           loss per epoch and per step
-RUN_DIR/reconstructions.png         a picture, drawn after training
+RUN_DIR/reconstructions.png         a picture drawn after training (neighbours.png when no decoder trained)
 
 Every save writes the new version's files under new names (FP = the first 16 hex digits of
 the weights' SHA-256) and then replaces config.json atomically: that rename is the commit.

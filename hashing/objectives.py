@@ -58,6 +58,7 @@ class Objective:
     temperature: float = 0.3     # NT-Xent temperature on unit-norm codes
     views: str = "auto"          # random views (augment.VIEWS) for contrastive/supervised; recipes.resolve fixes "auto"
     asymmetric: bool = False     # the first view is the image itself, the second a random view
+    neighbours: int = 0          # > 0: the second view is of the image or one of its k nearest (hashing.neighbours)
 
     def __post_init__(self):
         for term in PER_IMAGE + PER_BATCH:
@@ -68,6 +69,9 @@ class Objective:
         V.choice("views", self.views, ("auto", *VIEWS))
         if not isinstance(self.asymmetric, bool):
             raise HashingError(f"asymmetric must be true or false, got {self.asymmetric!r}")
+        self.neighbours = V.integer("neighbours", self.neighbours, 0, 1000)
+        if self.neighbours and not self.contrastive:
+            raise HashingError("neighbours chooses the contrastive term's positives: give --contrastive a weight")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,8 +164,12 @@ def _pm1(code: torch.Tensor, domain: str) -> torch.Tensor:
 
 
 def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
-            centres: torch.Tensor | None = None, group: "Group | None" = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+            centres: torch.Tensor | None = None, group: "Group | None" = None,
+            partner: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One batch -> (loss to differentiate, per-image loss (B,), {term: batch mean}).
+
+    `partner` (B, C, H, W), when given, is what the contrastive term's second view is made of
+    instead of x: each image's nearest-neighbour positive (hashing.neighbours).
 
     Under data-parallel training `group` makes the contrastive negatives every rank's; the
     batch terms (balance, decorrelation) stay statistics of this rank's batch.
@@ -190,7 +198,7 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
     if obj.reconstruction:
         add("reconstruction", reconstruction_term(model.decoder(code), x0), obj.reconstruction)
     if obj.contrastive:
-        _, code2 = model.encode(view(x))
+        _, code2 = model.encode(view(x if partner is None else partner))
         scale = code.shape[1] ** -0.5
         add("contrastive", nt_xent(pm * scale, _pm1(code2, model.cfg.domain) * scale, obj.temperature, group),
             obj.contrastive)

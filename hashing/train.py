@@ -39,6 +39,7 @@ from hashing.device import DEVICES
 from hashing.distributed import Group
 from hashing.errors import HashingError
 from hashing.model import HashAutoencoder, HashConfig
+from hashing.neighbours import neighbour_table, partners
 from hashing.objectives import Objective, compute, hadamard_centres
 
 SCHEDULES = ("constant", "cosine")
@@ -174,6 +175,7 @@ class TrainResult:
     rank: int = 0              # this process's rank under torchrun (only rank 0 wrote the run folder)
     world: int = 1             # training processes
     batch_size: int = 0        # images per step per process
+    picture: str = ""          # the picture drawn into the run folder: reconstructions.png or neighbours.png
 
 
 def _check_resolved(tcfg: TrainConfig) -> None:
@@ -192,8 +194,9 @@ class Step(torch.nn.Module):
         self.centres = centres          # (classes, bits) or None; a constant, not a buffer DDP would broadcast
         self.group = group
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        loss, per_image, parts = compute(self.model, x, labels, self.objective, self.centres, self.group)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor,
+                partner: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        loss, per_image, parts = compute(self.model, x, labels, self.objective, self.centres, self.group, partner)
         aux = self.model.binarizer.auxiliary_loss(per_image)
         return (loss if aux is None else loss + aux), parts
 
@@ -274,10 +277,26 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
     total_steps = steps * tcfg.epochs
     t_start = time.perf_counter()
     seen = 0
+
+    def fetch(idx: torch.Tensor) -> torch.Tensor:
+        """(B,) positions -> uint8 (B, H, W[, C]) on the device."""
+        if not streamed:
+            return images[idx]
+        # Read the rows in file order (sequential-ish reads of the map), then put them back
+        # in the requested order: the same batches as the in-memory path, exactly.
+        want = idx.cpu().numpy()
+        order = np.argsort(want, kind="stable")
+        rows = np.empty((len(want), *images.shape[1:]), np.uint8)
+        rows[order] = images[want[order]]
+        return torch.from_numpy(rows).to(device, non_blocking=True)
+
+    table = None                # (N, k) nearest training images by the model's codes, from epoch 2 on
     for epoch in range(tcfg.epochs):
+        t0 = time.perf_counter()
+        if obj.neighbours and epoch >= 1:
+            table = neighbour_table(model, fetch, n, min(obj.neighbours, n - 1), device)
         model.train()
         perm = torch.randperm(n, device=device, generator=gen)
-        t0 = time.perf_counter()
         run_loss = torch.zeros((), device=device)
         parts_sum: dict[str, torch.Tensor] = {}
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not (progress and group.main),
@@ -288,19 +307,12 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
             for g in opt.param_groups:
                 g["lr"] = lr_at(tcfg, done)
             idx = perm[plan[i]]                                              # this rank's part of global batch i
-            if streamed:
-                # Read the rows in file order (sequential-ish reads of the map), then put them back
-                # in the permutation's order: the same batches as the in-memory path, exactly.
-                want = idx.cpu().numpy()
-                order = np.argsort(want, kind="stable")
-                rows = np.empty((len(want), *images.shape[1:]), np.uint8)
-                rows[order] = images[want[order]]
-                batch = torch.from_numpy(rows).to(device, non_blocking=True)
-            else:
-                batch = images[idx]
-            x = model.preprocess(batch).contiguous(memory_format=torch.channels_last)
+            x = model.preprocess(fetch(idx)).contiguous(memory_format=torch.channels_last)
+            partner = None
+            if table is not None:
+                partner = model.preprocess(fetch(partners(table, idx))).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tcfg.amp):
-                loss, parts = step(x, labels[idx])
+                loss, parts = step(x, labels[idx], partner)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -328,7 +340,8 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
 def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: str | Path | None = None,
              data_dir: str | None = None, progress: bool = True, **settings) -> TrainResult:
     """`hashing train`: the train split of a built-in `dataset` or of the image folder `images`,
-    the recipe resolved with `settings`, training, and reconstructions.png from the test split.
+    the recipe resolved with `settings`, training, and a picture from the test split:
+    reconstructions.png, or neighbours.png when the recipe trains no decoder.
 
     For a folder, the image size, channels and resize rule not given in `settings` are chosen
     from the folder (hashing.folders.inspect), and the per-channel mean and std are measured
@@ -381,24 +394,29 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
                         **settings)
     result = train(cfg, tcfg, data, out, progress, group)
     if group.main:
-        save_reconstructions(result.model, _picture_images(dataset, images, data_dir, cfg.spec, data), out)
+        shown = _picture_images(dataset, images, data_dir, cfg.spec, data)
+        if tcfg.objective.reconstruction:
+            save_reconstructions(result.model, shown.images, out)
+            result.picture = "reconstructions.png"
+        else:                   # no decoder was trained: show what the codes find instead
+            save_neighbours(result.model, shown.head(8), data.head(10_000), out)
+            result.picture = "neighbours.png"
     result.skipped = data.skipped
     return result
 
 
-def _picture_images(dataset, images, data_dir, spec, data: ImageSet, n: int = 32) -> np.ndarray:
-    """Up to n images to draw reconstructions of: the test split's, or the training images'
-    when the folder has no test split."""
+def _picture_images(dataset, images, data_dir, spec, data: ImageSet, n: int = 32) -> ImageSet:
+    """Up to n images to draw: the test split's, or the training images' when the folder has
+    no test split."""
     from hashing.data import load_split
     from hashing import folders
 
     if images is None or folders.layout(images).has_splits:
         try:
-            test = load_split(dataset, images, "test", "test", data_dir, spec, progress=False)
-            return np.array(test.images[:n])
+            return load_split(dataset, images, "test", "test", data_dir, spec, progress=False).head(n)
         except HashingError:
             pass                           # a test split with no readable image: draw the training images
-    return np.array(data.images[:n])           # a copy: the map is read-only
+    return data.head(n)
 
 
 def channel_stats(images: np.ndarray, sample: int = 10_000) -> tuple[list[float], list[float]]:
@@ -420,3 +438,27 @@ def save_reconstructions(model: HashAutoencoder, images: np.ndarray, out: str | 
     device = next(model.parameters()).device
     _, _, recon = model(model.preprocess(torch.from_numpy(images).to(device)))
     reconstructions(images, model.unprocess(recon).cpu().numpy(), Path(out) / "reconstructions.png")
+
+
+@torch.inference_mode()
+def save_neighbours(model: HashAutoencoder, queries: ImageSet, database: ImageSet, out: str | Path,
+                    k: int = 10) -> None:
+    """neighbours.png: each query image, then its k nearest database images by Hamming distance
+    of the codes (ties in database order), framed green/red where both labels are known."""
+    from hashing.plots import retrieval_grid
+
+    model.eval()
+    device = next(model.parameters()).device
+
+    def pm1(images: np.ndarray) -> torch.Tensor:                          # (N, bits) in {-1, +1}
+        chunks = [model.binarize(model.preprocess(torch.from_numpy(np.array(images[i:i + 1024])).to(device)))
+                  for i in range(0, len(images), 1024)]
+        return torch.cat(chunks).float() * 2 - 1
+
+    xq, xb = pm1(queries.images), pm1(database.images)
+    dist = (xb.shape[1] - xq @ xb.t()) / 2                                 # (Q, N) Hamming distances
+    I = dist.argsort(dim=1, stable=True)[:, :k].cpu().numpy()
+    match = [[None if min(queries.labels[q], database.labels[j]) < 0 else bool(queries.labels[q] == database.labels[j])
+              for j in row] for q, row in enumerate(I)]
+    retrieval_grid(list(queries.images), [[database.images[j] for j in row] for row in I],
+                   Path(out) / "neighbours.png", match)

@@ -32,7 +32,9 @@ def test_train_index_query_end_to_end(tmp_path, query_png):
     r = invoke("train", "--dataset", "digits", "--out", run, "--bits", "32", "--epochs", "1", "--quiet")
     assert r.exit_code == 0, r.output
     files = json.loads((run / "config.json").read_text())["files"]
-    assert {files["weights"], files["history"], "config.json", "reconstructions.png"} == set(os.listdir(run))
+    # The default trains no decoder: its picture is test images and their nearest training images.
+    assert {files["weights"], files["history"], "config.json", "neighbours.png"} == set(os.listdir(run))
+    assert "neighbours.png" in r.output
     r = invoke("index", "--model", run, "--dataset", "digits", "--split", "train", "--out", idx, "--quiet")
     assert r.exit_code == 0, r.output and "indexed 1437 items" in r.output
     r = invoke("query", query_png[0], "--index", idx, "-k", "7", "--json")
@@ -107,7 +109,8 @@ def error_of(*args):
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "not-checkpoint", "k-too-large", "unknown-dataset",
                                   "offline", "bits-mismatch", "empty-folder", "bad-bits", "bad-seed", "huge-seed",
-                                  "nan-lr", "nan-balance", "bad-estimator", "bad-radius", "zero-weights"])
+                                  "nan-lr", "nan-balance", "bad-estimator", "bad-radius", "zero-weights",
+                                  "bad-neighbours", "neighbours-without-contrastive"])
 def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, query_png):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG not really")
@@ -130,9 +133,13 @@ def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, quer
         "bad-radius": ["query", query_png[0], "--index", digits_index, "--radius", "2147483647"],
         "zero-weights": ["train", "--dataset", "digits", "--recipe", "autoencoder", "--reconstruction", "0",
                          "--out", tmp_path / "r"],
+        "bad-neighbours": ["train", "--dataset", "digits", "--neighbours", "-3", "--out", tmp_path / "r"],
+        "neighbours-without-contrastive": ["train", "--dataset", "digits", "--recipe", "autoencoder", "--neighbours",
+                                           "5", "--out", tmp_path / "r"],
     }[case]
     expected = {"bad-seed": "seed", "huge-seed": "seed", "nan-lr": "lr", "nan-balance": "balance",
-                "bad-radius": "radius", "zero-weights": "weight", "bad-estimator": "estimator"}.get(case)
+                "bad-radius": "radius", "zero-weights": "weight", "bad-estimator": "estimator",
+                "bad-neighbours": "neighbours", "neighbours-without-contrastive": "contrastive"}.get(case)
     (tmp_path / "empty").mkdir()
     if case == "bits-mismatch":
         from hashing import checkpoint
