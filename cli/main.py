@@ -93,6 +93,9 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--reconstruction", type=float, help="Weight of the pixel reconstruction (MSE) term.")
 @setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
          help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
+@setting("--temperature", type=float,
+         help="Temperature of the contrastive term (NT-Xent on unit-norm codes): lower spreads images apart, "
+              "higher lets neighbours share codes.")
 @setting("--neighbours", type=int,
          help="Contrastive positives from the model's own K nearest training images (re-found each epoch from "
               "the second): pulls neighbourhoods onto one code; 0 = the image itself only.")

@@ -110,7 +110,7 @@ def error_of(*args):
 @pytest.mark.parametrize("case", ["missing", "corrupt", "not-checkpoint", "k-too-large", "unknown-dataset",
                                   "offline", "bits-mismatch", "empty-folder", "bad-bits", "bad-seed", "huge-seed",
                                   "nan-lr", "nan-balance", "bad-estimator", "bad-radius", "zero-weights",
-                                  "bad-neighbours", "neighbours-without-contrastive"])
+                                  "bad-neighbours", "neighbours-without-contrastive", "bad-temperature"])
 def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, query_png):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG not really")
@@ -134,12 +134,14 @@ def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, quer
         "zero-weights": ["train", "--dataset", "digits", "--recipe", "autoencoder", "--reconstruction", "0",
                          "--out", tmp_path / "r"],
         "bad-neighbours": ["train", "--dataset", "digits", "--neighbours", "-3", "--out", tmp_path / "r"],
+        "bad-temperature": ["train", "--dataset", "digits", "--temperature", "0", "--out", tmp_path / "r"],
         "neighbours-without-contrastive": ["train", "--dataset", "digits", "--recipe", "autoencoder", "--neighbours",
                                            "5", "--out", tmp_path / "r"],
     }[case]
     expected = {"bad-seed": "seed", "huge-seed": "seed", "nan-lr": "lr", "nan-balance": "balance",
                 "bad-radius": "radius", "zero-weights": "weight", "bad-estimator": "estimator",
-                "bad-neighbours": "neighbours", "neighbours-without-contrastive": "contrastive"}.get(case)
+                "bad-neighbours": "neighbours", "neighbours-without-contrastive": "contrastive",
+                "bad-temperature": "temperature"}.get(case)
     (tmp_path / "empty").mkdir()
     if case == "bits-mismatch":
         from hashing import checkpoint
