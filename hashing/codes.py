@@ -40,7 +40,8 @@ def encode_batches(model: HashAutoencoder, image_batches: Iterable[np.ndarray], 
     t0 = time.perf_counter()
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for batch in image_batches:
-            x = model.preprocess(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
+            # Contiguous and writable (a copy only for a read-only memory map): what torch.from_numpy needs.
+            x = model.preprocess(torch.from_numpy(np.require(batch, requirements=["C", "W"])).to(device))
             out.append(pack(model.binarize(x).cpu().numpy()))            # (B, bits/8)
             bar.update(len(batch))
     codes = np.concatenate(out) if out else np.zeros((0, model.cfg.bits // 8), np.uint8)

@@ -33,20 +33,22 @@ class Recipe:
     train: Mapping[str, Any] = field(default_factory=dict)       # TrainConfig fields
 
 
+# Contrastive with nearest-neighbour positives, no decoder: the default, and `kinds` at another temperature.
+_NEIGHBOURS = {"contrastive": 1.0, "reconstruction": 0.0, "neighbours": 20}
+
 RECIPES: dict[str, Recipe] = {
     # What `hashing train` uses: the best unsupervised codes per CPU second measured so far
     # (README, "Recipes" and the quality sweep of benchmarks/quality.py). No decoder: the
     # reconstruction term cost short codes most (16 bits, MNIST: mAP 0.885 with it, 0.907 without).
     "default": Recipe("two-view contrastive, positives also from the model's 20 nearest training images "
                       "(from epoch 2), saturated STE; no labels",
-                      model={"estimator": "saturated"},
-                      objective={"contrastive": 1.0, "reconstruction": 0.0, "neighbours": 20}),
+                      model={"estimator": "saturated"}, objective=_NEIGHBOURS),
     # The default at temperature 0.5: less uniformity pressure, whole kinds share codes (MNIST 16 bits
     # mAP 0.907 -> 0.945), at the price of many exact ties, so an indexed image is no longer sure
     # to come back first for itself: not the default (README, "Neighbour positives").
     "kinds": Recipe("the default at temperature 0.5: images of one kind share codes (best class mAP, many ties)",
                     model={"estimator": "saturated"},
-                    objective={"contrastive": 1.0, "reconstruction": 0.0, "neighbours": 20, "temperature": 0.5}),
+                    objective={**_NEIGHBOURS, "temperature": 0.5}),
     "contrastive-fast": Recipe("two-view contrastive alone: each image its own only positive, no decoder pass",
                                model={"estimator": "saturated"},
                                objective={"contrastive": 1.0, "reconstruction": 0.0}),

@@ -290,6 +290,10 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
         rows[order] = images[want[order]]
         return torch.from_numpy(rows).to(device, non_blocking=True)
 
+    def inputs(idx: torch.Tensor) -> torch.Tensor:
+        """(B,) positions -> the model's float (B, C, H, W) input, channels_last."""
+        return model.preprocess(fetch(idx)).contiguous(memory_format=torch.channels_last)
+
     table = None                # (N, k) nearest training images by the model's codes, from epoch 2 on
     for epoch in range(tcfg.epochs):
         t0 = time.perf_counter()
@@ -307,10 +311,8 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
             for g in opt.param_groups:
                 g["lr"] = lr_at(tcfg, done)
             idx = perm[plan[i]]                                              # this rank's part of global batch i
-            x = model.preprocess(fetch(idx)).contiguous(memory_format=torch.channels_last)
-            partner = None
-            if table is not None:
-                partner = model.preprocess(fetch(partners(table, idx))).contiguous(memory_format=torch.channels_last)
+            x = inputs(idx)
+            partner = None if table is None else inputs(partners(table, idx))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tcfg.amp):
                 loss, parts = step(x, labels[idx], partner)
             opt.zero_grad(set_to_none=True)
@@ -396,7 +398,7 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
     if group.main:
         shown = _picture_images(dataset, images, data_dir, cfg.spec, data)
         if tcfg.objective.reconstruction:
-            save_reconstructions(result.model, shown.images, out)
+            save_reconstructions(result.model, np.array(shown.images), out)   # a copy: a memory map is read-only
             result.picture = "reconstructions.png"
         else:                   # no decoder was trained: show what the codes find instead
             save_neighbours(result.model, shown.head(8), data.head(10_000), out)
@@ -440,24 +442,17 @@ def save_reconstructions(model: HashAutoencoder, images: np.ndarray, out: str | 
     reconstructions(images, model.unprocess(recon).cpu().numpy(), Path(out) / "reconstructions.png")
 
 
-@torch.inference_mode()
 def save_neighbours(model: HashAutoencoder, queries: ImageSet, database: ImageSet, out: str | Path,
                     k: int = 10) -> None:
     """neighbours.png: each query image, then its k nearest database images by Hamming distance
-    of the codes (ties in database order), framed green/red where both labels are known."""
+    of the codes (ties by lower id), framed green/red where both labels are known."""
+    from hashing.codes import encode_array
     from hashing.plots import retrieval_grid
+    from hashing.torch_search import knn
 
-    model.eval()
-    device = next(model.parameters()).device
-
-    def pm1(images: np.ndarray) -> torch.Tensor:                          # (N, bits) in {-1, +1}
-        chunks = [model.binarize(model.preprocess(torch.from_numpy(np.array(images[i:i + 1024])).to(device)))
-                  for i in range(0, len(images), 1024)]
-        return torch.cat(chunks).float() * 2 - 1
-
-    xq, xb = pm1(queries.images), pm1(database.images)
-    dist = (xb.shape[1] - xq @ xb.t()) / 2                                 # (Q, N) Hamming distances
-    I = dist.argsort(dim=1, stable=True)[:, :k].cpu().numpy()
+    xq, xb = (torch.from_numpy(encode_array(model, s.images, progress=False).codes) for s in (queries, database))
+    _, I = knn(xq, xb, k)
+    I = I.numpy()                                                          # (Q, k)
     match = [[None if min(queries.labels[q], database.labels[j]) < 0 else bool(queries.labels[q] == database.labels[j])
               for j in row] for q, row in enumerate(I)]
     retrieval_grid(list(queries.images), [[database.images[j] for j in row] for row in I],
