@@ -39,7 +39,11 @@ def train_and_score(recipe: str, db, qs, ks=(100,), train_images: int | None = N
     scores, _ = score_codes(xb, xq, db.labels, qs.labels, cfg.bits, ks, progress=False)
     used = np.unpackbits(xb, axis=1)
     frac_used = float(((used.min(0) == 0) & (used.max(0) == 1)).mean())   # bits that vary over the database
-    return {**scores, "bits_used": frac_used, "final_loss": r.history["epoch_loss"][-1], "epochs": tcfg.epochs,
+    # Exact ties: with ties broken by lower id, a database image comes back first for its own code only
+    # when it is the lowest id of its code's group, so distinct/N is also that self-first rate.
+    _, counts = np.unique(xb, axis=0, return_counts=True)
+    return {**scores, "bits_used": frac_used, "distinct_codes": len(counts) / len(xb),
+            "largest_tie": int(counts.max()), "final_loss": r.history["epoch_loss"][-1], "epochs": tcfg.epochs,
             "seconds": seconds}
 
 

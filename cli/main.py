@@ -11,8 +11,8 @@ import click
 
 from hashing.baselines import BASELINES
 from hashing.copies import COPY_BASELINES
-from hashing.cli.options import (LibraryChoice, source_options, device_option, model_option, quiet_option,
-                                 setting)
+from hashing.cli.options import (FloatOrAuto, LibraryChoice, source_options, device_option, model_option,
+                                 quiet_option, setting)
 from hashing.data import SPLITS
 from hashing.edits import DEFAULT_EDITS, EDITS
 from hashing.errors import HashingError
@@ -93,9 +93,9 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--reconstruction", type=float, help="Weight of the pixel reconstruction (MSE) term.")
 @setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
          help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
-@setting("--temperature", type=float,
+@setting("--temperature", type=FloatOrAuto(),
          help="Temperature of the contrastive term (NT-Xent on unit-norm codes): lower spreads images apart, "
-              "higher lets neighbours share codes.")
+              "higher lets neighbours share codes. auto: 0.5 up to 64 bits, 0.3 above.")
 @setting("--neighbours", type=int,
          help="Contrastive positives from the model's own K nearest training images (re-found each epoch from "
               "the second): pulls neighbourhoods onto one code; 0 = the image itself only.")

@@ -36,6 +36,20 @@ class LibraryChoice(click.Choice):
         pass
 
 
+class FloatOrAuto(click.ParamType):
+    """A number, or the word auto (the library decides, e.g. by code length)."""
+
+    name = "float|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+
+
 def compose(*decorators: Callable) -> Callable:
     def apply(f):
         for d in reversed(decorators):

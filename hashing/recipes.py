@@ -6,7 +6,8 @@ A recipe is a typed bundle of overrides, by field name, of the three configs: Ha
 TrainConfig (train.py: schedule, batch, device). `resolve` applies, in this order of
 precedence, the dataclass defaults < the recipe < the caller's explicit settings (the flags
 a user gave), then decides everything that depends on the data or the machine, so the
-configs it returns contain no "auto": device, batch size, lr scaling and view family.
+configs it returns contain no "auto": device, batch size, lr scaling, view family and the
+contrastive temperature (by code length).
 The CLI, the benchmarks and the tests all build their configs through it.
 
 Torch is imported inside `resolve` only, so the CLI can list RECIPES without it.
@@ -36,17 +37,29 @@ class Recipe:
 # Contrastive with nearest-neighbour positives, no decoder: the default, and `kinds` at another temperature.
 _NEIGHBOURS = {"contrastive": 1.0, "reconstruction": 0.0, "neighbours": 20}
 
+# The default's temperature by code length. Up to 64 bits a code names a kind, not an image (MNIST,
+# 18,097 digits, 64 bits: even at 0.3 three images in four share a code with another), so 0.5 lets
+# neighbourhoods share codes (mAP 16 bits 0.907 -> 0.945, 64 bits 0.939 -> 0.964); longer codes keep
+# 0.3, where an indexed image still comes back first for itself (at 0.5 the 512-bit codes of the
+# 18,097 digits fall to 3,175 distinct ones). README, "Neighbour positives".
+SHORT_CODE_BITS = 64
+
+
+def auto_temperature(bits: int) -> float:
+    return 0.5 if bits <= SHORT_CODE_BITS else 0.3
+
 RECIPES: dict[str, Recipe] = {
     # What `hashing train` uses: the best unsupervised codes per CPU second measured so far
     # (README, "Recipes" and the quality sweep of benchmarks/quality.py). No decoder: the
     # reconstruction term cost short codes most (16 bits, MNIST: mAP 0.885 with it, 0.907 without).
     "default": Recipe("two-view contrastive, positives also from the model's 20 nearest training images "
-                      "(from epoch 2), saturated STE; no labels",
-                      model={"estimator": "saturated"}, objective=_NEIGHBOURS),
-    # The default at temperature 0.5: less uniformity pressure, whole kinds share codes (MNIST 16 bits
-    # mAP 0.907 -> 0.945), at the price of many exact ties, so an indexed image is no longer sure
-    # to come back first for itself: not the default (README, "Neighbour positives").
-    "kinds": Recipe("the default at temperature 0.5: images of one kind share codes (best class mAP, many ties)",
+                      "(from epoch 2), temperature 0.5 up to 64 bits and 0.3 above, saturated STE; no labels",
+                      model={"estimator": "saturated"}, objective={**_NEIGHBOURS, "temperature": "auto"}),
+    # The default at temperature 0.5 at every length: at 512 bits the best class mAP (0.967 against
+    # 0.936), at the price of many exact ties, so an indexed image is no longer sure to come back
+    # first for itself.
+    "kinds": Recipe("the default at temperature 0.5 at every length: images of one kind share codes "
+                    "(best class mAP, many ties)",
                     model={"estimator": "saturated"},
                     objective={**_NEIGHBOURS, "temperature": 0.5}),
     "contrastive-fast": Recipe("two-view contrastive alone: each image its own only positive, no decoder pass",
@@ -106,14 +119,15 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
         if owner is None or key in ("dataset", "objective", "recipe", "world_size"):
             raise HashingError(f"unknown training setting {key!r}")
         groups[owner][key] = value
+    cfg = HashConfig(**{**r.model, **groups[HashConfig], "dataset": dataset})
     terms = {**r.objective, **groups[Objective]}
     if terms.get("neighbours") and not terms.get("contrastive", Objective.contrastive) \
             and "neighbours" not in groups[Objective]:
         terms["neighbours"] = 0          # the recipe's neighbour positives lapse with its contrastive term
+    if terms.get("temperature") == "auto":
+        terms["temperature"] = auto_temperature(cfg.bits)
     obj = Objective(**terms)
-    channels = groups[HashConfig].get("channels", r.model.get("channels", 1))
-    obj = dataclasses.replace(obj, views=resolve_views(obj.views, dataset, channels))
-    cfg = HashConfig(**{**r.model, **groups[HashConfig], "dataset": dataset})
+    obj = dataclasses.replace(obj, views=resolve_views(obj.views, dataset, cfg.channels))
     tcfg = TrainConfig(**{**r.train, **groups[TrainConfig], "dataset": dataset, "recipe": recipe, "objective": obj})
     device = resolve_device(tcfg.device)
     world = environment().world                 # training processes under torchrun (1 without it)

@@ -107,6 +107,18 @@ def test_recipes_and_overrides():
         resolve("default", "digits", 10, bitz=64)
 
 
+@pytest.mark.parametrize("recipe, settings, temperature", [
+    ("default", {"bits": 16}, 0.5), ("default", {"bits": 64}, 0.5), ("default", {"bits": 128}, 0.3),
+    ("default", {}, 0.3),                                            # 512 bits, the default length
+    ("default", {"bits": 64, "temperature": 0.3}, 0.3), ("kinds", {"bits": 512}, 0.5),
+    ("copies", {"bits": 64}, 0.1), ("copies", {"bits": 64, "temperature": "auto"}, 0.5),
+])
+def test_auto_temperature_follows_the_code_length_and_is_recorded_as_a_number(recipe, settings, temperature):
+    _, tcfg = resolve(recipe, "mnist", 18097, **settings)
+    assert tcfg.objective.temperature == temperature
+    assert tcfg.to_dict()["objective"]["temperature"] == temperature
+
+
 def test_resolve_leaves_nothing_automatic_and_flags_beat_the_recipe():
     cfg, tcfg = resolve("supervised", "fashion-mnist", 60000)
     assert (tcfg.epochs, tcfg.schedule) == (15, "cosine")                    # the recipe's training settings
@@ -123,7 +135,7 @@ def test_resolve_leaves_nothing_automatic_and_flags_beat_the_recipe():
     ({"lr": 0.0}, "lr"), ({"seed": -1}, "seed"), ({"seed": 2**70}, "seed"), ({"epochs": 0}, "epochs"),
     ({"balance": float("nan")}, "balance"), ({"reconstruction": 0.0, "contrastive": 0.0}, "every loss weight"),
     ({"views": "zoom"}, "views"), ({"schedule": "step"}, "schedule"), ({"batch_size": 1}, "batch_size"),
-    ({"temperature": 0}, "temperature"), ({"std": 0.0}, "std"), ({"standardise": "yes"}, "standardise"),
+    ({"temperature": 0}, "temperature"), ({"temperature": "warm"}, "temperature"), ({"std": 0.0}, "std"), ({"standardise": "yes"}, "standardise"),
     ({"asymmetric": 1}, "asymmetric"), ({"lowpass": -1}, "lowpass"), ({"lowpass": 8}, "lowpass"),
 ])
 def test_configs_validate_themselves_with_the_projects_error(settings, message):
