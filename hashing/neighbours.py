@@ -24,10 +24,11 @@ MAX_CANDIDATES = 65_536     # past this many training images, neighbours are sou
 
 
 @torch.inference_mode()
-def neighbour_table(model, rows: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, device: torch.device,
+def neighbour_table(model, inputs: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, device: torch.device,
                     batch: int = 1024, candidates: int = MAX_CANDIDATES) -> torch.Tensor:
     """(N, k) int64: for each of the n training images, its k nearest others by cosine of the
-    model's pre-activations. `rows(idx)` gives uint8 images of the positions idx (a tensor).
+    model's pre-activations. `inputs(idx)` gives the model's input for the positions idx (a
+    tensor), as the training steps get it.
 
     Up to `candidates` images every image is compared with every other; past that, with a
     random sample of `candidates` of them, drawn anew each call, so the cost stays linear in n
@@ -36,8 +37,7 @@ def neighbour_table(model, rows: Callable[[torch.Tensor], torch.Tensor], n: int,
     model.eval()
 
     def encode(idx: torch.Tensor) -> torch.Tensor:                         # (b,) -> (b, bits) unit rows
-        x = model.preprocess(rows(idx)).contiguous(memory_format=torch.channels_last)
-        return torch.nn.functional.normalize(model.encoder(x).float(), dim=1)
+        return torch.nn.functional.normalize(model.encoder(inputs(idx)).float(), dim=1)
 
     everyone = n <= candidates
     pool = torch.arange(n, device=device) if everyone else \

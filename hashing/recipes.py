@@ -48,6 +48,7 @@ SHORT_CODE_BITS = 64
 def auto_temperature(bits: int) -> float:
     return 0.5 if bits <= SHORT_CODE_BITS else 0.3
 
+
 RECIPES: dict[str, Recipe] = {
     # What `hashing train` uses: the best unsupervised codes per CPU second measured so far
     # (README, "Recipes" and the quality sweep of benchmarks/quality.py). No decoder: the

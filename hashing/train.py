@@ -298,7 +298,7 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
     for epoch in range(tcfg.epochs):
         t0 = time.perf_counter()
         if obj.neighbours and epoch >= 1:
-            table = neighbour_table(model, fetch, n, min(obj.neighbours, n - 1), device)
+            table = neighbour_table(model, inputs, n, min(obj.neighbours, n - 1), device)
         model.train()
         perm = torch.randperm(n, device=device, generator=gen)
         run_loss = torch.zeros((), device=device)

@@ -28,7 +28,7 @@ def test_table_holds_the_k_nearest_by_cosine_never_the_image_itself():
     # Two groups: near 0 degrees and near 90; cosine order is angular order.
     model = Points([0, 5, 12, 88, 93, 99])
     model.train()
-    table = neighbour_table(model, lambda idx: idx, 6, 2, torch.device("cpu"), batch=4)   # batches cross the groups
+    table = neighbour_table(model, model.preprocess, 6, 2, torch.device("cpu"), batch=4)   # batches cross the groups
     assert table.tolist() == [[1, 2], [0, 2], [1, 0], [4, 5], [3, 5], [4, 3]]
     assert model.training                                                         # put back as it was
 
@@ -95,7 +95,7 @@ def test_past_the_candidate_limit_neighbours_come_from_a_sample_and_never_the_im
     degrees = [0, 5, 12, 88, 93, 99, 180, 185]
     model = Points(degrees)
     torch.manual_seed(0)
-    table = neighbour_table(model, lambda idx: idx, 8, 2, torch.device("cpu"), batch=3, candidates=5)
+    table = neighbour_table(model, model.preprocess, 8, 2, torch.device("cpu"), batch=3, candidates=5)
     rows = set(table.flatten().tolist())
     assert len(rows) <= 5                                                        # one sample of 5 for everyone
     for i, row in enumerate(table.tolist()):
