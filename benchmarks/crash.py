@@ -71,11 +71,10 @@ def index_answers(location: str, images: list[Path]) -> list:
         return [f"error: {e}"]
 
 
-def exercise(name: str, args: list, restore, judge, work: Path, delays: list[float]) -> Outcome:
-    """Kill `hashing ARGS` after every crash point and at every delay; judge() says 'old', 'new' or why not."""
+def exercise(name: str, args: list, points: list[str], restore, judge, delays: list[float]) -> Outcome:
+    """Kill `hashing ARGS` after each of its crash `points` (from `crash_points`, the whole run that
+    made the new version) and at every delay; judge() says 'old', 'new' or why not."""
     out = Outcome(name)
-    restore()
-    points = crash_points(args, work / f"{name}.log")
     out.points = len(points)
     trials = [({"HASHING_CRASH_AT": str(i)}, None, p) for i, p in enumerate(points, 1)]
     trials += [(None, d, f"after {d} s") for d in delays]
@@ -135,8 +134,7 @@ def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list
     copy(loc, pristine)
     args = ["index", "--model", run_a if append else run_b, "--dataset", "digits", "--split",
             "train" if append else "test", "--out", location] + (["--append"] if append else [])
-    if run_cli(args) != 0:
-        raise RuntimeError(f"{name}: the command itself fails")
+    points = crash_points(args, work / f"{name}.log")   # the whole command (raises if it fails), its commits
     new = index_answers(location, images)
     assert old != new, "the scenario must change the answers"
 
@@ -144,7 +142,7 @@ def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list
         got = index_answers(location, images)
         return "old" if got == old else "new" if got == new else f"neither old nor new: {str(got)[:160]}"
 
-    return exercise(name, args, lambda: copy(pristine, loc), judge, work, delays)
+    return exercise(name, args, points, lambda: copy(pristine, loc), judge, delays)
 
 
 def train_scenario(work: Path, run_a: Path, delays: list[float]) -> Outcome:
@@ -160,7 +158,7 @@ def train_scenario(work: Path, run_a: Path, delays: list[float]) -> Outcome:
         shutil.copytree(run_a, run)
 
     restore()
-    run_cli(args)
+    points = crash_points(args, work / "train.log")     # the whole retraining: model B, and where it commits
     b = checkpoint.load(run).fingerprint
     assert a != b
 
@@ -171,7 +169,7 @@ def train_scenario(work: Path, run_a: Path, delays: list[float]) -> Outcome:
             return f"{type(e).__name__}: {e}"
         return "old" if fp == a else "new" if fp == b else f"weights {fp} are neither A's {a} nor B's {b}"
 
-    return exercise("train", args, restore, judge, work, delays)
+    return exercise("train", args, points, restore, judge, delays)
 
 
 def run_all(work: Path, delays: list[float], only: set[str] | None = None) -> list[Outcome]:
