@@ -36,6 +36,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hashing.edits import SINGLE
+
 
 def _uniform(x: torch.Tensor, generator: torch.Generator | None):
     """u(lo, hi) -> (B,) float32 uniform draws on x's device, one per image."""
@@ -196,7 +198,7 @@ def _gaussian_blur(p: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.T
     return x.reshape(b, c, h, w).to(p.dtype)
 
 
-COPY_EDITS = ("crop", "rotate", "rescale", "blur", "brightness", "overlay", "noise", "jpeg")
+COPY_EDITS = SINGLE   # the protocol's single-edit families (hashing.edits), one column each in a plan
 
 
 def copy_plan(b: int, probs: dict[str, float], p_single: float, u) -> torch.Tensor:
