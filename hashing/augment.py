@@ -23,8 +23,9 @@ with black, the MNIST background, not with the mid-grey that 0 would be.
   JPEG re-encoding at quality 20-70 (8x8 DCT quantised with the standard tables, as libjpeg
   does, without chroma subsampling). Why the half: composites alone rarely show a purely
   rescaled or blurred picture (MNIST recall@1 on those 0.812 / 0.899), single edits alone
-  lose crops (0.598 -> 0.358); half and half measured best (README, "Copy detection"). No mirror: a flipped copy is the user's call (`hashing
-  evaluate --task copies` reports flips apart).
+  lose crops (0.598 -> 0.358); half and half measured best (README, "Copy detection").
+  No mirror: a flipped copy is the user's call (`hashing evaluate --task copies` reports
+  flips apart).
 - auto: chosen by `resolve_views` from the dataset (AUTO_VIEWS) or, for image folders, from
   the channels: photo for colour, crop for grayscale.
 """
