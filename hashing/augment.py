@@ -33,6 +33,8 @@ with black, the MNIST background, not with the mid-grey that 0 would be.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -205,11 +207,11 @@ COPY_EDITS = SINGLE   # the protocol's single-edit families (hashing.edits), one
 # frequencies ignore rescaling and blurring by construction. With the copies recipe's lowpass
 # (MNIST recall@1, 12 epochs): rescale 0.909 -> 0.928, blur 0.962 -> 0.970, overlay 0.626 ->
 # 0.642; heavier weights (5/3/3) measured no better (README, "Copy detection").
-SINGLE_WEIGHTS = {"rescale": 3.0, "blur": 2.0, "overlay": 2.0}
+SINGLE_WEIGHTS = MappingProxyType({"rescale": 3.0, "blur": 2.0, "overlay": 2.0})
 
 
 def copy_plan(b: int, probs: dict[str, float], p_single: float, u,
-              weights: dict[str, float] | None = None) -> torch.Tensor:
+              weights: Mapping[str, float] | None = None) -> torch.Tensor:
     """(B, len(COPY_EDITS)) bool: which edits each of B copy views gets.
 
     With probability `p_single` a view gets exactly one edit family, drawn with probability
@@ -229,12 +231,11 @@ def copy_plan(b: int, probs: dict[str, float], p_single: float, u,
 def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[float, float] = (0.7, 1.0),
                 degrees: float = 10.0, p_rotate: float = 0.5, p_rescale: float = 0.3, p_blur: float = 0.3,
                 p_brightness: float = 0.5, p_overlay: float = 0.3, p_noise: float = 0.3, p_jpeg: float = 0.4,
-                p_single: float = 0.5, single_weights: dict[str, float] | None = None,
+                p_single: float = 0.5, single_weights: Mapping[str, float] = SINGLE_WEIGHTS,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): each image edited as a copy of it might be (see above).
 
-    `single_weights` (default SINGLE_WEIGHTS) weighs the families of the single-edit views."""
-    single_weights = SINGLE_WEIGHTS if single_weights is None else single_weights
+    `single_weights` weighs the families of the single-edit views ({} = all equally likely)."""
     background = _background(mean, std)
     b, c, h, w = x.shape
     dev = x.device

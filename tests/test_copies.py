@@ -165,7 +165,6 @@ def test_copy_views_are_random_edits_of_the_right_shape():
     assert not torch.allclose(a, x, atol=0.05)
 
 
-
 def test_copy_plan_gives_single_views_one_edit_and_composites_their_probabilities():
     from hashing.augment import COPY_EDITS, _uniform, copy_plan
 
@@ -219,6 +218,7 @@ def test_single_edit_views_keep_the_geometry_unless_their_edit_is_geometric():
     assert 0.68 < kept(1.0) < 0.83
     assert 0.42 < kept(0.5) < 0.6
     assert kept(0.0) < 0.35
+
 
 # --- the protocol on digits ----------------------------------------------------------------
 
