@@ -139,8 +139,13 @@ def _in_use(uri: str, grace: float = 3.0) -> bool:
         time.sleep(0.05)
 
 
-def connect(uri: str, creating: bool = False, timeout: float = 5.0):
+def connect(uri: str, creating: bool = False, timeout: float | None = None):
+    """A MilvusClient for `uri`; `timeout` bounds the wait for its channel (None: 5 s for a
+    server, 60 s for a Milvus Lite file, whose server this process starts first: on a busy
+    2-core machine that start has taken more than 5 s)."""
     MilvusIndex.check_location(uri, creating)
+    if timeout is None:
+        timeout = 60.0 if is_lite(uri) else 5.0
     if is_lite(uri) and _in_use(uri):
         raise HashingError(f"{uri} is open in another process (Milvus Lite allows one at a time); "
                            f"stop it, or use a Milvus server")
