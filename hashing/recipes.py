@@ -32,6 +32,9 @@ class Recipe:
     model: Mapping[str, Any] = field(default_factory=dict)       # HashConfig fields
     objective: Mapping[str, Any] = field(default_factory=dict)   # Objective fields
     train: Mapping[str, Any] = field(default_factory=dict)       # TrainConfig fields
+    # This recipe's automatic batch on every device, instead of the device's (train.AUTO_BATCH);
+    # halved for small splits and lr-scaled like it. A --batch-size the user gives still wins.
+    batch: int | None = None
 
 
 # Contrastive with nearest-neighbour positives, no decoder: the default, and `kinds` at another temperature.
@@ -73,13 +76,16 @@ RECIPES: dict[str, Recipe] = {
     # Near-duplicate search (`hashing evaluate --task copies`): each image against an edited
     # copy of itself (JPEG, rescale, crop, rotation, blur, brightness, occlusion, noise), at a
     # low temperature; chosen by measurement (README, "Copy detection"). The 2-pixel Gaussian
-    # before the encoder keeps the code off the detail that rescaling and blurring remove.
+    # before the encoder keeps the code off the detail that rescaling and blurring remove;
+    # batches of 512 (1,022 negatives a view, lr x sqrt(8)) tell apart look-alikes that 64 do
+    # not (Fashion-MNIST recall@1 0.802 -> 0.829, rescale 0.874 -> 0.920), in the same time.
     "copies": Recipe("the image against an edited copy of it (JPEG, crop, blur, ...), contrastive, each image "
-                     "standardised and blurred (sigma 2 px), cosine lr over 24 epochs: finds copies",
+                     "standardised and blurred (sigma 2 px), batches of 512, cosine lr over 24 epochs: "
+                     "finds copies",
                      model={"estimator": "saturated", "standardise": True, "lowpass": 2.0},
                      objective={"contrastive": 1.0, "reconstruction": 0.0, "views": "copies", "temperature": 0.1,
                                 "asymmetric": True},
-                     train={"epochs": 24, "schedule": "cosine"}),
+                     train={"epochs": 24, "schedule": "cosine"}, batch=512),
     "autoencoder": Recipe("pixel reconstruction only, BatchNorm head", objective={"reconstruction": 1.0}),
     "supervised": Recipe("hash centres from labels on augmented views, cosine lr over 15 epochs",
                          objective={"supervised": 1.0, "contrastive": 0.0, "reconstruction": 0.0},
@@ -133,7 +139,7 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
     tcfg = TrainConfig(**{**r.train, **groups[TrainConfig], "dataset": dataset, "recipe": recipe, "objective": obj})
     device = resolve_device(tcfg.device)
     world = environment().world                 # training processes under torchrun (1 without it)
-    batch, scale_lr = batch_plan(tcfg.batch_size, tcfg.scale_lr, device.type, n_images, world)
+    batch, scale_lr = batch_plan(tcfg.batch_size, tcfg.scale_lr, device.type, n_images, world, auto=r.batch)
     return cfg, dataclasses.replace(tcfg, device=device.type, batch_size=batch, scale_lr=scale_lr, world_size=world)
 
 

@@ -112,17 +112,17 @@ MIN_STEPS = 32
 
 
 def batch_plan(batch_size: int | None, scale_lr: bool | None, device_type: str, n: int,
-               world: int = 1) -> tuple[int, bool]:
+               world: int = 1, auto: int | None = None) -> tuple[int, bool]:
     """(batch size per process, square-root lr scaling) for a split of n images on this kind
     of device, trained by `world` processes.
 
-    None means "not given": the batch is AUTO_BATCH for the device, halved until an epoch
-    has MIN_STEPS steps, and the lr is scaled exactly when the effective batch (all
-    processes together) that this chose is not 64.
+    None means "not given": the batch is `auto` (a recipe's own, recipes.Recipe.batch) or else
+    AUTO_BATCH for the device, halved until an epoch has MIN_STEPS steps, and the lr is scaled
+    exactly when the effective batch (all processes together) that this chose is not 64.
     """
     if batch_size is not None:
         return batch_size, bool(scale_lr)
-    batch = AUTO_BATCH.get(device_type, 64)
+    batch = auto or AUTO_BATCH.get(device_type, 64)
     while batch > 64 and n < batch * world * MIN_STEPS:
         batch //= 2
     return batch, (batch * world != 64) if scale_lr is None else scale_lr

@@ -157,6 +157,20 @@ def test_batch_size_follows_the_device_unless_given():
     assert effective_lr(TrainConfig(batch_size=128, scale_lr=False)) == 1e-3
 
 
+def test_a_recipes_own_batch_replaces_the_devices_and_halves_like_it():
+    assert batch_plan(None, None, "cpu", 60000, auto=512) == (512, True)
+    assert [batch_plan(None, None, "cpu", m, auto=512)[0] for m in (18097, 5000, 1797)] == [512, 128, 64]
+    assert batch_plan(100, None, "cpu", 60000, auto=512) == (100, False)       # the user's batch wins
+    # the copies recipe: its batch on CPU, lr scaled by sqrt(512 / 64); digits' 1,437 still get 64
+    _, tcfg = resolve("copies", "mnist", 18097, device="cpu")
+    assert (tcfg.batch_size, tcfg.scale_lr) == (512, True)
+    assert effective_lr(tcfg) == pytest.approx(1e-3 * 8 ** 0.5)
+    _, tcfg = resolve("copies", "digits", 1437, device="cpu")
+    assert (tcfg.batch_size, tcfg.scale_lr) == (64, False)
+    _, tcfg = resolve("default", "mnist", 18097, device="cpu")
+    assert tcfg.batch_size == 64
+
+
 def test_cuda_refused_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
