@@ -3,7 +3,8 @@ into the final configs that `train()` runs and the checkpoint records.
 
 A recipe is a typed bundle of overrides, by field name, of the three configs: HashConfig
 (model.py: architecture, estimator), Objective (objectives.py: loss terms and views) and
-TrainConfig (train.py: schedule, batch, device). `resolve` applies, in this order of
+TrainConfig (train.py: schedule, batch, device), plus optionally its own automatic batch
+(`Recipe.batch`, which replaces the device's). `resolve` applies, in this order of
 precedence, the dataclass defaults < the recipe < the caller's explicit settings (the flags
 a user gave), then decides everything that depends on the data or the machine, so the
 configs it returns contain no "auto": device, batch size, lr scaling, view family and the
