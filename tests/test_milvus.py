@@ -125,3 +125,37 @@ def test_failed_rebuild_leaves_the_collection_intact(digits_run, tmp_path):
         assert index.count == 360
     finally:
         index.close()
+
+
+class _NotReadyOnce:
+    """A stand-in MilvusClient whose server fails the first `fails` creations as Milvus Lite 2.5 does
+    before its memory mapping is set up (after creating the collection), then succeeds."""
+
+    def __init__(self, fails: int, message: str = "Assert \"init_flag_ == true\" => Mmap manager has not been init."):
+        self.fails, self.message, self.collections, self.calls = fails, message, set(), 0
+
+    def create_collection(self, name, schema=None, index_params=None):
+        self.calls += 1
+        self.collections.add(name)
+        if self.calls <= self.fails:
+            raise RuntimeError(self.message)
+
+    def has_collection(self, name):
+        return name in self.collections
+
+    def drop_collection(self, name):
+        self.collections.discard(name)
+
+
+def test_a_collection_is_created_again_while_milvus_lite_is_not_ready_and_other_errors_pass():
+    from hashing.indexes.milvus_index import _create_collection
+
+    client = _NotReadyOnce(fails=2)
+    _create_collection(client, "c__v0", None, None)
+    assert client.calls == 3 and client.collections == {"c__v0"}
+    with pytest.raises(RuntimeError, match="quota"):
+        _create_collection(_NotReadyOnce(fails=1, message="quota exceeded"), "c__v0", None, None)
+    stuck = _NotReadyOnce(fails=10**6)
+    with pytest.raises(RuntimeError, match="Mmap"):
+        _create_collection(stuck, "c__v0", None, None, wait=1.0)          # not forever
+    assert 2 <= stuck.calls <= 4
