@@ -11,7 +11,7 @@ import click
 
 from hashing.baselines import BASELINES
 from hashing.copies import COPY_BASELINES
-from hashing.cli.options import (FloatOrAuto, LibraryChoice, source_options, device_option, model_option,
+from hashing.cli.options import (FloatOrAuto, JsonObject, LibraryChoice, source_options, device_option, model_option,
                                  quiet_option, setting)
 from hashing.data import SPLITS
 from hashing.edits import DEFAULT_EDITS, EDITS
@@ -95,6 +95,9 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--reconstruction", type=float, help="Weight of the pixel reconstruction (MSE) term.")
 @setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
          help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
+@setting("--view-options", type=JsonObject(),
+         help="Settings of the view family as a JSON object of its keyword arguments (hashing/augment.py), e.g. "
+              "'{\"brightness\": [0.6, 1.8]}' for copies; merged over the recipe's own when the views are its.")
 @setting("--temperature", type=FloatOrAuto(),
          help="Temperature of the contrastive term (NT-Xent on unit-norm codes): lower spreads images apart, "
               "higher lets neighbours share codes. auto: 0.5 up to 64 bits, 0.3 above.")

@@ -9,6 +9,7 @@ checked or a subcommand's help is shown, so `hashing --help` never imports torch
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Callable
 
 import click
@@ -48,6 +49,23 @@ class FloatOrAuto(click.ParamType):
             return float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+
+
+class JsonObject(click.ParamType):
+    """A JSON object on the command line, e.g. '{"brightness": [0.6, 1.8]}'."""
+
+    name = "json"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as e:
+            self.fail(f"{value!r} is not JSON ({e.msg})", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail(f"{value!r} is not a JSON object {{...}}", param, ctx)
+        return parsed
 
 
 def compose(*decorators: Callable) -> Callable:

@@ -18,7 +18,9 @@ with black, the MNIST background, not with the mid-grey that 0 would be.
   queries do (rescale, blur and occlusion more often than the rest: SINGLE_WEIGHTS); the
   others are composites: crop keeping 70-100 % of the area (aspect 3/4-4/3) with a rotation
   of up to +-10 degrees half of the time, then each with its own probability:
-  downscale-upscale (0.3-0.6 of the side), Gaussian blur, brightness and contrast x 0.6-1.4,
+  downscale-upscale (0.3-0.6 of the side), Gaussian blur, brightness and contrast x 0.6-1.4
+  (the protocol's ranges; `rescale`, `blur` and `brightness` widen them, and the `copies`
+  recipe goes past the protocol on two: recipes.py),
   an occluding rectangle of 4-12 % of the area, Gaussian noise (5-20 grey levels) and, last,
   JPEG re-encoding at quality 20-70 (8x8 DCT quantised with the standard tables, as libjpeg
   does, without chroma subsampling). Why the half: composites alone rarely show a purely
@@ -232,10 +234,14 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
                 degrees: float = 10.0, p_rotate: float = 0.5, p_rescale: float = 0.3, p_blur: float = 0.3,
                 p_brightness: float = 0.5, p_overlay: float = 0.3, p_noise: float = 0.3, p_jpeg: float = 0.4,
                 p_single: float = 0.5, single_weights: Mapping[str, float] = SINGLE_WEIGHTS,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                rescale: tuple[float, float] = (0.3, 0.6),
+                blur: tuple[float, float] = (0.5, 1.5), brightness: tuple[float, float] = (0.6, 1.4), generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): each image edited as a copy of it might be (see above).
 
-    `single_weights` weighs the families of the single-edit views ({} = all equally likely)."""
+    `single_weights` weighs the families of the single-edit views ({} = all equally likely);
+    `rescale` is the (low, high) range of the downscaled side's fraction, `blur` that of the
+    Gaussian's sigma (pixels per 64 px of the shorter side, at least that many pixels), and
+    `brightness` that of the brightness factor (contrast stays x 0.6-1.4)."""
     background = _background(mean, std)
     b, c, h, w = x.shape
     dev = x.device
@@ -259,12 +265,12 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
     p = F.grid_sample((x - background).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     p = ((p + background) * std + mean).clamp(0, 1)                            # (B, C, H, W) pixels in [0, 1]
 
-    f = float(u(0.3, 0.6)[0])                                                  # one factor per batch: interpolate
+    f = float(u(*rescale)[0])                                                  # one factor per batch: interpolate
     small = F.interpolate(p, size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear", antialias=True)
     p = torch.where(chosen("rescale"), F.interpolate(small, size=(h, w), mode="bilinear"), p)
-    sigma = u(0.5, 1.5) * max(1.0, min(h, w) / 64)
+    sigma = u(*blur) * max(1.0, min(h, w) / 64)
     p = torch.where(chosen("blur"), _gaussian_blur(p, sigma, radius=max(2, math.ceil(3 * float(sigma.max())))), p)
-    edited = (p * u(0.6, 1.4)[:, None, None, None]).clamp(0, 1)
+    edited = (p * u(*brightness)[:, None, None, None]).clamp(0, 1)
     grey = edited.mean((1, 2, 3), keepdim=True)
     edited = ((edited - grey) * u(0.6, 1.4)[:, None, None, None] + grey).clamp(0, 1)
     p = torch.where(chosen("brightness"), edited, p)
@@ -290,6 +296,66 @@ VIEWS = {"affine": random_affine, "crop": random_crop, "photo": random_photo, "c
 # measurement; the numbers are in the README's "Recipes" section. Image folders hold
 # anything: photo views for colour, crop for grayscale (objects, scans, screenshots).
 AUTO_VIEWS = {"fashion-mnist": "crop", "mnist": "affine", "digits": "affine"}
+
+
+# Ranges that are fractions of the image (at most 1); every other (low, high) range of a view
+# family is a positive factor or size.
+_FRACTIONS = ("area", "rescale")
+
+
+def _pair(name: str, value) -> tuple[float, float]:
+    """A view family's (low, high) range, checked: finite, 0 < low <= high (<= 1 for fractions)."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
+    top = 1.0 if name in _FRACTIONS else math.inf
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi <= top):
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high{' <= 1' if top == 1 else ''}, "
+                         f"got {[lo, hi]}")
+    return lo, hi
+
+
+def _weights(value) -> None:
+    if not (isinstance(value, Mapping) and set(value) <= set(COPY_EDITS)
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in value.values())
+            and sum(float(value.get(e, 1.0)) for e in COPY_EDITS) > 0):
+        raise ValueError(f"single_weights must map edits of {', '.join(COPY_EDITS)} to weights >= 0 (not all 0), "
+                         f"got {value!r}")
+
+
+def check_view_options(name: str, options: Mapping) -> None:
+    """Raise HashingError unless view family `name` takes `options` (its keyword arguments).
+
+    Ranges (parameters typed as pairs) must be finite with 0 < low <= high, probabilities
+    (p_*) lie in [0, 1], other numbers be finite; then the family is tried on a small batch
+    with a generator of its own, so an option it does not take fails here, when the config is
+    built, and the global random stream that training draws from is left alone."""
+    import inspect
+
+    from hashing.errors import HashingError
+
+    family = VIEWS[name]
+    params = inspect.signature(family).parameters
+    try:
+        for key, value in options.items():
+            kind = params[key].annotation if key in params else None
+            if kind == "tuple[float, float]":
+                _pair(key, value)
+            elif key == "single_weights":
+                _weights(value)
+            elif kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
+            elif kind == "float" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value) and (not key.startswith("p_") or 0 <= value <= 1)):
+                raise ValueError(f"{key} must be a finite number{' in [0, 1]' if key.startswith('p_') else ''}, "
+                                 f"got {value!r}")
+        views = family(torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1, 0.5, 0.5,
+                       **options, generator=torch.Generator().manual_seed(0))
+        if not torch.isfinite(views).all():
+            raise ValueError("the views are not finite")
+    except (TypeError, ValueError) as e:      # an option it does not take, or a bad value
+        raise HashingError(f"views {name!r}: bad view_options {dict(options)} ({e})") from None
 
 
 def resolve_views(name: str, dataset: str, channels: int = 1) -> str:

@@ -31,14 +31,14 @@ loss = mean_i L_i + sum over batch terms of weight * term.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from hashing import validation as V
-from hashing.augment import VIEWS
+from hashing.augment import VIEWS, check_view_options
 from hashing.errors import HashingError
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class Objective:
     supervised: float = 0.0
     temperature: float = 0.3     # NT-Xent temperature on unit-norm codes
     views: str = "auto"          # random views (augment.VIEWS) for contrastive/supervised; recipes.resolve fixes "auto"
+    view_options: dict = field(default_factory=dict)   # keyword arguments of that view family ({} = its defaults)
     asymmetric: bool = False     # the first view is the image itself, the second a random view
     neighbours: int = 0          # > 0: the second view is of the image or one of its k nearest (hashing.neighbours)
 
@@ -67,6 +68,9 @@ class Objective:
             raise HashingError("every loss weight is 0: give at least one term a positive weight")
         self.temperature = V.number("temperature", self.temperature, positive=True)
         V.choice("views", self.views, ("auto", *VIEWS))
+        V.mapping("view_options", self.view_options)
+        if self.views != "auto":
+            check_view_options(self.views, self.view_options)   # an option the family does not take fails here
         if not isinstance(self.asymmetric, bool):
             raise HashingError(f"asymmetric must be true or false, got {self.asymmetric!r}")
         self.neighbours = V.integer("neighbours", self.neighbours, 0, 1000)
@@ -183,7 +187,7 @@ def compute(model, x: torch.Tensor, labels: torch.Tensor | None, obj: Objective,
         family = VIEWS[obj.views]
 
         def view(images: torch.Tensor) -> torch.Tensor:
-            return family(images, model.mean, model.std)
+            return family(images, model.mean, model.std, **obj.view_options)
     x0 = view(x) if obj.needs_views and not obj.asymmetric else x
     z, code = model.encode(x0)                                               # (B, bits) each
     pm = _pm1(code, model.cfg.domain)                                         # (B, bits) in {-1, +1}

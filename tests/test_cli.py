@@ -64,6 +64,11 @@ def test_train_options_reach_the_checkpoint(tmp_path):
     train = json.loads((run / "config.json").read_text())["train"]
     assert train["objective"]["views"] == "crop" and train["schedule"] == "cosine" and train["scale_lr"]
     assert train["epochs"] == 1 and train["batch_size"] == 256
+    r = invoke("train", "--dataset", "digits", "--out", tmp_path / "cp", "--bits", "16", "--epochs", "1",
+               "--recipe", "copies", "--view-options", '{"rescale": [0.2, 0.5]}', "--quiet")
+    assert r.exit_code == 0, r.output
+    objective = json.loads((tmp_path / "cp" / "config.json").read_text())["train"]["objective"]
+    assert objective["view_options"] == {"brightness": [0.6, 1.8], "rescale": [0.2, 0.5]}   # recipe's, flag's
     r = invoke("train", "--dataset", "digits", "--out", tmp_path / "sup", "--bits", "16", "--epochs", "1",
                "--recipe", "supervised", "--quiet")
     train = json.loads((tmp_path / "sup" / "config.json").read_text())["train"]
@@ -115,7 +120,7 @@ def error_of(*args):
                                   "offline", "bits-mismatch", "empty-folder", "bad-bits", "bad-seed", "huge-seed",
                                   "nan-lr", "nan-balance", "bad-estimator", "bad-radius", "zero-weights",
                                   "bad-neighbours", "neighbours-without-contrastive", "bad-temperature",
-                                  "word-temperature"])
+                                  "word-temperature", "view-options-not-json", "view-options-bad-range"])
 def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, query_png):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG not really")
@@ -141,13 +146,18 @@ def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, quer
         "bad-neighbours": ["train", "--dataset", "digits", "--neighbours", "-3", "--out", tmp_path / "r"],
         "bad-temperature": ["train", "--dataset", "digits", "--temperature", "0", "--out", tmp_path / "r"],
         "word-temperature": ["train", "--dataset", "digits", "--temperature", "hot", "--out", tmp_path / "r"],
+        "view-options-not-json": ["train", "--dataset", "digits", "--recipe", "copies", "--view-options", "{bad",
+                                  "--out", tmp_path / "r"],
+        "view-options-bad-range": ["train", "--dataset", "digits", "--recipe", "copies", "--view-options",
+                                   '{"brightness": [1.8, 0.6]}', "--out", tmp_path / "r"],
         "neighbours-without-contrastive": ["train", "--dataset", "digits", "--recipe", "autoencoder", "--neighbours",
                                            "5", "--out", tmp_path / "r"],
     }[case]
     expected = {"bad-seed": "seed", "huge-seed": "seed", "nan-lr": "lr", "nan-balance": "balance",
                 "bad-radius": "radius", "zero-weights": "weight", "bad-estimator": "estimator",
                 "bad-neighbours": "neighbours", "neighbours-without-contrastive": "contrastive",
-                "bad-temperature": "temperature", "word-temperature": "neither a number nor auto"}.get(case)
+                "bad-temperature": "temperature", "word-temperature": "neither a number nor auto",
+                "view-options-not-json": "not JSON", "view-options-bad-range": "brightness"}.get(case)
     (tmp_path / "empty").mkdir()
     if case == "bits-mismatch":
         from hashing import checkpoint

@@ -137,6 +137,14 @@ def test_resolve_leaves_nothing_automatic_and_flags_beat_the_recipe():
     ({"views": "zoom"}, "views"), ({"schedule": "step"}, "schedule"), ({"batch_size": 1}, "batch_size"),
     ({"temperature": 0}, "temperature"), ({"temperature": "warm"}, "temperature"), ({"std": 0.0}, "std"), ({"standardise": "yes"}, "standardise"),
     ({"asymmetric": 1}, "asymmetric"), ({"lowpass": -1}, "lowpass"), ({"lowpass": 8}, "lowpass"),
+    ({"view_options": [1]}, "view_options"), ({"views": "crop", "view_options": {"brightness": [0.6, 1.8]}}, "view_options"),
+    ({"views": "copies", "view_options": {"brightness": [1.8, 0.6]}}, "brightness"),
+    ({"views": "copies", "view_options": {"rescale": [0.2, 1.5]}}, "rescale"), ({"view_options": {"nope": 1}}, "nope"),
+    ({"views": "copies", "view_options": {"brightness": [0.6, float("inf")]}}, "brightness"),
+    ({"views": "copies", "view_options": {"p_single": 2}}, "p_single"),
+    ({"views": "copies", "view_options": {"single_weights": {"zoom": 1}}}, "single_weights"),
+    ({"views": "crop", "view_options": {"area": [-1, 1]}}, "area"), ({"views": "crop", "view_options": {"flip": "yes"}}, "flip"),
+    ({"views": "copies", "view_options": {"generator": 1}}, "generator"),
 ])
 def test_configs_validate_themselves_with_the_projects_error(settings, message):
     with pytest.raises(HashingError, match=message):
@@ -169,6 +177,35 @@ def test_a_recipes_own_batch_replaces_the_devices_and_halves_like_it():
     assert (tcfg.batch_size, tcfg.scale_lr) == (64, False)
     _, tcfg = resolve("default", "mnist", 18097, device="cpu")
     assert tcfg.batch_size == 64
+
+
+def test_the_copies_recipe_records_its_view_options_and_they_lapse_with_its_views():
+    _, tcfg = resolve("copies", "mnist", 18097, device="cpu")
+    own = {"rescale": [0.2, 0.6], "brightness": [0.6, 1.8]}
+    assert tcfg.objective.view_options == own
+    assert tcfg.to_dict()["objective"]["view_options"] == own                           # in config.json
+    assert resolve("copies", "mnist", 18097, views="copies")[1].objective.view_options == own
+    assert resolve("copies", "mnist", 18097, views="crop")[1].objective.view_options == {}
+    # the user's options merge over the recipe's for its own views, and replace them for other views
+    merged = resolve("copies", "mnist", 18097, view_options={"rescale": [0.25, 0.6]})[1].objective.view_options
+    assert merged == {"brightness": [0.6, 1.8], "rescale": [0.25, 0.6]}
+    assert resolve("copies", "mnist", 18097, views="crop", view_options={"area": [0.5, 1]})[1].objective.view_options \
+        == {"area": [0.5, 1]}
+    assert resolve("default", "mnist", 18097)[1].objective.view_options == {}
+
+
+def test_copy_views_brighten_within_their_range():
+    from hashing.augment import random_copy
+
+    x = torch.zeros(4000, 1, 8, 8)                  # mid-grey: model input (p - 0.5) / 0.5 = 0
+    only = {"p_single": 1.0, "single_weights": {"brightness": 1e9}}   # every view a brightness edit alone
+    for high in (1.4, 1.8):
+        g = torch.Generator().manual_seed(0)
+        p = random_copy(x, 0.5, 0.5, brightness=(0.6, high), generator=g, **only) * 0.5 + 0.5   # pixels (B, 1, 8, 8)
+        # a flat image keeps its grey under a contrast change: each pixel is 0.5 x the brightness factor
+        factor = p.mean((1, 2, 3)) / 0.5
+        assert factor.min() >= 0.6 - 1e-4 and factor.max() <= high + 1e-4
+        assert factor.max() > high - 0.01 and factor.min() < 0.61
 
 
 def test_cuda_refused_without_gpu():
