@@ -194,6 +194,20 @@ def test_the_copies_recipe_records_its_view_options_and_they_lapse_with_its_view
     assert resolve("default", "mnist", 18097)[1].objective.view_options == {}
 
 
+def test_every_option_of_every_view_family_can_be_set_from_a_config_at_its_default():
+    import inspect
+
+    from hashing.augment import VIEWS, check_view_options
+
+    for name, family in VIEWS.items():
+        defaults = {k: p.default for k, p in inspect.signature(family).parameters.items()
+                    if k not in ("x", "mean", "std", "generator")}
+        defaults = {k: dict(v) if k == "single_weights" else list(v) if isinstance(v, tuple) else v
+                    for k, v in defaults.items()}                       # as JSON brings them back
+        assert defaults, name
+        check_view_options(name, defaults)                               # raises if one cannot be checked
+
+
 def test_copy_views_brighten_within_their_range():
     from hashing.augment import random_copy
 
