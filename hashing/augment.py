@@ -334,6 +334,7 @@ def check_view_options(name: str, options: Mapping) -> None:
     family: a checkpoint's config is rebuilt on every load, and a trial copy costs ~0.1 s."""
     import inspect
 
+    from hashing import validation as V
     from hashing.errors import HashingError
 
     params = inspect.signature(VIEWS[name]).parameters
@@ -350,13 +351,12 @@ def check_view_options(name: str, options: Mapping) -> None:
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be true or false, got {value!r}")
             elif kind == "float":
-                if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                        and (not key.startswith("p_") or 0 <= value <= 1)):
-                    raise ValueError(f"{key} must be a finite number{' in [0, 1]' if key.startswith('p_') else ''}, "
-                                     f"got {value!r}")
+                V.number(key, value)
+                if key.startswith("p_") and not 0 <= value <= 1:
+                    raise ValueError(f"{key} is a probability: from 0 to 1, got {value!r}")
             else:                                  # a parameter this check does not know how to check
                 raise ValueError(f"{key} cannot be set from a config")
-    except ValueError as e:
+    except (ValueError, HashingError) as e:
         raise HashingError(f"views {name!r}: bad view_options {dict(options)} ({e})") from None
 
 

@@ -17,6 +17,7 @@ Torch is imported inside `resolve` only, so the CLI can list RECIPES without it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -166,8 +167,6 @@ def default_text(name: str) -> str:
     from hashing.model import HashConfig
     from hashing.objectives import Objective
     from hashing.train import TrainConfig
-
-    import json
 
     def shown(value: Any) -> str:                    # options as the JSON a user would type
         return json.dumps(value) if isinstance(value, dict) else str(value)
