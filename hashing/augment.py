@@ -19,8 +19,8 @@ with black, the MNIST background, not with the mid-grey that 0 would be.
   others are composites: crop keeping 70-100 % of the area (aspect 3/4-4/3) with a rotation
   of up to +-10 degrees half of the time, then each with its own probability:
   downscale-upscale (0.3-0.6 of the side), Gaussian blur, brightness and contrast x 0.6-1.4
-  (the protocol's ranges; `rescale`, `blur` and `brightness` widen them, and the `copies`
-  recipe goes past the protocol on two: recipes.py),
+  (the protocol's ranges; `rescale`, `blur`, `brightness` and `contrast` widen them, and the
+  `copies` recipe goes past the protocol on these: recipes.py),
   an occluding rectangle of 4-12 % of the area, Gaussian noise (5-20 grey levels) and, last,
   JPEG re-encoding at quality 20-70 (8x8 DCT quantised with the standard tables, as libjpeg
   does, without chroma subsampling). Why the half: composites alone rarely show a purely
@@ -235,13 +235,14 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
                 p_brightness: float = 0.5, p_overlay: float = 0.3, p_noise: float = 0.3, p_jpeg: float = 0.4,
                 p_single: float = 0.5, single_weights: Mapping[str, float] = SINGLE_WEIGHTS,
                 rescale: tuple[float, float] = (0.3, 0.6), blur: tuple[float, float] = (0.5, 1.5),
-                brightness: tuple[float, float] = (0.6, 1.4), generator: torch.Generator | None = None) -> torch.Tensor:
+                brightness: tuple[float, float] = (0.6, 1.4), contrast: tuple[float, float] = (0.6, 1.4),
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): each image edited as a copy of it might be (see above).
 
     `single_weights` weighs the families of the single-edit views ({} = all equally likely);
     `rescale` is the (low, high) range of the downscaled side's fraction, `blur` that of the
     Gaussian's sigma (pixels per 64 px of the shorter side, at least that many pixels), and
-    `brightness` that of the brightness factor (contrast stays x 0.6-1.4)."""
+    `brightness` and `contrast` those of the two factors of a brightness edit."""
     background = _background(mean, std)
     b, c, h, w = x.shape
     dev = x.device
@@ -272,7 +273,7 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
     p = torch.where(chosen("blur"), _gaussian_blur(p, sigma, radius=max(2, math.ceil(3 * float(sigma.max())))), p)
     edited = (p * u(*brightness)[:, None, None, None]).clamp(0, 1)
     grey = edited.mean((1, 2, 3), keepdim=True)
-    edited = ((edited - grey) * u(0.6, 1.4)[:, None, None, None] + grey).clamp(0, 1)
+    edited = ((edited - grey) * u(*contrast)[:, None, None, None] + grey).clamp(0, 1)
     p = torch.where(chosen("brightness"), edited, p)
     pa = u(0.04, 0.12)
     pr = torch.exp(u(math.log(1 / 2), math.log(2)))

@@ -68,7 +68,8 @@ def test_train_options_reach_the_checkpoint(tmp_path):
                "--recipe", "copies", "--view-options", '{"rescale": [0.2, 0.5]}', "--quiet")
     assert r.exit_code == 0, r.output
     objective = json.loads((tmp_path / "cp" / "config.json").read_text())["train"]["objective"]
-    assert objective["view_options"] == {"brightness": [0.6, 1.8], "rescale": [0.2, 0.5]}   # recipe's, flag's
+    assert objective["view_options"] == {"brightness": [0.6, 2.2], "contrast": [0.6, 1.8], "blur": [0.5, 2.0],
+                                         "rescale": [0.2, 0.5]}                         # recipe's, flag's
     r = invoke("train", "--dataset", "digits", "--out", tmp_path / "sup", "--bits", "16", "--epochs", "1",
                "--recipe", "supervised", "--quiet")
     train = json.loads((tmp_path / "sup" / "config.json").read_text())["train"]

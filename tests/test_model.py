@@ -181,14 +181,14 @@ def test_a_recipes_own_batch_replaces_the_devices_and_halves_like_it():
 
 def test_the_copies_recipe_records_its_view_options_and_they_lapse_with_its_views():
     _, tcfg = resolve("copies", "mnist", 18097, device="cpu")
-    own = {"rescale": [0.2, 0.6], "brightness": [0.6, 1.8]}
+    own = {"rescale": [0.2, 0.6], "brightness": [0.6, 2.2], "contrast": [0.6, 1.8], "blur": [0.5, 2.0]}
     assert tcfg.objective.view_options == own
     assert tcfg.to_dict()["objective"]["view_options"] == own                           # in config.json
     assert resolve("copies", "mnist", 18097, views="copies")[1].objective.view_options == own
     assert resolve("copies", "mnist", 18097, views="crop")[1].objective.view_options == {}
     # the user's options merge over the recipe's for its own views, and replace them for other views
     merged = resolve("copies", "mnist", 18097, view_options={"rescale": [0.25, 0.6]})[1].objective.view_options
-    assert merged == {"brightness": [0.6, 1.8], "rescale": [0.25, 0.6]}
+    assert merged == own | {"rescale": [0.25, 0.6]}
     assert resolve("copies", "mnist", 18097, views="crop", view_options={"area": [0.5, 1]})[1].objective.view_options \
         == {"area": [0.5, 1]}
     assert resolve("default", "mnist", 18097)[1].objective.view_options == {}
@@ -218,6 +218,21 @@ def test_copy_views_brighten_within_their_range():
         p = random_copy(x, 0.5, 0.5, brightness=(0.6, high), generator=g, **only) * 0.5 + 0.5   # pixels (B, 1, 8, 8)
         # a flat image keeps its grey under a contrast change: each pixel is 0.5 x the brightness factor
         factor = p.mean((1, 2, 3)) / 0.5
+        assert factor.min() >= 0.6 - 1e-4 and factor.max() <= high + 1e-4
+        assert factor.max() > high - 0.01 and factor.min() < 0.61
+
+
+def test_copy_views_change_contrast_within_their_range():
+    from hashing.augment import random_copy
+
+    x = torch.zeros(4000, 1, 8, 8)
+    x[:, :, :, :4] = -0.4                            # pixels 0.3 | 0.7: grey mean 0.5, nothing clips below x 2.5
+    x[:, :, :, 4:] = 0.4
+    only = {"p_single": 1.0, "single_weights": {"brightness": 1e9}, "brightness": (1.0, 1.0)}
+    for high in (1.4, 1.8):
+        g = torch.Generator().manual_seed(0)
+        p = random_copy(x, 0.5, 0.5, contrast=(0.6, high), generator=g, **only) * 0.5 + 0.5   # (B, 1, 8, 8)
+        factor = (p[:, 0, 0, 7] - p[:, 0, 0, 0]) / 0.4        # the two halves' difference, 0.4 before
         assert factor.min() >= 0.6 - 1e-4 and factor.max() <= high + 1e-4
         assert factor.max() > high - 0.01 and factor.min() < 0.61
 
