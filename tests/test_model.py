@@ -120,13 +120,37 @@ def test_auto_temperature_follows_the_code_length_and_is_recorded_as_a_number(re
 
 
 def test_resolve_leaves_nothing_automatic_and_flags_beat_the_recipe():
-    cfg, tcfg = resolve("supervised", "fashion-mnist", 60000)
+    cfg, tcfg = resolve("supervised", "mnist", 18097)
     assert (tcfg.epochs, tcfg.schedule) == (15, "cosine")                    # the recipe's training settings
-    assert tcfg.objective.views == "crop" and cfg.dataset == tcfg.dataset == "fashion-mnist"
+    assert tcfg.objective.views == "affine" and cfg.dataset == tcfg.dataset == "mnist"
     assert tcfg.device in ("cpu", "cuda") and tcfg.batch_size and tcfg.scale_lr is not None
     cfg, tcfg = resolve("supervised", "mnist", 60000, epochs=1, schedule="constant", views="crop", device="cpu")
     assert (tcfg.epochs, tcfg.schedule, tcfg.objective.views, tcfg.device) == (1, "constant", "crop", "cpu")
     assert tcfg.recipe == "supervised" and tcfg.batch_size == 64
+
+
+def test_a_recipes_settings_for_a_dataset_apply_there_only_and_are_recorded():
+    _, tcfg = resolve("supervised", "fashion-mnist", 60000, device="cpu")
+    assert (tcfg.epochs, tcfg.schedule, tcfg.objective.views) == (60, "cosine", "crop")
+    assert tcfg.to_dict()["objective"]["view_options"] == {"area": [0.8, 1.0]}          # in config.json
+    assert tcfg.to_dict()["epochs"] == 60
+    _, tcfg = resolve("supervised", "digits", 1437, device="cpu")                   # not on other data
+    assert (tcfg.epochs, tcfg.objective.view_options) == (15, {})
+    # the user's flags still win: length, options merged over the dataset's, other views drop them
+    _, tcfg = resolve("supervised", "fashion-mnist", 60000, epochs=2, view_options={"flip": False})
+    assert (tcfg.epochs, tcfg.objective.view_options) == (2, {"area": [0.8, 1.0], "flip": False})
+    _, tcfg = resolve("supervised", "fashion-mnist", 60000, view_options={"area": [0.5, 1.0]})
+    assert tcfg.objective.view_options == {"area": [0.5, 1.0]}
+    _, tcfg = resolve("supervised", "fashion-mnist", 60000, views="affine")
+    assert (tcfg.epochs, tcfg.objective.views, tcfg.objective.view_options) == (60, "affine", {})
+
+
+def test_help_shows_a_recipes_settings_for_a_dataset():
+    from hashing.recipes import default_text
+
+    assert default_text("epochs") == "64 (copies), 15 (supervised; 60 on fashion-mnist), else 5"
+    assert default_text("bits") == "512"
+    assert '{} (supervised; {"area": [0.8, 1.0]} on fashion-mnist)' in default_text("view_options")
 
 
 @pytest.mark.parametrize("settings, message", [
