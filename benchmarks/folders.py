@@ -103,10 +103,24 @@ def per_second(text: str) -> float:
     return float(re.findall(r"([\d.]+) images/s", text)[-1])
 
 
+def clothing_flags() -> list:
+    """The default recipe's own settings for fashion-mnist (recipes.Recipe.datasets) as flags, so
+    that the folder, which is not that dataset by name, trains with exactly the same ones."""
+    from hashing.recipes import RECIPES
+
+    flags: list = []
+    for key, value in RECIPES["default"].datasets.get("fashion-mnist", {}).items():
+        if key == "batch":
+            flags += ["--batch-size", value, "--scale-lr"]
+        elif key != "epochs":                                 # --epochs is the benchmark's own
+            flags += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, dict) else value]
+    return flags
+
+
 def task_same(a) -> str:
     folder = write_png_folder(a.fashion_dir, a.work / "fashion-png")
     rows = []
-    common = ["--bits", a.bits, "--epochs", a.epochs, "--quiet"]
+    common = ["--bits", a.bits, "--epochs", a.epochs, "--quiet", *clothing_flags()]
     for name, source, seed in (("--dataset fashion-mnist", ["--dataset", "fashion-mnist", "--data-dir", a.fashion_dir], 0),
                                ("--dataset fashion-mnist (seed 1: noise)", ["--dataset", "fashion-mnist", "--data-dir",
                                                                             a.fashion_dir], 1),

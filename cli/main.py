@@ -76,8 +76,8 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--epochs", type=int, help="Passes over the training split.")
 @setting("--max-images", type=int, help="Train on the first N images of the split only (for quick trials).")
 @click.option("--batch-size", type=int, default=None,
-              help="Images per step.  [default: 512 (copies), else 64 on CPU and 512 on a GPU; halved for small "
-                   "splits; with --scale-lr above 64 (hashing.train.batch_plan)]")
+              help="Images per step.  [default: 512 (copies; default on fashion-mnist), else 64 on CPU and 512 on a "
+                   "GPU; halved for small splits; with --scale-lr above 64 (hashing.train.batch_plan)]")
 @setting("--lr", type=float, help="Adam learning rate (betas 0.5, 0.999).")
 @click.option("--scale-lr/--no-scale-lr", default=None,
               help="Scale --lr by sqrt(batch-size / 64), for large batches.  [default: on with an automatic batch "

@@ -134,6 +134,13 @@ def test_a_recipes_settings_for_a_dataset_apply_there_only_and_are_recorded():
     assert (tcfg.epochs, tcfg.schedule, tcfg.objective.views) == (60, "cosine", "crop")
     assert tcfg.to_dict()["objective"]["view_options"] == {"area": [0.8, 1.0]}          # in config.json
     assert tcfg.to_dict()["epochs"] == 60
+    # the default recipe's for clothing: its own batch (halved for small splits, like any automatic one)
+    cfg, tcfg = resolve("default", "fashion-mnist", 60000, bits=16, device="cpu")
+    assert (cfg.lowpass, tcfg.objective.temperature, tcfg.batch_size, tcfg.scale_lr) == (1.0, 0.3, 512, True)
+    assert resolve("default", "fashion-mnist", 5000, device="cpu")[1].batch_size == 128
+    assert resolve("default", "fashion-mnist", 60000, batch_size=64, device="cpu")[1].batch_size == 64
+    cfg, tcfg = resolve("default", "mnist", 18097, bits=16, device="cpu")
+    assert (cfg.lowpass, tcfg.objective.temperature, tcfg.batch_size, tcfg.epochs) == (0.0, 0.5, 64, 5)
     _, tcfg = resolve("supervised", "digits", 1437, device="cpu")                   # not on other data
     assert (tcfg.epochs, tcfg.objective.view_options) == (15, {})
     # the user's flags still win: length, options merged over the dataset's, other views drop them
@@ -145,10 +152,21 @@ def test_a_recipes_settings_for_a_dataset_apply_there_only_and_are_recorded():
     assert (tcfg.epochs, tcfg.objective.views, tcfg.objective.view_options) == (60, "affine", {})
 
 
+def test_a_recipes_settings_for_a_dataset_go_to_their_configs_and_merge_view_options():
+    from hashing.recipes import Recipe
+
+    r = Recipe("x", model={"bits": 64}, objective={"view_options": {"flip": False}}, train={"epochs": 3},
+               datasets={"a": {"batch": 512, "epochs": 9, "lowpass": 1.0, "view_options": {"area": [0.5, 1.0]}}})
+    assert r.settings("a") == ({"bits": 64, "lowpass": 1.0}, {"view_options": {"flip": False, "area": [0.5, 1.0]}},
+                               {"epochs": 9}, 512)
+    assert r.settings("b") == ({"bits": 64}, {"view_options": {"flip": False}}, {"epochs": 3}, None)
+
+
 def test_help_shows_a_recipes_settings_for_a_dataset():
     from hashing.recipes import default_text
 
-    assert default_text("epochs") == "64 (copies), 15 (supervised; 60 on fashion-mnist), else 5"
+    assert default_text("epochs") == "5 (default; 8 on fashion-mnist), 64 (copies), 15 (supervised; 60 on " \
+                                     "fashion-mnist), else 5"
     assert default_text("bits") == "512"
     assert '{} (supervised; {"area": [0.8, 1.0]} on fashion-mnist)' in default_text("view_options")
 
