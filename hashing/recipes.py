@@ -5,8 +5,9 @@ A recipe is a typed bundle of overrides, by field name, of the three configs: Ha
 (model.py: architecture, estimator), Objective (objectives.py: loss terms and views) and
 TrainConfig (train.py: schedule, batch, device), plus optionally its own automatic batch
 (`Recipe.batch`, which replaces the device's), and its settings for particular datasets
-(`Recipe.datasets`). `resolve` applies, in this order of precedence, the dataclass defaults
-< the recipe < the recipe's settings for the dataset < the caller's explicit settings (the
+(`Recipe.datasets`, and `Recipe.long_codes` for codes longer than 64 bits there). `resolve`
+applies, in this order of precedence, the dataclass defaults < the recipe < the recipe's
+settings for the dataset (then for long codes on it) < the caller's explicit settings (the
 flags a user gave), then decides everything that depends on the data or the machine, so the
 configs it returns contain no "auto": device, batch size, lr scaling, view family and the
 contrastive temperature (by code length). The checkpoint records the result, so a run
