@@ -107,13 +107,10 @@ def clothing_flags(bits: int) -> list:
     """The default recipe's own settings for fashion-mnist at `bits` (recipes.Recipe.datasets and
     long_codes) as flags, so that the folder, which is not that dataset by name, trains with
     exactly the same ones."""
-    from hashing.recipes import RECIPES, SHORT_CODE_BITS
+    from hashing.recipes import RECIPES
 
-    recipe = RECIPES["default"]
-    own = {**recipe.datasets.get("fashion-mnist", {}),
-           **(recipe.long_codes.get("fashion-mnist", {}) if bits > SHORT_CODE_BITS else {})}
     flags: list = []
-    for key, value in own.items():
+    for key, value in RECIPES["default"].own("fashion-mnist", bits).items():
         if key == "batch":
             flags += ["--batch-size", value, "--scale-lr"]
         elif key != "epochs":                                 # --epochs is the benchmark's own

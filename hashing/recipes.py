@@ -49,15 +49,20 @@ class Recipe:
     # than SHORT_CODE_BITS: where the top of a long code's ranking measured better otherwise.
     long_codes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def own(self, dataset: str, bits: int) -> dict:
+        """This recipe's settings for `dataset` at `bits` (`datasets`, then `long_codes`), by field name."""
+        own = dict(self.datasets.get(dataset, {}))
+        if bits > SHORT_CODE_BITS:
+            own.update(self.long_codes.get(dataset, {}))
+        return own
+
     def settings(self, dataset: str, bits: int) -> tuple[dict, dict, dict, int | None]:
         """(model, objective, train overrides, automatic batch) of this recipe on `dataset` at `bits`."""
         from hashing.model import HashConfig
         from hashing.objectives import Objective
 
         model, objective, train = dict(self.model), dict(self.objective), dict(self.train)
-        own = dict(self.datasets.get(dataset, {}))
-        if bits > SHORT_CODE_BITS:
-            own.update(self.long_codes.get(dataset, {}))
+        own = self.own(dataset, bits)
         batch = own.pop("batch", self.batch)
         for key, value in own.items():
             group = model if key in _names(HashConfig) else objective if key in _names(Objective) else train
