@@ -103,14 +103,13 @@ def per_second(text: str) -> float:
     return float(re.findall(r"([\d.]+) images/s", text)[-1])
 
 
-def clothing_flags(bits: int) -> list:
-    """The default recipe's own settings for fashion-mnist at `bits` (recipes.Recipe.datasets and
-    long_codes) as flags, so that the folder, which is not that dataset by name, trains with
-    exactly the same ones."""
+def clothing_flags() -> list:
+    """The default recipe's own settings for fashion-mnist (recipes.Recipe.datasets) as flags, so
+    that the folder, which is not that dataset by name, trains with exactly the same ones."""
     from hashing.recipes import RECIPES
 
     flags: list = []
-    for key, value in RECIPES["default"].own("fashion-mnist", bits).items():
+    for key, value in RECIPES["default"].datasets["fashion-mnist"].items():
         if key == "batch":
             flags += ["--batch-size", value, "--scale-lr"]
         elif key != "epochs":                                 # --epochs is the benchmark's own
@@ -121,7 +120,7 @@ def clothing_flags(bits: int) -> list:
 def task_same(a) -> str:
     folder = write_png_folder(a.fashion_dir, a.work / "fashion-png")
     rows = []
-    common = ["--bits", a.bits, "--epochs", a.epochs, "--quiet", *clothing_flags(a.bits)]
+    common = ["--bits", a.bits, "--epochs", a.epochs, "--quiet", *clothing_flags()]
     for name, source, seed in (("--dataset fashion-mnist", ["--dataset", "fashion-mnist", "--data-dir", a.fashion_dir], 0),
                                ("--dataset fashion-mnist (seed 1: noise)", ["--dataset", "fashion-mnist", "--data-dir",
                                                                             a.fashion_dir], 1),

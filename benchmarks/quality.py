@@ -5,7 +5,7 @@
                                  [--out DIR] [--set KEY=VALUE ...]
 
 Database = train split, queries = test split, relevant = same label, mAP over the whole
-ranking (tie-aware), and mAP@1000. `l2` is exact float kNN on the raw pixels (no bits: one
+ranking (tie-aware), mAP@1000, precision@1 and @100. `l2` is exact float kNN on the raw pixels (no bits: one
 row). `--set neighbours=20` passes a training setting to every recipe, as its flag would. Writes DIR/quality_<dataset>[_T].md (a table) and .png (mAP vs bits).
 Configs are built as `hashing train` builds them (hashing.recipes.resolve): --epochs, when
 given, overrides every recipe, like the flag; without it each recipe trains for its own
@@ -23,6 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, markdown_table, score_baseline, score_l2, train_and_score  # noqa: E402
+
+
+KS = (1, 100)       # precision@1: is the first answer right; @100: the top of the ranking
 
 
 def main() -> None:
@@ -53,15 +56,16 @@ def main() -> None:
     methods = [m for m in a.recipes.split(",") + a.baselines.split(",") if m]
     for method in methods:
         if method == "l2":
-            r = score_l2(db, qs)
+            r = score_l2(db, qs, KS)
             rows.append({"method": method, "bits": "float", **r})
             print(f"l2 on pixels  mAP {r['mAP']:.4f}  P@100 {r['precision@100']:.4f}  {r['seconds']:.0f}s", flush=True)
             continue
         for bits in bits_list:
             if method in ("itq", "lsh", "pcah"):
-                r = score_baseline(method, bits, db, qs)
+                r = score_baseline(method, bits, db, qs, KS)
             else:
-                r = train_and_score(method, db, qs, train_images=a.train_images, bits=bits, epochs=a.epochs, **extra)
+                r = train_and_score(method, db, qs, KS, train_images=a.train_images, bits=bits, epochs=a.epochs,
+                                    **extra)
             rows.append({"method": method, "bits": bits, **r})
             series.setdefault(method, ([], []))
             series[method][0].append(bits)
@@ -74,7 +78,8 @@ def main() -> None:
     header = f"{a.dataset}: database {len(db)} (train), queries {len(qs)} (test); {trained_on}{machine()}"
     settings = "".join(f"; every recipe with {k}={v}" for k, v in extra.items())
     header += settings
-    table = markdown_table(rows, ["method", "bits", "epochs", "mAP", "precision@100", "mAP@1000", "seconds"])
+    table = markdown_table(rows, ["method", "bits", "epochs", "mAP", "precision@1", "precision@100", "mAP@1000",
+                                  "seconds"])
     name = f"quality_{a.dataset}" + (f"_{a.tag}" if a.tag else "")
     (out / f"{name}.md").write_text(header + "\n\n" + table + "\n")
     line_plot(series, out / f"{name}.png", "bits", "mAP", f"{a.dataset}: mAP vs bits", logx=True)

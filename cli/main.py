@@ -107,6 +107,10 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--lowpass", type=float,
          help="Gaussian blur (sigma in pixels at the model's image size) of every image before the encoder, in "
               "training and search alike: codes that ignore fine detail (rescaling, blur, JPEG, noise).")
+@setting("--codes", type=LibraryChoice("hashing.model:CODES", extra=("auto",)),
+         help="What an index stores: layer = the signs of the trained code layer; itq = the signs of an ITQ "
+              "rotation of the conv features, fitted after each epoch (purer top results on clothing); auto: itq "
+              "from 64 bits up, layer below.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).  [default: off]")
 @click.option("--image-size", type=int, default=None,
               help="Images are resized to N x N, N from 16 to 256.  [default: 28 for a dataset; for --images the "

@@ -9,7 +9,8 @@ for any vectors. Inputs are (N, D) float32 pixel vectors in [0, 1].
 - ITQ: PCA, then the rotation R that minimises the quantisation loss ||B - V R||_F^2 by
   alternating B = sign(V R) and orthogonal Procrustes (Gong & Lazebnik, CVPR 2011).
   Written here because the loss per iteration is part of what we test; PCA is sklearn's.
-PCAH and ITQ need bits <= min(N, D).
+PCAH and ITQ need bits <= min(N, D). ITQ also turns a trained model's features into its codes
+(HashConfig.codes = "itq", hashing.rotation).
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ original design's exact variant, a ReLU right before the binarizer: the forward 
 but ReLU's zero derivative blocks the gradient of every bit that is 0 for an image, so
 a bit can be switched off by gradient descent but never back on.
 
+`codes="layer"` (default): an index stores the signs of that trained layer. `codes="itq"`: it
+stores the signs of an ITQ rotation of the last conv map (flattened, unit length), refitted
+after every epoch on the training images (hashing.rotation) and kept as two buffers in the
+weights; the layer is still trained, since the objective reads it.
+
 Decoder, the mirror: the code becomes the last map (`CodeToMap`), then ConvTranspose2d
 stages (stride 2, padding 1, kernel 4 or 5, whichever gives back the encoder's size at that
 stage: 3 -> 7 -> 14 -> 28 at 28), BatchNorm+ReLU between, Tanh out.
@@ -42,6 +47,7 @@ from hashing.images import MAX_SIZE, MIN_SIZE, RESIZE, ImageSpec
 
 HEADS = ("batchnorm", "relu")
 DOMAINS = ("01", "pm1")
+CODES = ("layer", "itq")
 
 
 @dataclass
@@ -60,6 +66,8 @@ class HashConfig:
     dataset: str = "mnist"           # what it was trained on (a built-in dataset's name, or "images")
     standardise: bool = False        # each image zero-mean, unit-variance before the encoder (Encoder.forward)
     lowpass: float = 0.0             # Gaussian blur (sigma, pixels at image_size) before the encoder; 0 = none
+    codes: str = "layer"             # what an index stores: "layer" = the trained code layer's signs, "itq" = an
+                                     # ITQ rotation of the conv features fitted after each epoch (hashing.rotation)
 
     def __post_init__(self):
         V.code_bits(self.bits)
@@ -86,6 +94,10 @@ class HashConfig:
         if self.lowpass > self.image_size / 4:
             raise HashingError(f"lowpass sigma {self.lowpass} blurs a {self.image_size}-pixel image away: "
                                f"at most {self.image_size / 4:g}")
+        V.choice("codes", self.codes, CODES)
+        if self.codes == "itq" and self.bits > feature_dim(self):
+            raise HashingError(f"codes 'itq' projects the {feature_dim(self)} conv features: at most "
+                               f"{feature_dim(self)} bits at width {self.width}, got {self.bits}")
         estimators.get(self.estimator, domain=self.domain, **self.estimator_options)   # unknown options fail here
 
     def to_dict(self) -> dict:
@@ -116,6 +128,11 @@ def stages(size: int) -> list[int]:
 def stage_channels(cfg: HashConfig) -> list[int]:
     """Channels after each stride-2 stage: width doubling per stage, at most 8 x width."""
     return [cfg.width * 2 ** min(i, 3) for i in range(len(stages(cfg.image_size)) - 1)]
+
+
+def feature_dim(cfg: HashConfig) -> int:
+    """Values in the last conv map, the features the code layer reads (2,304 at 28 x 28, width 64)."""
+    return stage_channels(cfg)[-1] * stages(cfg.image_size)[-1] ** 2
 
 
 class MapToCode(nn.Module):
@@ -195,9 +212,25 @@ class Encoder(nn.Module):
             # (C, 1, k, k) Gaussian, one per channel; a constant, not a weight.
             self.register_buffer("lowpass", (g[:, None] * g[None, :]).expand(cfg.channels, 1, -1, -1).clone(),
                                  persistent=False)
+        if cfg.codes == "itq":
+            # Fitted by hashing.rotation after each epoch; weights, so the fingerprint covers them.
+            self.register_buffer("feature_mean", torch.zeros(feature_dim(cfg)))               # (D,)
+            self.register_buffer("projection", torch.zeros(feature_dim(cfg), cfg.bits))       # (D, bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, size, size) -> pre-activations (B, bits)."""
+        """(B, C, size, size) -> pre-activations of the trained code layer (B, bits)."""
+        return self.head(self.net[-2:](self._trunk(x))).flatten(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, size, size) -> the last conv map, flattened and of unit length (B, D)."""
+        return nn.functional.normalize(self._trunk(x).flatten(1), dim=1)
+
+    def rotated(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, size, size) -> (B, bits) projections whose signs are the "itq" codes."""
+        return (self.features(x) - self.feature_mean) @ self.projection
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, size, size) -> the last conv map (B, D', s, s), before the code layer."""
         if self.lowpass is not None:
             # Fine detail is what rescaling, blur, JPEG and noise destroy: the code never sees it.
             r = self.lowpass.shape[-1] // 2
@@ -208,7 +241,7 @@ class Encoder(nn.Module):
             # contrast of the whole image (affine in x, up to clipping) cannot change its code.
             mean = x.mean((1, 2, 3), keepdim=True)
             x = (x - mean) / (x - mean).square().mean((1, 2, 3), keepdim=True).add(1e-4).sqrt()
-        return self.head(self.net(x)).flatten(1)
+        return self.net[:-2](x)
 
 
 class Decoder(nn.Module):
@@ -254,7 +287,8 @@ class HashAutoencoder(nn.Module):
     @torch.inference_mode()
     def binarize(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> deterministic (B, bits) uint8 0/1: what an index stores, once packed."""
-        return (self.encoder(x) > 0).to(torch.uint8)
+        z = self.encoder.rotated(x) if self.cfg.codes == "itq" else self.encoder(x)
+        return (z > 0).to(torch.uint8)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W) or (B, H, W, C) -> float (B, C, H, W), (x / 255 - mean) / std per channel.

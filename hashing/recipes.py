@@ -5,12 +5,11 @@ A recipe is a typed bundle of overrides, by field name, of the three configs: Ha
 (model.py: architecture, estimator), Objective (objectives.py: loss terms and views) and
 TrainConfig (train.py: schedule, batch, device), plus optionally its own automatic batch
 (`Recipe.batch`, which replaces the device's), and its settings for particular datasets
-(`Recipe.datasets`, and `Recipe.long_codes` for codes longer than 64 bits there). `resolve`
-applies, in this order of precedence, the dataclass defaults < the recipe < the recipe's
-settings for the dataset (then for long codes on it) < the caller's explicit settings (the
+(`Recipe.datasets`). `resolve` applies, in this order of precedence, the dataclass defaults <
+the recipe < the recipe's settings for the dataset < the caller's explicit settings (the
 flags a user gave), then decides everything that depends on the data or the machine, so the
-configs it returns contain no "auto": device, batch size, lr scaling, view family and the
-contrastive temperature (by code length). The checkpoint records the result, so a run
+configs it returns contain no "auto": device, batch size, lr scaling, view family, and by
+code length the contrastive temperature and where the codes come from (HashConfig.codes). The checkpoint records the result, so a run
 folder says what was chosen for its dataset.
 The CLI, the benchmarks and the tests all build their configs through it.
 
@@ -45,24 +44,14 @@ class Recipe:
     # above) that replace the recipe's own on one built-in dataset, where measurement chose
     # differently; a user's flags still win.
     datasets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    # Settings, as in `datasets`, that replace those on one built-in dataset for codes longer
-    # than SHORT_CODE_BITS: where the top of a long code's ranking measured better otherwise.
-    long_codes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def own(self, dataset: str, bits: int) -> dict:
-        """This recipe's settings for `dataset` at `bits` (`datasets`, then `long_codes`), by field name."""
-        own = dict(self.datasets.get(dataset, {}))
-        if bits > SHORT_CODE_BITS:
-            own.update(self.long_codes.get(dataset, {}))
-        return own
-
-    def settings(self, dataset: str, bits: int) -> tuple[dict, dict, dict, int | None]:
-        """(model, objective, train overrides, automatic batch) of this recipe on `dataset` at `bits`."""
+    def settings(self, dataset: str) -> tuple[dict, dict, dict, int | None]:
+        """(model, objective, train overrides, automatic batch) of this recipe on `dataset`."""
         from hashing.model import HashConfig
         from hashing.objectives import Objective
 
         model, objective, train = dict(self.model), dict(self.objective), dict(self.train)
-        own = self.own(dataset, bits)
+        own = dict(self.datasets.get(dataset, {}))
         batch = own.pop("batch", self.batch)
         for key, value in own.items():
             group = model if key in _names(HashConfig) else objective if key in _names(Objective) else train
@@ -85,6 +74,19 @@ def auto_temperature(bits: int) -> float:
     return 0.5 if bits <= SHORT_CODE_BITS else 0.3
 
 
+# Codes by ITQ of the features (HashConfig.codes, hashing.rotation) from 64 bits up, where on
+# clothing they measured purer tops: Fashion-MNIST, one model of the 20,000-image screen, P@100 /
+# P@1 0.729 / 0.746 with the trained layer's 64 signs, 0.758 / 0.792 by ITQ, for mAP 0.608 -> 0.577
+# (benchmarks/rotation.py); at 32 bits ITQ 0.731 against the layer's 0.724 (full data) for less mAP,
+# at 16 bits 0.685 against 0.709. On digits the layer stays ahead (MNIST 64 bits mAP 0.964 against ITQ's 0.914): "auto" is
+# a dataset's setting, not the default's everywhere.
+ROTATION_MIN_BITS = 64
+
+
+def auto_codes(bits: int) -> str:
+    return "itq" if bits >= ROTATION_MIN_BITS else "layer"
+
+
 RECIPES: dict[str, Recipe] = {
     # What `hashing train` uses: the best unsupervised codes per CPU second measured so far
     # (README, "Recipes" and the quality sweep of benchmarks/quality.py). No decoder: the
@@ -94,19 +96,20 @@ RECIPES: dict[str, Recipe] = {
     # temperature 0.3 took mAP / P@100 from 0.575 / 0.673 (the default as for digits) to 0.599 /
     # 0.710, crops of 60-100 % of the area instead of 35-100 % (a cut-off sleeve tells a shirt
     # from a T-shirt) to 0.592 / 0.732, and a 1-pixel blur before the encoder to 0.608 / 0.729;
-    # temperature 0.5 there gave 0.608 / 0.706. Above 64 bits on clothing the neighbour positives
-    # mixed the top of the ranking (they pull whole neighbourhoods onto one code): without them,
-    # and with the time the neighbour tables took spent on 12 epochs instead of 8, P@100 on all
-    # 60,000 / 10,000 went 0.735 / 0.736 / 0.743 -> 0.747 / 0.750 / 0.752 at 128 / 256 / 512 bits
-    # (ITQ 0.741 / 0.752 / 0.756), mAP 0.599 / 0.599 / 0.606 -> 0.595 / 0.602 / 0.605.
+    # temperature 0.5 there gave 0.608 / 0.706. From 64 bits up the codes there are ITQ of the
+    # features (ROTATION_MIN_BITS above): all 60,000 / 10,000, mAP / P@100 at 64 bits 0.593 / 0.733
+    # -> 0.574 / 0.751 (P@1 0.785), at 256 bits 0.602 / 0.750 (the trained layer's best: 12 epochs
+    # without neighbour positives) -> 0.582 / 0.778 (P@1 0.835); ITQ of the pixels P@100 0.725 and
+    # 0.752. With ITQ codes the neighbour positives help again (256 bits without them, 12 epochs:
+    # 0.569 / 0.775, 526 s against 501 s), so the recipe keeps them at every length.
     "default": Recipe("two-view contrastive, positives also from the model's 20 nearest training images "
                       "(from epoch 2), temperature 0.5 up to 64 bits and 0.3 above, saturated STE; no labels "
-                      "(on fashion-mnist: temperature 0.3, milder crops, 1 px blur, batches of 512, 8 epochs; "
-                      "above 64 bits 12 epochs without neighbour positives)",
+                      "(on fashion-mnist: temperature 0.3, milder crops, 1 px blur, batches of 512, 8 epochs, codes by ITQ of "
+                      "the features from 64 bits up)",
                       model={"estimator": "saturated"}, objective={**_NEIGHBOURS, "temperature": "auto"},
                       datasets={"fashion-mnist": {"batch": 512, "epochs": 8, "schedule": "cosine", "temperature": 0.3,
-                                                  "view_options": {"area": [0.6, 1.0]}, "lowpass": 1.0}},
-                      long_codes={"fashion-mnist": {"neighbours": 0, "epochs": 12}}),
+                                                  "view_options": {"area": [0.6, 1.0]}, "lowpass": 1.0,
+                                                  "codes": "auto"}}),
     # The default at temperature 0.5 at every length: at 512 bits the best class mAP (0.967 against
     # 0.936), at the price of many exact ties, so an indexed image is no longer sure to come back
     # first for itself.
@@ -189,9 +192,11 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
         if owner is None or key in ("dataset", "objective", "recipe", "world_size"):
             raise HashingError(f"unknown training setting {key!r}")
         groups[owner][key] = value
-    bits = V.code_bits(groups[HashConfig].get("bits", r.model.get("bits", HashConfig.bits)))
-    model, objective, train, auto_batch = r.settings(dataset, bits)
-    cfg = HashConfig(**{**model, **groups[HashConfig], "dataset": dataset})
+    model, objective, train, auto_batch = r.settings(dataset)
+    model = {**model, **groups[HashConfig], "dataset": dataset}
+    if model.get("codes") == "auto":
+        model["codes"] = auto_codes(V.code_bits(model.get("bits", HashConfig.bits)))
+    cfg = HashConfig(**model)
     terms = {**objective, **groups[Objective]}
     if terms.get("neighbours") and not terms.get("contrastive", Objective.contrastive) \
             and "neighbours" not in groups[Objective]:
@@ -230,9 +235,8 @@ def default_text(name: str) -> str:
     base = shown(f.default_factory() if f.default is dataclasses.MISSING else f.default)
     by = {r: shown(group[name]) for r, rec in RECIPES.items() for group in (rec.model, rec.objective, rec.train)
           if name in group}
-    on = {r: "; ".join([f"{shown(s[name])} on {d}" for d, s in rec.datasets.items() if name in s] +
-                       [f"{shown(s[name])} on {d} above {SHORT_CODE_BITS} bits" for d, s in rec.long_codes.items()
-                        if name in s]) for r, rec in RECIPES.items()}
+    on = {r: "; ".join(f"{shown(s[name])} on {d}" for d, s in rec.datasets.items() if name in s)
+          for r, rec in RECIPES.items()}
     if not by and not any(on.values()):
         return base
     text = ", ".join(f"{by.get(r, base)} ({r}{'; ' + on[r] if on[r] else ''})" for r in RECIPES

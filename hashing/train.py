@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hashing import checkpoint
+from hashing import checkpoint, rotation
 from hashing import validation as V
 from hashing.data import ImageSet
 from hashing.device import DEVICES
 from hashing.distributed import Group
 from hashing.errors import HashingError
-from hashing.model import HashAutoencoder, HashConfig
+from hashing.model import HashAutoencoder, HashConfig, feature_dim
 from hashing.neighbours import neighbour_table, partners
 from hashing.objectives import Objective, compute, hadamard_centres
 
@@ -245,6 +245,8 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
         raise HashingError("the supervised term needs labels: put the training images in class folders "
                            "(FOLDER/CLASS/image.png), or use a recipe without --supervised")
     bs = min(tcfg.batch_size, n // world)
+    if cfg.codes == "itq":
+        rotation.check(n, cfg.bits, feature_dim(cfg))
 
     model = HashAutoencoder(cfg).to(device)
     cuda = device.type == "cuda"
@@ -333,6 +335,9 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
             raise HashingError(f"training diverged (loss is {totals[0].item()}) in epoch {epoch + 1}; lower --lr")
         history.epoch(totals[0].item(), {k: v.item() for k, v in zip(names, totals[1:])}, time.perf_counter() - t0)
         if group.main:
+            if cfg.codes == "itq":
+                # every saved version has a rotation of its own features; the last one a full fit
+                rotation.fit_rotation(model, inputs, n, device, seed=tcfg.seed, quick=epoch < tcfg.epochs - 1)
             checkpoint.save(out, model, tcfg.to_dict(), history.to_dict())
     seconds = time.perf_counter() - t_start
     return TrainResult(Path(out), history.to_dict(), seconds, seen / seconds, str(device), model.eval(), rank=rank,

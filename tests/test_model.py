@@ -141,10 +141,9 @@ def test_a_recipes_settings_for_a_dataset_apply_there_only_and_are_recorded():
     assert resolve("default", "fashion-mnist", 60000, batch_size=64, device="cpu")[1].batch_size == 64
     cfg, tcfg = resolve("default", "mnist", 18097, bits=16, device="cpu")
     assert (cfg.lowpass, tcfg.objective.temperature, tcfg.batch_size, tcfg.epochs) == (0.0, 0.5, 64, 5)
-    # longer codes on clothing: no neighbour positives, 12 epochs, the rest as for short codes
-    assert resolve("default", "fashion-mnist", 60000, bits=64, device="cpu")[1].objective.neighbours == 20
-    cfg, tcfg = resolve("default", "fashion-mnist", 60000, bits=72, device="cpu")
-    assert (tcfg.objective.neighbours, tcfg.epochs, cfg.lowpass, tcfg.batch_size) == (0, 12, 1.0, 512)
+    # at every length on clothing, codes from the features' rotation from 64 bits up (test_rotation.py)
+    cfg, tcfg = resolve("default", "fashion-mnist", 60000, bits=512, device="cpu")
+    assert (tcfg.objective.neighbours, tcfg.epochs, cfg.lowpass, tcfg.batch_size, cfg.codes) == (20, 8, 1.0, 512, "itq")
     _, tcfg = resolve("default", "fashion-mnist", 60000, bits=512, neighbours=5, epochs=3, device="cpu")
     assert (tcfg.objective.neighbours, tcfg.epochs) == (5, 3)
     _, tcfg = resolve("default", "mnist", 18097, bits=512, device="cpu")
@@ -164,23 +163,19 @@ def test_a_recipes_settings_for_a_dataset_go_to_their_configs_and_merge_view_opt
     from hashing.recipes import Recipe
 
     r = Recipe("x", model={"bits": 64}, objective={"view_options": {"flip": False}}, train={"epochs": 3},
-               datasets={"a": {"batch": 512, "epochs": 9, "lowpass": 1.0, "view_options": {"area": [0.5, 1.0]}}},
-               long_codes={"a": {"neighbours": 0, "epochs": 12}})
-    assert r.settings("a", 64) == ({"bits": 64, "lowpass": 1.0}, {"view_options": {"flip": False, "area": [0.5, 1.0]}},
-                                   {"epochs": 9}, 512)
-    assert r.settings("b", 64) == ({"bits": 64}, {"view_options": {"flip": False}}, {"epochs": 3}, None)
-    # above 64 bits the long-code settings replace the dataset's, on that dataset only
-    assert r.settings("a", 72) == ({"bits": 64, "lowpass": 1.0}, {"view_options": {"flip": False, "area": [0.5, 1.0]},
-                                                                  "neighbours": 0}, {"epochs": 12}, 512)
-    assert r.settings("b", 512) == r.settings("b", 64)
+               datasets={"a": {"batch": 512, "epochs": 9, "lowpass": 1.0, "view_options": {"area": [0.5, 1.0]}}})
+    assert r.settings("a") == ({"bits": 64, "lowpass": 1.0}, {"view_options": {"flip": False, "area": [0.5, 1.0]}},
+                               {"epochs": 9}, 512)
+    assert r.settings("b") == ({"bits": 64}, {"view_options": {"flip": False}}, {"epochs": 3}, None)
 
 
 def test_help_shows_a_recipes_settings_for_a_dataset():
     from hashing.recipes import default_text
 
-    assert default_text("epochs") == "5 (default; 8 on fashion-mnist; 12 on fashion-mnist above 64 bits), " \
-                                     "64 (copies), 15 (supervised; 60 on fashion-mnist), else 5"
-    assert default_text("neighbours") == "20 (default; 0 on fashion-mnist above 64 bits), 20 (kinds), else 0"
+    assert default_text("epochs") == "5 (default; 8 on fashion-mnist), 64 (copies), 15 (supervised; 60 on " \
+                                     "fashion-mnist), else 5"
+    assert default_text("neighbours") == "20 (default), 20 (kinds), else 0"
+    assert default_text("codes") == "layer (default; auto on fashion-mnist), else layer"
     assert default_text("bits") == "512"
     assert '{} (supervised; {"area": [0.8, 1.0]} on fashion-mnist)' in default_text("view_options")
 
