@@ -5,13 +5,12 @@
                                  [--out DIR] [--set KEY=VALUE ...]
 
 Database = train split, queries = test split, relevant = same label, mAP over the whole
-ranking (tie-aware), mAP@1000, precision@1 and @100. `l2` is exact float kNN on the raw pixels (no bits: one
-row). `--set neighbours=20` passes a training setting to every recipe, as its flag would. Writes DIR/quality_<dataset>[_T].md (a table) and .png (mAP vs bits).
+ranking (tie-aware), mAP@1000, precision@1 and @100. `l2` is exact float kNN on the raw pixels
+(no bits: one row). `--set neighbours=20` passes a training setting to every recipe, as its flag would. Writes DIR/quality_<dataset>[_T].md (a table) and .png (mAP vs bits).
 Configs are built as `hashing train` builds them (hashing.recipes.resolve): --epochs, when
 given, overrides every recipe, like the flag; without it each recipe trains for its own
-default length for the dataset and code length (`hashing train --help` lists them: the default
-5 epochs, 8 on fashion-mnist up to 64 bits and 12 above; the supervised recipe 15, 60 on
-fashion-mnist).
+default length for the dataset (`hashing train --help` lists them: the default 5 epochs, 8 on
+fashion-mnist; the supervised recipe 15, 60 on fashion-mnist).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ TrainConfig (train.py: schedule, batch, device), plus optionally its own automat
 the recipe < the recipe's settings for the dataset < the caller's explicit settings (the
 flags a user gave), then decides everything that depends on the data or the machine, so the
 configs it returns contain no "auto": device, batch size, lr scaling, view family, and by
-code length the contrastive temperature and where the codes come from (HashConfig.codes). The checkpoint records the result, so a run
-folder says what was chosen for its dataset.
+code length the contrastive temperature and where the codes come from (HashConfig.codes). The
+checkpoint records the result, so a run folder says what was chosen for its dataset.
 The CLI, the benchmarks and the tests all build their configs through it.
 
 Torch is imported inside `resolve` only, so the CLI can list RECIPES without it.
@@ -78,8 +78,8 @@ def auto_temperature(bits: int) -> float:
 # clothing they measured purer tops: Fashion-MNIST, one model of the 20,000-image screen, P@100 /
 # P@1 0.729 / 0.746 with the trained layer's 64 signs, 0.758 / 0.792 by ITQ, for mAP 0.608 -> 0.577
 # (benchmarks/rotation.py); at 32 bits ITQ 0.731 against the layer's 0.724 (full data) for less mAP,
-# at 16 bits 0.685 against 0.709. On digits the layer stays ahead (MNIST 64 bits mAP 0.964 against ITQ's 0.914): "auto" is
-# a dataset's setting, not the default's everywhere.
+# at 16 bits 0.685 against 0.709. On digits the layer stays ahead (MNIST 64 bits mAP 0.964 against
+# ITQ's 0.914): "auto" is a dataset's setting, not the default's everywhere.
 ROTATION_MIN_BITS = 64
 
 
@@ -104,8 +104,8 @@ RECIPES: dict[str, Recipe] = {
     # 0.569 / 0.775, 526 s against 501 s), so the recipe keeps them at every length.
     "default": Recipe("two-view contrastive, positives also from the model's 20 nearest training images "
                       "(from epoch 2), temperature 0.5 up to 64 bits and 0.3 above, saturated STE; no labels "
-                      "(on fashion-mnist: temperature 0.3, milder crops, 1 px blur, batches of 512, 8 epochs, codes by ITQ of "
-                      "the features from 64 bits up)",
+                      "(on fashion-mnist: temperature 0.3, milder crops, 1 px blur, batches of 512, 8 epochs, "
+                      "codes by ITQ of the features from 64 bits up)",
                       model={"estimator": "saturated"}, objective={**_NEIGHBOURS, "temperature": "auto"},
                       datasets={"fashion-mnist": {"batch": 512, "epochs": 8, "schedule": "cosine", "temperature": 0.3,
                                                   "view_options": {"area": [0.6, 1.0]}, "lowpass": 1.0,
