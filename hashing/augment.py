@@ -355,6 +355,10 @@ def check_view_options(name: str, options: Mapping) -> None:
                 V.number(key, value)
                 if key.startswith("p_") and not 0 <= value <= 1:
                     raise ValueError(f"{key} is a probability: from 0 to 1, got {value!r}")
+                if key == "jitter" and not 0 <= value < 1:     # a factor of 0 or less is a black image
+                    raise ValueError(f"jitter scales by U(1 - jitter, 1 + jitter): from 0 to below 1, got {value!r}")
+                if key == "hue" and not 0 <= value <= 0.5:
+                    raise ValueError(f"hue is a fraction of a full turn: from 0 to 0.5, got {value!r}")
             else:                                  # a parameter this check does not know how to check
                 raise ValueError(f"{key} cannot be set from a config")
     except (ValueError, HashingError) as e:

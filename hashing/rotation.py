@@ -40,6 +40,7 @@ from hashing.errors import HashingError
 SAMPLE = 20_000                 # training images the rotation is fitted on, at most
 QUICK = 4_096                   # those of a quick fit (or twice the bits, when more)
 MAX_FLOATS = 50_000_000         # and at most this many feature values held at once (200 MB)
+BUFFERS = ("encoder.feature_mean", "encoder.projection")    # what a fit writes, by name in the model
 
 
 def sample_size(n: int, dim: int, cap: int = SAMPLE) -> int:

@@ -137,6 +137,7 @@ def test_a_recipes_settings_for_a_dataset_apply_there_only_and_are_recorded():
     # the default recipe's for clothing: its own batch (halved for small splits, like any automatic one)
     cfg, tcfg = resolve("default", "fashion-mnist", 60000, bits=16, device="cpu")
     assert (cfg.lowpass, tcfg.objective.temperature, tcfg.batch_size, tcfg.scale_lr) == (1.0, 0.3, 512, True)
+    assert (tcfg.objective.views, tcfg.objective.view_options) == ("photo", {"area": [0.6, 1.0]})
     assert resolve("default", "fashion-mnist", 5000, device="cpu")[1].batch_size == 128
     assert resolve("default", "fashion-mnist", 60000, batch_size=64, device="cpu")[1].batch_size == 64
     cfg, tcfg = resolve("default", "mnist", 18097, bits=16, device="cpu")
@@ -176,6 +177,7 @@ def test_help_shows_a_recipes_settings_for_a_dataset():
                                      "fashion-mnist), else 5"
     assert default_text("neighbours") == "20 (default), 20 (kinds), else 0"
     assert default_text("codes") == "layer (default; auto on fashion-mnist), else layer"
+    assert default_text("views") == "auto (default; photo on fashion-mnist), copies (copies), else auto"
     assert default_text("bits") == "512"
     assert '{} (supervised; {"area": [0.8, 1.0]} on fashion-mnist)' in default_text("view_options")
 
@@ -257,6 +259,18 @@ def test_every_option_of_every_view_family_can_be_set_from_a_config_at_its_defau
                     for k, v in defaults.items()}                       # as JSON brings them back
         assert defaults, name
         check_view_options(name, defaults)                               # raises if one cannot be checked
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"p_jitter": 2}, "p_jitter is a probability"), ({"jitter": 1.0}, "from 0 to below 1"),
+    ({"jitter": -0.1}, "from 0 to below 1"), ({"hue": 0.6}, "from 0 to 0.5"), ({"area": [0.6, 1.2]}, "<= 1"),
+    ({"sharpness": 1}, "takes no option 'sharpness'")])
+def test_photo_view_options_out_of_range_are_one_line_errors(options, message):
+    from hashing.augment import check_view_options
+
+    check_view_options("photo", {"jitter": 0.99, "hue": 0.5, "p_jitter": 0.0})          # the edges are allowed
+    with pytest.raises(HashingError, match=message):
+        check_view_options("photo", options)
 
 
 def test_copy_views_brighten_within_their_range():

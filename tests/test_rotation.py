@@ -95,3 +95,17 @@ def test_too_few_images_for_the_rotation_is_a_one_line_error(tmp_path):
     with pytest.raises(HashingError, match="at least 128 images"):
         train_on("default", tmp_path / "r", "digits", progress=False, bits=128, epochs=1, max_images=100, codes="itq")
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_data_parallel_training_leaves_the_rotation_out_of_its_broadcasts():
+    # train() tells DDP to skip these names (rank 0 alone fits and saves them); a name that no
+    # longer matches the model would skip nothing, silently.
+    from hashing.distributed import Group
+    from hashing.objectives import Objective
+    from hashing.rotation import BUFFERS
+    from hashing.train import Step
+
+    step = Step(HashAutoencoder(HashConfig(bits=16, codes="itq")), Objective(), None, Group())
+    assert {f"model.{name}" for name in BUFFERS} <= set(step.state_dict())
+    assert not {f"model.{name}" for name in BUFFERS} & set(Step(HashAutoencoder(HashConfig(bits=16)), Objective(),
+                                                                 None, Group()).state_dict())
