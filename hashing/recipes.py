@@ -3,7 +3,7 @@ into the final configs that `train()` runs and the checkpoint records.
 
 A recipe is a typed bundle of overrides, by field name, of the three configs: HashConfig
 (model.py: architecture, estimator), Objective (objectives.py: loss terms and views) and
-TrainConfig (train.py: schedule, batch, device), plus optionally its own automatic batch
+TrainConfig (schedule.py: schedule, batch, device), plus optionally its own automatic batch
 (`Recipe.batch`, which replaces the device's), and its settings for particular datasets
 (`Recipe.datasets`). `resolve` applies, in this order of precedence, the dataclass defaults <
 the recipe < the recipe's settings for the dataset < the caller's explicit settings (the
@@ -28,7 +28,7 @@ from hashing.errors import HashingError
 
 if TYPE_CHECKING:
     from hashing.model import HashConfig
-    from hashing.train import TrainConfig
+    from hashing.schedule import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Recipe:
     model: Mapping[str, Any] = field(default_factory=dict)       # HashConfig fields
     objective: Mapping[str, Any] = field(default_factory=dict)   # Objective fields
     train: Mapping[str, Any] = field(default_factory=dict)       # TrainConfig fields
-    # This recipe's automatic batch on every device, instead of the device's (train.AUTO_BATCH);
+    # This recipe's automatic batch on every device, instead of the device's (schedule.AUTO_BATCH);
     # halved for small splits and lr-scaled like it. A --batch-size the user gives still wins.
     batch: int | None = None
     # Settings (any config's field names, as `resolve` takes them, or "batch" for the line
@@ -183,7 +183,7 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
     from hashing.distributed import environment
     from hashing.model import HashConfig
     from hashing.objectives import Objective
-    from hashing.train import TrainConfig, batch_plan
+    from hashing.schedule import TrainConfig, batch_plan
 
     r = get(recipe)
     groups: dict[type, dict] = {HashConfig: {}, Objective: {}, TrainConfig: {}}
@@ -228,7 +228,7 @@ def default_text(name: str) -> str:
     the configs' own default otherwise (imports torch: called only when help is shown)."""
     from hashing.model import HashConfig
     from hashing.objectives import Objective
-    from hashing.train import TrainConfig
+    from hashing.schedule import TrainConfig
 
     def shown(value: Any) -> str:                    # options as the JSON a user would type
         return json.dumps(value) if isinstance(value, dict) else str(value)
