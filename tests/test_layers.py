@@ -5,6 +5,7 @@ closes at call time is still a circle to a reader. Nothing is imported, so this 
 milliseconds."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +80,34 @@ def test_recipes_build_their_configs_from_schedule_not_train():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def layer_table() -> dict[str, int]:
+    """module -> layer number, from the table under "## The layers" in docs/design.md."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    section = text[text.index("## The layers"):]
+    section = section[:section.index("\n## ", 1)]
+    layers = {}
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0][:1].isdigit():
+            number = int(cells[0].split()[0])
+            for name in re.findall(r"`([\w.]+)`", cells[1]):
+                layers["hashing" if name == "hashing" else f"hashing.{name}"] = number
+    return layers
+
+
+def test_every_module_sits_in_one_layer_of_the_design_doc():
+    known, table = modules(), layer_table()
+    missing = sorted(set(known) - set(table) - {"hashing", "hashing.cli"})
+    assert missing == [], f"give these modules a row in the layer table of docs/design.md: {missing}"
+    stale = sorted(set(table) - set(known))
+    assert stale == [], f"docs/design.md names modules that do not exist: {stale}"
+
+
+def test_modules_import_only_from_their_own_layer_or_those_above():
+    known, table = modules(), layer_table()
+    upward = [f"{name} (layer {table[name]}) imports {dep} (layer {table[dep]})"
+              for name, path in known.items() if name in table
+              for dep in sorted(imports(name, path, set(known))) if dep in table and table[dep] > table[name]]
+    assert upward == [], "\n".join(upward)
