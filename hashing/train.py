@@ -269,7 +269,7 @@ def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: s
     from hashing.atomic import check_output_folder
     from hashing.device import resolve_device
 
-    check_output_folder(out, "--out", marker=checkpoint.CONFIG, ours=checkpoint.OURS)   # before any data or epoch
+    check_output_folder(out, "--out", marker=checkpoint.CONFIG)   # before any data or epoch
     group = distributed.start(resolve_device(settings.get("device") or "auto").type)
     try:
         result = _train_on(recipe, out, dataset, images, data_dir, progress and group.main, group, settings)
