@@ -9,7 +9,7 @@ code in the library): the random views (hashing.augment), the encoder, the binar
 decoder, the loss terms; autograd's backward and Adam's step are labelled by torch itself.
 Prints, per part: self time (CPU and, on CUDA, the GPU's kernel time), the number of kernel
 launches per step, and the top operators; writes a Chrome trace (chrome://tracing,
-https://ui.perfetto.dev) to --trace. What the numbers decide (README, "One GPU"): a step bound
+https://ui.perfetto.dev) to --trace. What the numbers decide (docs/benchmarks.md, "Where a step's time goes"): a step bound
 by launches wants CUDA graphs / torch.compile / larger batches; one bound by a part wants
 that part made cheaper.
 """

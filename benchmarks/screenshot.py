@@ -1,4 +1,4 @@
-"""The README's picture of the page: serve an index, upload one image in headless Chromium, save a PNG.
+"""The picture of the page in docs/service.md: serve an index, upload one image in headless Chromium, save a PNG.
 
     python benchmarks/screenshot.py --index idx/mnist --image digit.png [--k 12] [--out docs/serve.png]
 """

@@ -25,7 +25,7 @@ with black, the MNIST background, not with the mid-grey that 0 would be.
   JPEG re-encoding at quality 20-70 (8x8 DCT quantised with the standard tables, as libjpeg
   does, without chroma subsampling). Why the half: composites alone rarely show a purely
   rescaled or blurred picture (MNIST recall@1 on those 0.812 / 0.899), single edits alone
-  lose crops (0.598 -> 0.358); half and half measured best (README, "Copy detection").
+  lose crops (0.598 -> 0.358); half and half measured best (docs/experiments.md, "The copies recipe").
   No mirror: a flipped copy is the user's call (`hashing evaluate --task copies` reports
   flips apart).
 - auto: chosen by `resolve_views` from the dataset (AUTO_VIEWS) or, for image folders, from
@@ -208,7 +208,7 @@ COPY_EDITS = SINGLE   # the protocol's single-edit families (hashing.edits), one
 # other family (1): the edits a learned code finds hardest against pHash, whose low DCT
 # frequencies ignore rescaling and blurring by construction. With the copies recipe's lowpass
 # (MNIST recall@1, 12 epochs): rescale 0.909 -> 0.928, blur 0.962 -> 0.970, overlay 0.626 ->
-# 0.642; heavier weights (5/3/3) measured no better (README, "Copy detection").
+# 0.642; heavier weights (5/3/3) measured no better (docs/experiments.md, "The copies recipe").
 SINGLE_WEIGHTS = MappingProxyType({"rescale": 3.0, "blur": 2.0, "overlay": 2.0})
 
 
@@ -294,7 +294,7 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
 VIEWS = {"affine": random_affine, "crop": random_crop, "photo": random_photo, "copies": random_copy}
 # "auto" picks by dataset: crop for clothing (a mirrored or partly seen shirt is still a
 # shirt), affine for digits (a mirrored or partial digit can be another digit). Chosen by
-# measurement; the numbers are in the README's "Recipes" section. Image folders hold
+# measurement; the numbers are in docs/training.md, "Views". Image folders hold
 # anything: photo views for colour, crop for grayscale (objects, scans, screenshots).
 AUTO_VIEWS = {"fashion-mnist": "crop", "mnist": "affine", "digits": "affine"}
 

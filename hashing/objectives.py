@@ -19,7 +19,7 @@ loss = mean_i L_i + sum over batch terms of weight * term.
   cosine of +-1 codes is 1 - 2 d_H / bits, so this directly shapes Hamming distances.
   With `asymmetric` the first "view" is the image itself and only the second is random:
   the pair an index of originals meets when it is asked for an edited copy (the `copies`
-  recipe; measured in the README's copy-detection section).
+  recipe; measured in docs/experiments.md, "The copies recipe").
 - supervised: labels where the dataset has them (label -1 = unlabelled: 0 for that image):
   each class gets a hash centre from a Hadamard matrix and every code is pulled to its
   class centre by binary cross-entropy on sigmoid(z) (CSQ, Yuan et al. CVPR 2020). It sees

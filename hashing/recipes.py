@@ -66,7 +66,7 @@ _NEIGHBOURS = {"contrastive": 1.0, "reconstruction": 0.0, "neighbours": 20}
 # 18,097 digits, 64 bits: even at 0.3 three images in four share a code with another), so 0.5 lets
 # neighbourhoods share codes (mAP 16 bits 0.907 -> 0.945, 64 bits 0.939 -> 0.964); longer codes keep
 # 0.3, where an indexed image still comes back first for itself (at 0.5 the 512-bit codes of the
-# 18,097 digits fall to 3,175 distinct ones). README, "Neighbour positives".
+# 18,097 digits fall to 3,175 distinct ones). docs/experiments.md, "Neighbour positives and temperature".
 SHORT_CODE_BITS = 64
 
 
@@ -89,10 +89,10 @@ def auto_codes(bits: int) -> str:
 
 RECIPES: dict[str, Recipe] = {
     # What `hashing train` uses: the best unsupervised codes per CPU second measured so far
-    # (README, "Recipes" and the quality sweep of benchmarks/quality.py). No decoder: the
+    # (docs/training.md, "Recipes"; the quality sweep of benchmarks/quality.py). No decoder: the
     # reconstruction term cost short codes most (16 bits, MNIST: mAP 0.885 with it, 0.907 without).
     # On clothing (Fashion-MNIST, 64 bits, trained on 20,000 images for 15 epochs, all 60,000 /
-    # 10,000 scored; README, "Fashion-MNIST"): batches of 512 (lr x sqrt(8)), cosine lr and
+    # 10,000 scored; docs/experiments.md, "Fashion-MNIST"): batches of 512 (lr x sqrt(8)), cosine lr and
     # temperature 0.3 took mAP / P@100 from 0.575 / 0.673 (the default as for digits) to 0.599 /
     # 0.710, crops of 60-100 % of the area instead of 35-100 % (a cut-off sleeve tells a shirt
     # from a T-shirt) to 0.592 / 0.732, and a 1-pixel blur before the encoder to 0.608 / 0.729;
@@ -128,7 +128,7 @@ RECIPES: dict[str, Recipe] = {
                                       objective={"contrastive": 1.0, "reconstruction": 0.5}),
     # Near-duplicate search (`hashing evaluate --task copies`): each image against an edited
     # copy of itself (JPEG, rescale, crop, rotation, blur, brightness, occlusion, noise), at a
-    # low temperature; chosen by measurement (README, "Copy detection"). The 2-pixel Gaussian
+    # low temperature; chosen by measurement (docs/experiments.md, "The copies recipe"). The 2-pixel Gaussian
     # before the encoder keeps the code off the detail that rescaling and blurring remove;
     # batches of 512 (1,022 negatives a view, lr x sqrt(8)) tell apart look-alikes that 64 do
     # not (Fashion-MNIST recall@1 0.802 -> 0.829, rescale 0.874 -> 0.920), in the same time.
@@ -151,7 +151,7 @@ RECIPES: dict[str, Recipe] = {
     # On clothing the crops that suit unsupervised codes (35-100 % of the area) cost labelled
     # codes: Fashion-MNIST 64 bits, all 60,000 / 10,000, mAP 0.8705 at 15 epochs, 0.894 with
     # crops of 70-100 %, 0.920 with 80-100 % over 30 epochs and 0.933 over 60 (16 min on a
-    # 2-core EPYC). README, "Supervised".
+    # 2-core EPYC). docs/experiments.md, "Supervised".
     "supervised": Recipe("hash centres from labels on augmented views, cosine lr over 15 epochs "
                          "(on fashion-mnist 60, with crops of 80-100 % of the area)",
                          objective={"supervised": 1.0, "contrastive": 0.0, "reconstruction": 0.0},

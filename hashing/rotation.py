@@ -5,7 +5,7 @@ signs under the contrastive objective; on clothing that layer keeps less of the 
 neighbourhoods than a rotation fitted to them afterwards does. Fashion-MNIST, 64 bits, one
 model (the default recipe's clothing settings, 15 epochs on 20,000 images), all 10,000 test
 queries against all 60,000 train images: precision@100 with the trained layer's signs 0.729,
-cosine of the 2,304 conv features 0.786, ITQ of those features to 64 bits 0.758 (README,
+cosine of the 2,304 conv features 0.786, ITQ of those features to 64 bits 0.758 (docs/experiments.md,
 "Codes by rotation"; benchmarks/rotation.py).
 
 With codes = "itq" the model trains exactly as before (the layer still carries the objective

@@ -80,7 +80,7 @@ class TrainConfig:
 
 
 # On a GPU, batch 64 leaves the step bound by kernel launches, so the automatic batch is
-# larger there, with the square-root lr rule (README, "Training throughput"). Small datasets
+# larger there, with the square-root lr rule (docs/benchmarks.md, "Training throughput"). Small datasets
 # keep at least MIN_STEPS steps an epoch: a few steps an epoch starve the supervised recipe.
 AUTO_BATCH = {"cpu": 64, "cuda": 512}
 MIN_STEPS = 32
