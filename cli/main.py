@@ -12,7 +12,7 @@ import click
 from hashing.baselines import BASELINES
 from hashing.copies import COPY_BASELINES
 from hashing.cli.options import (FloatOrAuto, JsonObject, LibraryChoice, source_options, device_option, model_option,
-                                 quiet_option, setting)
+                                 quiet_option, setting, wait_option)
 from hashing.data import SPLITS
 from hashing.edits import DEFAULT_EDITS, EDITS
 from hashing.errors import HashingError
@@ -28,6 +28,21 @@ class Group(click.Group):
             return super().invoke(ctx)
         except HashingError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:            # the machine's, not ours: a full disk, a vanished folder, a dead mount
+            raise click.ClickException(os_error_line(e)) from None
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an operating-system error. Every write commits by one rename at its end, so what was
+    there before is unchanged."""
+    import errno
+
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    if e.errno == errno.ENOSPC:
+        return f"no space left on device{where}; free some space and run again (nothing already there was changed)"
+    if e.errno == errno.EDQUOT:
+        return f"disk quota exceeded{where}; free some space and run again (nothing already there was changed)"
+    return f"{e.strerror or type(e).__name__}{where}"
 
 
 def _one_process_unless_training(command: str | None) -> None:
@@ -135,7 +150,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
 
     Data-parallel over N processes (one per GPU; Gloo on CPU): `torchrun --standalone
     --nproc_per_node=N -m hashing train ...`; --batch-size is then per process, and each
-    step sees N x that many images (README, "Training on several processes").
+    step sees N x that many images (docs/training.md, "Several processes: torchrun").
     """
     from hashing.train import train_on
 
@@ -187,17 +202,18 @@ def encode(run_dir, dataset, data_dir, images, split, strict, out, batch_size, d
 @click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
 @click.option("--append", is_flag=True, help="Add to an existing index built by the same model.")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
+@wait_option
 @device_option
 @quiet_option
 def index(run_dir, dataset, data_dir, images, split, strict, out, index_type, backend, uri, collection, append,
-          batch_size, device, quiet):
+          batch_size, wait, device, quiet):
     """Encode a dataset split or a folder of images and store the codes in a binary index."""
     from hashing.retrieval import build_index
 
     if (out is None) == (uri is None):
         raise click.UsageError("give exactly one of --out or --uri")
     r = build_index(run_dir, uri if uri is not None else out, dataset, split, images, data_dir, index_type, backend,
-                    collection, append, batch_size, device, progress=not quiet, strict=strict)
+                    collection, append, batch_size, device, progress=not quiet, strict=strict, wait=wait)
     click.echo(f"indexed {r.added} items ({r.total} in all, {r.bits} bits, {r.index_type}) at {r.location} "
                f"({r.images_per_second:.0f} images/s)")
     if r.skipped:
@@ -208,8 +224,10 @@ def index(run_dir, dataset, data_dir, images, split, strict, out, index_type, ba
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--index", "index_location", required=True, help="Index folder, Milvus Lite .db file or Milvus URI.")
 @click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
-@click.option("-k", "k", default=10, show_default=True, type=int, help="Number of neighbours per image.")
-@click.option("--radius", type=int, default=None, help="Return every item within this Hamming distance instead of k.")
+@click.option("-k", "k", default=None, type=int,
+              help="Number of neighbours per image; with --radius, at most this many of those within it.  "
+                   "[default: 10, or all within --radius]")
+@click.option("--radius", type=int, default=None, help="Return every item within this Hamming distance.")
 @click.option("--invert", is_flag=True, help="Invert the image first (for dark digits on a light background).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: [{image, results: [{id, distance, label, source, class}]}].")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a PNG: each query then its neighbours.")
@@ -222,6 +240,8 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
     """
     from hashing.retrieval import query_images
 
+    if k is None and radius is None:
+        k = 10
     results = query_images(list(images), index_location, k, radius, collection, invert, grid)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results]))
@@ -248,11 +268,15 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
 @click.option("--read-only", is_flag=True, help="Refuse every addition, token or not.")
 @click.option("--max-upload", "max_upload_mb", default=10.0, show_default=True, type=float,
               help="Largest request body in MB (larger uploads get 413).")
+@click.option("--max-megapixels", default=16.0, show_default=True, type=float,
+              help="Largest image decoded, in megapixels (larger uploads are refused from their header).")
 @click.option("--uploads", type=click.Path(file_okay=False), default=None,
               help="Folder for images added through POST /items.  [default: INDEX/uploads for FAISS, "
                    "FILE.db.uploads for Milvus Lite; needed for a Milvus server]")
+@wait_option
 @device_option
-def serve(index_location, collection, host, port, token, read_only, max_upload_mb, uploads, device):
+def serve(index_location, collection, host, port, token, read_only, max_upload_mb, max_megapixels, uploads, wait,
+          device):
     """Serve an index over HTTP: a web page at /, a JSON API (/search, /items, /health), its docs at /docs.
 
     Loads the model and the index once, then answers until Ctrl-C or SIGTERM. Needs the serve extra
@@ -261,7 +285,8 @@ def serve(index_location, collection, host, port, token, read_only, max_upload_m
     from hashing.service import serve as run
 
     run(index_location, collection, host, port, token, read_only, max_upload_mb, uploads, device,
-        on_ready=lambda line: click.echo(line, err=False) or sys.stdout.flush())
+        on_ready=lambda line: click.echo(line, err=False) or sys.stdout.flush(), wait=wait,
+        max_megapixels=max_megapixels)
     click.echo("stopped")
 
 
@@ -303,10 +328,12 @@ def estimators(plot):
 @click.option("--split", type=click.Choice(SPLITS), default=None,
               help="--task copies: the split that is the database (a folder without train/ and test/: all of it).  "
                    "[default: test]")
-@click.option("--k", "ks", default="1,10,100,1000", show_default=True,
-              help="--task classes: comma-separated k for precision@k.")
+@click.option("--k", "ks", default=None,
+              help="--task classes: comma-separated k for precision@k, each at most the database's size.  "
+                   "[default: 1,10,100,1000, those the database can answer]")
 @click.option("--copies", type=int, default=None,
-              help="--task copies: how many database images get edited copies (drawn with --seed).  [default: 1000]")
+              help="--task copies: how many database images get edited copies (drawn with --seed), at most the "
+                   "split's size.  [default: 1000, or all of a smaller split]")
 @click.option("--edits", default=None,
               help="--task copies: comma-separated edits, one copy of each source per edit: "
                    f"{', '.join(EDITS)}.  [default: {','.join(DEFAULT_EDITS)}]")
@@ -341,7 +368,7 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
     if task == "copies":
         from hashing.copies import evaluate_copies
 
-        report = evaluate_copies(run_dir, dataset, data_dir, images, split, 1000 if copies is None else copies,
+        report = evaluate_copies(run_dir, dataset, data_dir, images, split, copies,
                                  DEFAULT_EDITS if edits is None else edits.split(","),
                                  COPY_BASELINES if names is None else names, seed, json_out, plots, device,
                                  progress=not quiet)
@@ -352,12 +379,14 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
             raise click.UsageError(f"{given[0]} belongs to --task copies")
         from hashing.evaluation import evaluate as run
 
-        try:
-            k_list = tuple(int(k) for k in ks.split(",") if k.strip())
-        except ValueError:
-            raise click.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
-        if not k_list or min(k_list) < 1:
-            raise click.BadParameter("--k needs positive integers")
+        k_list = None
+        if ks is not None:
+            try:
+                k_list = tuple(int(k) for k in ks.split(",") if k.strip())
+            except ValueError:
+                raise click.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
+            if not k_list or min(k_list) < 1:
+                raise click.BadParameter("--k needs positive integers")
         report = run(run_dir, dataset, data_dir, database_split, query_split, k_list,
                      BASELINES if names is None else names, plots, device, progress=not quiet, seed=seed,
                      json_out=json_out, images=images)

@@ -86,6 +86,12 @@ def device_option(f):
                         help="auto = CUDA when a GPU is visible, else CPU.")(f)
 
 
+def wait_option(f):
+    return click.option("--wait", type=click.FloatRange(0, 86400), default=0, show_default=True, metavar="SECONDS",
+                        help="If another process is writing the index, wait up to this long for it to finish "
+                             "instead of failing at once.")(f)
+
+
 def quiet_option(f):
     return click.option("--quiet", is_flag=True, help="No progress bars.")(f)
 

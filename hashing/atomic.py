@@ -117,6 +117,13 @@ def check_writable_location(path: str | os.PathLike, what: str) -> Path:
         raise HashingError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HashingError(f"{what} {path} cannot be created: no permission to write in {parent}")
+    try:                    # /proc, /sys, read-only mounts: os.access says yes, only a real file says no
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".hashing-probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise HashingError(f"{what} {path} cannot be created: {parent} does not take new files "
+                           f"({e.strerror})") from None
     return path
 
 
@@ -132,10 +139,20 @@ def check_output_file(path: str | os.PathLike | None, what: str) -> None:
         check_writable_location(target, what)
 
 
-def check_output_folder(path: str | os.PathLike | None, what: str, marker: str | None = None) -> None:
+def leftover(name: str, ours: tuple[str, ...] = ()) -> bool:
+    """A file an interrupted write of ours leaves: a temp file (.NAME.XXXX.tmp), a writer lock file,
+    or a data file of a version that was never committed (`ours`: glob patterns of those names)."""
+    from fnmatch import fnmatch
+
+    return (name.startswith(".") and name.endswith((".tmp", ".lock"))) or any(fnmatch(name, p) for p in ours)
+
+
+def check_output_folder(path: str | os.PathLike | None, what: str, marker: str | None = None,
+                        ours: tuple[str, ...] = ()) -> None:
     """Before any work: `path` is a folder we may create or write into. With `marker`, an existing
-    non-empty folder must already hold that file (a run folder's config.json, an index's meta.json):
-    we replace our own artefacts, never a folder of the user's other files."""
+    folder must already hold that file (a run folder's config.json, an index's meta.json) or hold
+    nothing but leftovers of our own interrupted first write (`leftover`; the next commit removes
+    them): we replace our own artefacts, never a folder of the user's other files."""
     if path is None:
         return
     path = Path(path)
@@ -145,7 +162,7 @@ def check_output_folder(path: str | os.PathLike | None, what: str, marker: str |
             raise HashingError(f"{what} {path} exists and is not a folder")
         if not os.access(path, os.W_OK | os.X_OK):
             raise HashingError(f"{what} {path}: no permission to write in it")
-        if marker and any(path.iterdir()) and not (path / marker).is_file():
+        if marker and not (path / marker).is_file() and any(not leftover(p.name, ours) for p in path.iterdir()):
             raise HashingError(f"{what} {path} is a folder of other files (no {marker}); choose a new or empty folder")
 
 
@@ -162,6 +179,18 @@ def commit_manifest(folder: Path, manifest: str, content: dict, ours: tuple[str,
         stale_temp = p.name.startswith(".") and p.name.endswith(".tmp")
         if p.name not in keep and (stale_temp or any(p.match(pattern) for pattern in ours)):
             remove(p)
+
+
+def discard_uncommitted(folder: Path, manifest: str, names: dict) -> None:
+    """After a failed save (a full disk, say): remove the data files it wrote, unless the manifest
+    names them (the commit happened and a later step failed). Nothing committed is touched."""
+    try:
+        committed = set(json.loads((folder / manifest).read_text()).get("files", {}).values())
+    except (OSError, ValueError, AttributeError):
+        committed = set()
+    for name in set(names.values()) - committed:
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
 
 
 def file_name(value: Any, what: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hashing.atomic import commit_manifest, file_name, write_bytes, write_json
+from hashing.atomic import commit_manifest, discard_uncommitted, file_name, write_bytes, write_json
 from hashing.errors import HashingError
 from hashing.indexes.base import ModelRecord
 from hashing.model import HashAutoencoder, HashConfig, upgrade_state_dict
@@ -69,10 +69,14 @@ def save(run_dir: str | Path, model: HashAutoencoder, train: dict | None = None,
     data = serialize(state)
     fp = fingerprint(data)
     files = {"weights": f"model-{fp}.safetensors", "history": f"history-{fp}.json"}
-    write_bytes(run_dir / files["weights"], data)
-    write_json(run_dir / files["history"], history or {})
-    commit_manifest(run_dir, CONFIG, {"format": FORMAT, "model": model.cfg.to_dict(), "train": train or {},
-                                      "fingerprint": fp, "files": files}, OURS)
+    try:
+        write_bytes(run_dir / files["weights"], data)
+        write_json(run_dir / files["history"], history or {})
+        commit_manifest(run_dir, CONFIG, {"format": FORMAT, "model": model.cfg.to_dict(), "train": train or {},
+                                          "fingerprint": fp, "files": files}, OURS)
+    except BaseException:
+        discard_uncommitted(run_dir, CONFIG, files)
+        raise
     return fp
 
 
@@ -88,6 +92,10 @@ def read_config(run_dir: str | Path) -> dict:
         raise HashingError(f"{run_dir} is not a checkpoint (no {CONFIG}); train one with `hashing train`") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HashingError(f"{path} is corrupt (not JSON); retrain the model") from None
+    except IsADirectoryError:
+        raise HashingError(f"{path} is a folder, not a config file; retrain the model") from None
+    except OSError as e:
+        raise HashingError(f"{path} cannot be read ({e.strerror})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise HashingError(f"{run_dir} is not a hashing checkpoint ({CONFIG} has no format {FORMAT!r})")
     return config
@@ -123,13 +131,21 @@ def _load(run_dir: Path, device) -> Checkpoint:
     if not isinstance(files, dict):
         raise HashingError(f"{where}: \"files\" must be an object naming the weights")
     weights = run_dir / file_name(files.get("weights"), f"{where}: files.weights")
-    data = weights.read_bytes()
+    try:
+        data = weights.read_bytes()
+    except (IsADirectoryError, PermissionError) as e:
+        raise HashingError(f"{weights} cannot be read as weights ({e.strerror})") from None
     if fingerprint(data) != recorded:
         raise HashingError(f"{weights} does not match the fingerprint in {CONFIG}: corrupt, or another model's "
                            f"weights; retrain the model")
     model = HashAutoencoder(cfg)
     try:
-        model.load_state_dict(upgrade_state_dict(deserialize(data), model))
+        state = deserialize(data)
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise HashingError(f"{weights}: {bad} holds NaN or infinite values; these weights cannot make codes "
+                               f"(retrain the model)")
+        model.load_state_dict(upgrade_state_dict(state, model))
     except (SafetensorError, RuntimeError, OSError) as e:
         first = str(e).strip().splitlines()[0][:120]
         raise HashingError(f"{weights} does not match its config or is corrupt ({first})") from None

@@ -176,8 +176,11 @@ class CopyReport:
         return "\n".join(lines)
 
 
+DEFAULT_COPIES = 1000
+
+
 def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                    images: str | Path | None = None, split: str | None = None, copies: int = 1000,
+                    images: str | Path | None = None, split: str | None = None, copies: int | None = None,
                     edits=DEFAULT_EDITS, baselines=COPY_BASELINES, seed: int = 0, json_out: str | Path | None = None,
                     plots: str | Path | None = None, device: str = "auto", progress: bool = True) -> CopyReport:
     """The copy-detection table for the model of `run_dir` and the baselines, on one split."""
@@ -192,7 +195,7 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
 
     edits = check_edits(edits)
     baselines = check_baselines(baselines)
-    if copies < 1:
+    if copies is not None and copies < 1:
         raise HashingError(f"--copies must be at least 1, got {copies}")
     if not 0 <= seed < 2**32:
         raise HashingError(f"--seed must be in 0..2**32-1, got {seed}")
@@ -211,8 +214,13 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
         refs = db.sources
     if len(db) < 2:
         raise HashingError(f"the database needs at least 2 images, {db.name} {db.split} has {len(db)}")
+    if copies is None:
+        copies = min(DEFAULT_COPIES, len(db))
+    elif copies > len(db):
+        raise HashingError(f"--copies {copies} is more than the {len(db)} images of {db.name} {db.split}; "
+                           f"ask for at most {len(db)}")
     rng = np.random.default_rng(seed)
-    sources = np.sort(rng.choice(len(db), size=min(copies, len(db)), replace=False))
+    sources = np.sort(rng.choice(len(db), size=copies, replace=False))
     names = tuple(n for n in baselines if n in PERCEPTUAL)
     notes = {}
     for n in names:

@@ -9,6 +9,14 @@ batch and searched as one faiss call (one forward pass for 8 images costs little
 one), and concurrent additions are written with one commit. A lone request waits for
 nothing: there is no batching window.
 
+Writers and readers. An engine that takes additions (`writer=True`, a service with a token)
+holds the index's writer lock (hashing.indexes.lock) for its whole life, so no other process
+writes the index meanwhile and no id is handed out twice. An engine that only reads asks the
+index, before each round of jobs, whether another process committed a new version
+(`BinaryIndex.changed`: a stat of the manifest for FAISS) and then opens it, with its model
+if that changed too; the swap happens between jobs, so a query sees the old or the new
+version, never a mix.
+
 Decoding uploads is not done here: callers decode in their own threads (hashing.images).
 """
 
@@ -28,7 +36,7 @@ import numpy as np
 
 from hashing.atomic import atomic_path
 from hashing.errors import HashingError
-from hashing.indexes.backends import backend_for, open_index
+from hashing.indexes.backends import backend_for, open_index, writer_lock
 from hashing.indexes.base import Hit
 
 # Images per forward pass when many requests wait at once; HASHING_MAX_BATCH=1 turns batching off
@@ -54,7 +62,7 @@ class Timings:
 
 @dataclass
 class _Job:
-    kind: str                         # "search" | "add" | "items"
+    kind: str                         # "search" | "add" | "items" | "status"
     payload: dict
     future: Future = field(default_factory=Future)
     queued: float = field(default_factory=time.perf_counter)
@@ -87,24 +95,37 @@ class Engine:
     """A model and its index, served to many threads by one worker thread."""
 
     def __init__(self, location: str, collection: str | None = None, device: str = "auto",
-                 uploads: str | os.PathLike | None = None):
+                 uploads: str | os.PathLike | None = None, writer: bool = False, wait: float = 0.0):
         from hashing.retrieval import load_model_for
 
-        self.location, self.collection = str(location), collection
+        self.location, self.collection, self.device = str(location), collection, device
         self.backend = backend_for(self.location)
-        self.index = open_index(self.location, collection)
+        self.lock = writer_lock(self.location, collection) if writer else None
+        if self.lock is not None:
+            self.lock.acquire(wait)
         try:
-            self.model = load_model_for(self.index, device)
+            self.index = open_index(self.location, collection)
+            try:
+                self.model = load_model_for(self.index, device)
+            except BaseException:
+                self.index.close()
+                raise
         except BaseException:
-            self.index.close()
+            if self.lock is not None:
+                self.lock.release()
             raise
         self.spec = self.model.cfg.spec
+        self.reloads = 0                       # new versions picked up from other writers
         self.uploads = Path(uploads) if uploads is not None else uploads_folder(self.location)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._run, name="hashing-engine", daemon=True)
         self._worker.start()
 
     # ---- what callers see ------------------------------------------------------------------------
+
+    @property
+    def writer(self) -> bool:
+        return self.lock is not None
 
     @property
     def count(self) -> int:
@@ -124,9 +145,11 @@ class Engine:
 
     def check_search(self, k: int | None, radius: int | None) -> None:
         """Refuse a k or radius this index cannot answer (HashingError), before any work."""
-        if (k is None) == (radius is None):
-            raise HashingError("give either k or radius, not both")
-        self.index.check_searchable(k, radius)
+        if k is None and radius is None:
+            raise HashingError("give k, radius, or both (at most k within radius)")
+        if radius is not None and k is not None and k < 1:
+            raise HashingError(f"-k must be at least 1, got {k}")
+        self.index.check_searchable(k if radius is None else None, radius)
 
     def search(self, arrays: np.ndarray | None = None, codes: np.ndarray | None = None, k: int | None = None,
                radius: int | None = None) -> Future:
@@ -136,9 +159,15 @@ class Engine:
     def add(self, arrays: np.ndarray, blobs: list[bytes], names: list[str], labels: list[int]) -> Future:
         """Uploaded images (decoded arrays and the files' bytes) -> Future of their new ids, once the
         files and the index's new version are on disk."""
+        if not self.writer:
+            raise HashingError("this service only reads the index: additions need a writer (start it with --token)")
         if self.uploads is None:
             raise HashingError("additions need a folder for the uploaded files: start the service with --uploads DIR")
         return self._submit("add", arrays=arrays, blobs=blobs, names=names, labels=labels)
+
+    def status(self) -> Future:
+        """Future of the item count, after picking up any version another process committed."""
+        return self._submit("status")
 
     def items(self, ids: list[int]) -> Future:
         """Future of Hits (distance 0) for existing ids; HashingError for an unknown one."""
@@ -150,6 +179,8 @@ class Engine:
             self._jobs.put(None)
             self._worker.join()
             self.index.close()
+            if self.lock is not None:
+                self.lock.release()
 
     # ---- the worker --------------------------------------------------------------------------------
 
@@ -175,6 +206,8 @@ class Engine:
                     self._jobs.put(None)    # stop after this round
                     break
                 jobs.append(nxt)
+            if not self.writer:
+                self._follow()
             for group in _runs(jobs):
                 self._do(group)
 
@@ -203,6 +236,9 @@ class Engine:
         xq = np.concatenate(parts)                       # (n, ...) one batch, a writable copy
         t1 = time.perf_counter()
         if not by_codes:
+            if xq.shape[1:] != self.spec.shape:
+                raise HashingError("the index was rebuilt with another model while this request was decoded; "
+                                   "send it again")
             xq = self._encode(xq)
         t2 = time.perf_counter()
         p = jobs[0].payload
@@ -215,6 +251,9 @@ class Engine:
             out.append((hits[start:start + len(part)], timing))
             start += len(part)
         return out
+
+    def _status(self, jobs: list[_Job]) -> list:
+        return [self.index.count for _ in jobs]
 
     def _items(self, jobs: list[_Job]) -> list:
         (job,) = jobs                                   # never batched (see _runs)
@@ -260,6 +299,28 @@ class Engine:
         """Back to the committed version on disk after a failed addition."""
         self.index.close()
         self.index = open_index(self.location, self.collection)
+
+    def _follow(self) -> None:
+        """A reader: open the newest committed version if another process committed one (with its
+        model, when that changed). Anything that fails keeps the version already open."""
+        from hashing.retrieval import load_model_for
+
+        try:
+            if not self.index.changed():
+                return
+            new = open_index(self.location, self.collection)
+        except Exception:                   # noqa: BLE001 - mid-rebuild or damaged: keep serving what we have
+            return
+        try:
+            model = self.model
+            if new.info.model.fingerprint != self.index.info.model.fingerprint or new.bits != self.bits:
+                model = load_model_for(new, self.device)
+        except Exception:                   # noqa: BLE001
+            new.close()
+            return
+        old, self.index, self.model, self.spec = self.index, new, model, model.cfg.spec
+        self.reloads += 1
+        old.close()
 
 
 def _runs(jobs: list[_Job]) -> list[list[_Job]]:

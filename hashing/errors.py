@@ -3,3 +3,7 @@
 
 class HashingError(Exception):
     """A problem with the user's input (a path, a file, an option), with what to do about it."""
+
+
+class TooLarge(HashingError):
+    """An input over a size limit (an image's pixels, a request's body): the service answers 413."""

@@ -146,7 +146,7 @@ def _curves(s: Scores) -> dict:
 
 
 def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None,
-             database_split: str = "train", query_split: str = "test", ks=DEFAULT_KS,
+             database_split: str = "train", query_split: str = "test", ks=None,
              baselines=("lsh", "pcah", "itq", "l2"), plots: str | Path | None = None, device: str = "auto",
              progress: bool = True, seed: int = 0, json_out: str | Path | None = None,
              images: str | Path | None = None) -> Report:
@@ -165,6 +165,9 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
     from hashing.device import resolve_device
 
     baselines = B.check_names(baselines)
+    if database_split == query_split:
+        raise HashingError(f"--database-split and --query-split are both {query_split}: every query would find "
+                           f"itself; choose two different splits")
     check_output_file(json_out, "--json")
     check_output_folder(plots, "--plots")
     if images is not None:
@@ -179,6 +182,11 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
     bits, spec = model.cfg.bits, model.cfg.spec
     db = load_split(dataset, images, database_split, database_split, data_dir, spec, progress=progress)
     qs = load_split(dataset, images, query_split, query_split, data_dir, spec, progress=progress)
+    if ks is None:
+        ks = tuple(k for k in DEFAULT_KS if k <= len(db))            # the defaults that this database can answer
+    elif max(ks) > len(db):
+        raise HashingError(f"--k {max(ks)} is more than the database's {len(db)} images ({database_split}); "
+                           f"ask for at most {len(db)}")
     q_rows = np.flatnonzero(qs.labels >= 0)
     if not len(q_rows):
         raise HashingError(f"no labelled queries: evaluate needs the {query_split} images in class folders")

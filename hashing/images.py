@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashing.errors import HashingError
+from hashing.errors import HashingError, TooLarge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RESIZE = ("crop", "pad", "stretch")
@@ -85,18 +85,25 @@ def read_image(path: str | os.PathLike, spec: ImageSpec | int = ImageSpec(), inv
     path = Path(path)
     if path.is_dir():
         raise HashingError(f"{path} is a folder, not an image file")
+    if path.exists() and not path.is_file():
+        raise HashingError(f"{path} is not a regular file (a FIFO, socket or device), not an image file")
     if not path.is_file():
         raise HashingError(f"image not found: {path}")
     with _opened(path, str(path)) as im:
         return _fit_first_frame(im, spec, invert)
 
 
-def decode_image(data: bytes, name: str, spec: ImageSpec, invert: bool = False) -> np.ndarray:
-    """An image file's bytes (an upload) -> uint8 `spec.shape`, exactly as read_image reads that file."""
+def decode_image(data: bytes, name: str, spec: ImageSpec, invert: bool = False,
+                 max_pixels: int | None = None) -> np.ndarray:
+    """An image file's bytes (an upload) -> uint8 `spec.shape`, exactly as read_image reads that file.
+
+    `max_pixels`: refuse, from the header alone and before any decoding, an image that would decode
+    to more pixels (after a JPEG's reduced-scale decode), so one upload cannot take the memory of a
+    service (a 9000 x 9000 PNG is a few MB on the wire and 320 MB decoded)."""
     import io
 
     with _opened(io.BytesIO(data), name) as im:
-        return _fit_first_frame(im, spec, invert)
+        return _fit_first_frame(im, spec, invert, max_pixels, name)
 
 
 def load_picture(source: str | os.PathLike | bytes, name: str = "image"):
@@ -134,9 +141,14 @@ def png_bytes(im, size: int) -> bytes:
     return out.getvalue()
 
 
-def _fit_first_frame(im, spec: ImageSpec, invert: bool) -> np.ndarray:
+def _fit_first_frame(im, spec: ImageSpec, invert: bool, max_pixels: int | None = None,
+                     name: str = "the image") -> np.ndarray:
     if spec.resize != "stretch" and im.format == "JPEG":
         im.draft(im.mode, (2 * spec.size, 2 * spec.size))
+    if max_pixels is not None and im.width * im.height > max_pixels:
+        raise TooLarge(f"image too large: {name} is {im.width} x {im.height} "
+                           f"({im.width * im.height / 1e6:.1f} megapixels); this service decodes at most "
+                           f"{max_pixels / 1e6:g} (--max-megapixels): send a smaller copy")
     im.seek(0)
     im.load()
     return fit_image(im, spec, invert)
@@ -154,10 +166,21 @@ def _opened(fp, name: str):
             with Image.open(fp) as im:
                 yield im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HashingError(f"image too large: {name} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
+        raise TooLarge(f"image too large: {name} has more than {Image.MAX_IMAGE_PIXELS:,} pixels "
                            f"(refused as a possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise HashingError(f"not a readable image: {name} ({type(e).__name__})") from None
+
+
+def give_back_memory() -> None:
+    """Return freed heap memory to the operating system (glibc's malloc_trim): after a large decode,
+    freed buffers would otherwise stay in the process's arenas, one per decoding thread."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def to_gray(im):
@@ -167,7 +190,7 @@ def to_gray(im):
     if _transparent(im):
         return _on_black(im).convert("L")
     wide = _wide_to_8bit(im)
-    return wide if wide is not None else im.convert("L")
+    return wide if wide is not None else im if im.mode == "L" else im.convert("L")    # no copy of a large L image
 
 
 def to_rgb(im):
@@ -175,7 +198,8 @@ def to_rgb(im):
     if _transparent(im):
         return _on_black(im).convert("RGB")
     wide = _wide_to_8bit(im)
-    return (wide if wide is not None else im).convert("RGB")
+    im = wide if wide is not None else im
+    return im if im.mode == "RGB" else im.convert("RGB")                           # no copy of a large RGB image
 
 
 def is_gray(im, tolerance: int = 8) -> bool:

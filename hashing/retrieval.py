@@ -7,6 +7,7 @@ result object that the CLI prints. Images are streamed in batches; only codes
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from hashing.images import ImageSpec, conform, read_image
 from hashing.device import resolve_device
 from hashing.errors import HashingError
 from hashing.indexes import BinaryIndex, Hit, IndexInfo, create, open_index
-from hashing.indexes.backends import backend_class, backend_for
+from hashing.indexes.backends import backend_class, backend_for, writer_lock
+from hashing.indexes.lock import WriterLock
 
 
 @dataclass
@@ -124,42 +126,79 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
                 images: str | Path | None = None, data_dir: str | None = None, index_type: str = "flat",
                 backend: str | None = None, collection: str | None = None, append: bool = False,
                 batch_size: int = 1024, device: str = "auto", progress: bool = True,
-                strict: bool = False) -> IndexResult:
+                strict: bool = False, wait: float = 0.0) -> IndexResult:
     """Encode a dataset split or a folder of images and store the codes with their metadata.
 
     Everything that can be refused is refused before encoding (the location, the source and
-    its split, the model, the index type for this many items); the destination is touched only
-    after encoding, and the backend's save() is one atomic commit, so a failure or a kill
-    leaves the old index whole. A folder's labels are its class folders (names kept in the
-    index's info); files in its root are unlabelled.
+    its split, the model, the index type for this many items, another writer holding the
+    index's lock); the destination is touched only after encoding, and the backend's save()
+    is one atomic commit, so a failure or a kill leaves the old index whole. The writer lock
+    is held from before the first read of the index to the commit (`wait`: seconds to wait
+    for another writer). A folder's labels are its class folders (names kept in the index's
+    info); files in its root are unlabelled.
     """
     planned = plan_split(dataset, images, split, "train", data_dir)
     kind = backend_class(backend_for(out, backend))
     kind.check_location(out, creating=not append, collection=collection)
     ckpt = checkpoint.load(run_dir, resolve_device(device))
     model, record = ckpt.model, ckpt.record()
-    if append:
-        index = open_index(out, collection, backend)
+    new_file = not append and kind.__name__ == "MilvusIndex" and str(out).endswith(".db") and not Path(out).exists()
+    with holding(writer_lock(out, collection, backend), wait), removed_on_failure(Path(out) if new_file else None):
+        if append:
+            index = open_index(out, collection, backend)
+            try:
+                index.info.check_model(record)
+            finally:
+                index.close()
+        else:
+            kind.check_type(index_type, model.cfg.bits,
+                            len(planned) if isinstance(planned, ImageSet) else len(planned[0]))
+        enc = encode_split(model, planned, batch_size, progress, strict)
+        if not append:
+            kind.check_type(index_type, model.cfg.bits, len(enc.codes))
+        index = open_index(out, collection, backend) if append else \
+            create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
         try:
-            index.info.check_model(record)
+            index.info.datasets.update(enc.datasets)
+            labels = index.info.merge_classes(enc.classes, enc.labels) if enc.classes else enc.labels
+            index.add(enc.codes, labels, enc.sources)
+            index.save()
+            return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
+                               enc.images_per_second, enc.skipped)
         finally:
             index.close()
-    else:
-        kind.check_type(index_type, model.cfg.bits, len(planned) if isinstance(planned, ImageSet) else len(planned[0]))
-    enc = encode_split(model, planned, batch_size, progress, strict)
-    if not append:
-        kind.check_type(index_type, model.cfg.bits, len(enc.codes))
-    index = open_index(out, collection, backend) if append else \
-        create(out, IndexInfo(bits=model.cfg.bits, model=record, index_type=index_type), backend, collection)
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: Path | None):
+    """A Milvus Lite file this command creates goes again if the command fails (a full disk, a kill of
+    its server): no empty or half-made .db is left where none was."""
     try:
-        index.info.datasets.update(enc.datasets)
-        labels = index.info.merge_classes(enc.classes, enc.labels) if enc.classes else enc.labels
-        index.add(enc.codes, labels, enc.sources)
-        index.save()
-        return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
-                           enc.images_per_second, enc.skipped)
+        yield
+    except BaseException:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def holding(lock: WriterLock, wait: float = 0.0):
+    """Hold a writer lock for a block. If the block fails and taking the lock created the lock file
+    (and its folder), they go again: a failed first build leaves nothing behind."""
+    folder_existed, file_existed = lock.path.parent.exists(), lock.path.exists()
+    lock.acquire(wait)
+    ok = False
+    try:
+        yield lock
+        ok = True
     finally:
-        index.close()
+        lock.release()
+        if not ok and not file_existed:
+            with contextlib.suppress(OSError):
+                lock.path.unlink()
+                if not folder_existed:
+                    lock.path.parent.rmdir()       # only if empty
 
 
 @dataclass
@@ -177,10 +216,13 @@ class QueryResult:
         return {"image": self.image, "results": [{**h.to_dict(), "class": self.class_of(h)} for h in self.hits]}
 
 
-def query_images(paths: list[str | os.PathLike], index_location: str, k: int = 10, radius: int | None = None,
-                 collection: str | None = None, invert: bool = False,
+def query_images(paths: list[str | os.PathLike], index_location: str, k: int | None = None,
+                 radius: int | None = None, collection: str | None = None, invert: bool = False,
                  grid: str | Path | None = None) -> list[QueryResult]:
-    """Encode each image with the index's model and return its neighbours. Reads, never writes."""
+    """Encode each image with the index's model and return its neighbours: the k nearest (default 10),
+    every item within radius, or with both at most k of those within radius. Reads, never writes."""
+    if k is None and radius is None:
+        k = 10
     check_output_file(grid, "--grid")
     index = open_index(index_location, collection)
     try:

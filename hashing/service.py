@@ -19,6 +19,7 @@ parameter; an unexpected failure is a 500 whose body names only its type.
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, which
 # name classes imported inside create_app (fastapi stays out of `import hashing`).
 import asyncio
+import contextlib
 import hmac
 import socket
 import threading
@@ -27,18 +28,21 @@ from pathlib import Path
 from typing import Annotated
 
 from hashing.engine import Engine
-from hashing.errors import HashingError
+from hashing.errors import HashingError, TooLarge
 from hashing.retrieval import QueryResult
 
 WEB = Path(__file__).parent / "web"
 MAX_UPLOAD_MB = 10.0
 MAX_IMAGES = 256                     # files in one request
+MAX_MEGAPIXELS = 16.0                # the largest upload decoded (after a JPEG's reduced-scale decode)
+LARGE_PIXELS = 2_000_000             # images above this are decoded one at a time (bounded memory)
+INT64_MAX = 2 ** 63 - 1
 THUMBNAIL_SIZES = (16, 1024)
 TOKEN_ENV = "HASHING_TOKEN"
 
 
 def create_app(engine: Engine, token: str | None = None, read_only: bool = False,
-               max_upload_mb: float = MAX_UPLOAD_MB):
+               max_upload_mb: float = MAX_UPLOAD_MB, max_megapixels: float = MAX_MEGAPIXELS):
     """The FastAPI application over an open engine (which the caller closes)."""
     from fastapi import FastAPI, File, Form, Query, Request
     from fastapi.concurrency import run_in_threadpool
@@ -51,7 +55,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
     from starlette.exceptions import HTTPException
 
     from hashing.data import dataset_image
-    from hashing.images import decode_image, png_bytes, thumbnail_png
+    from hashing.images import decode_image, give_back_memory, png_bytes, thumbnail_png
 
     app = FastAPI(title="hashing", version=_version(), docs_url=None, redoc_url=None,
                   description="Search images by the Hamming distance of their learned binary codes.")
@@ -61,7 +65,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
 
     @app.exception_handler(HashingError)
     async def _hashing_error(request: Request, e: HashingError):
-        return JSONResponse({"detail": str(e)}, status_code=400)
+        return JSONResponse({"detail": str(e)}, status_code=413 if isinstance(e, TooLarge) else 400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
@@ -69,6 +73,16 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
         return JSONResponse({"detail": f"{where}: {err.get('msg')}" if where else str(err.get("msg"))},
                             status_code=422)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, e: OSError):
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):         # an addition on a full disk: nothing was committed
+            return JSONResponse({"detail": "no space left on the service's disk; the addition was not stored"},
+                                status_code=507)
+        return JSONResponse({"detail": f"internal error (OSError: {e.strerror}); see the service's log"},
+                            status_code=500)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):
@@ -95,12 +109,24 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         blobs = [await f.read() for f in files]
         return blobs, [f.filename or f"image {i}" for i, f in enumerate(files)]
 
+    large_decode = threading.Lock()          # one large image decoded at a time; small ones never wait
+    max_pixels = int(max_megapixels * 1e6)
+
+    def decode_one(blob: bytes, name: str, invert: bool):
+        gate = large_decode if pixels_of(blob) > LARGE_PIXELS else contextlib.nullcontext()
+        with gate:
+            try:
+                return decode_image(blob, name, engine.spec, invert, max_pixels)
+            finally:
+                if gate is large_decode:
+                    give_back_memory()
+
     def decode_all(blobs: list[bytes], names: list[str], invert: bool):
         import numpy as np
         import time
 
         t0 = time.perf_counter()
-        arrays = np.stack([decode_image(b, n, engine.spec, invert) for b, n in zip(blobs, names)])
+        arrays = np.stack([decode_one(b, n, invert) for b, n in zip(blobs, names)])
         return arrays, (time.perf_counter() - t0) * 1e3
 
     def results(names: list[str], hits) -> list[dict]:
@@ -123,11 +149,12 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
     @app.get("/health")
     async def health() -> dict:
         """Whether the service is up, and what it serves."""
+        count = await asyncio.wrap_future(engine.status())      # after any version another writer committed
         rec = engine.index.info.model
-        return {"status": "ok", "items": engine.count, "bits": engine.bits, "backend": engine.backend,
+        return {"status": "ok", "items": count, "bits": engine.bits, "backend": engine.backend,
                 "model": rec.run_dir, "fingerprint": rec.fingerprint,
                 "image": {"size": engine.spec.size, "channels": engine.spec.channels, "resize": engine.spec.resize},
-                "classes": engine.classes, "additions": "off" if read_only or not token else "token"}
+                "classes": engine.classes, "additions": "off" if read_only or not token or not engine.writer else "token"}
 
     @app.post("/search")
     async def search(image: Annotated[list[UploadFile], File(description="one or more image files")],
@@ -227,8 +254,8 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         labels = label or [-1]
         if len(labels) not in (1, len(blobs)):
             raise fail(422, f"label: give one label for all {len(blobs)} images or one per image, not {len(labels)}")
-        if any(lab < -1 for lab in labels):
-            raise fail(422, "label: labels are -1 (none) or at least 0")
+        if any(not -1 <= lab <= INT64_MAX for lab in labels):
+            raise fail(422, f"label: labels are -1 (none) or from 0 to {INT64_MAX}")
         labels = labels * len(blobs) if len(labels) == 1 else labels
         arrays, _ = await run_in_threadpool(decode_all, blobs, names, invert)
         ids = await asyncio.wrap_future(engine.add(arrays, blobs, names, labels))
@@ -311,6 +338,19 @@ async def _json(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def pixels_of(blob: bytes) -> int:
+    """An image's pixel count from its header alone (0 when Pillow cannot tell: decoding reports why)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            return im.width * im.height
+    except Exception:                       # noqa: BLE001 - the decode that follows names the problem
+        return 0
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -343,8 +383,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(index: str, collection: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, read_only: bool = False, max_upload_mb: float = MAX_UPLOAD_MB,
-          uploads: str | None = None, device: str = "auto", on_ready=print) -> None:
-    """Load the model and the index once and answer HTTP until SIGINT or SIGTERM (then a clean exit)."""
+          uploads: str | None = None, device: str = "auto", on_ready=print, wait: float = 0.0,
+          max_megapixels: float = MAX_MEGAPIXELS) -> None:
+    """Load the model and the index once and answer HTTP until SIGINT or SIGTERM (then a clean exit).
+
+    With a token (and not read-only) the service is the index's one writer: it holds the writer lock
+    from start to stop (waiting up to `wait` seconds for another writer). Without, it only reads, and
+    follows new versions that other processes commit."""
+    import math
     import signal
 
     try:
@@ -354,16 +400,18 @@ def serve(index: str, collection: str | None = None, host: str = "127.0.0.1", po
     except ImportError as e:
         raise HashingError(f"`hashing serve` needs the serve extra ({e.name} is missing): "
                            f"pip install 'hashing[serve]' (or -e '.[serve]' in a checkout)") from None
-    if max_upload_mb <= 0:
-        raise HashingError(f"--max-upload must be above 0 MB, got {max_upload_mb}")
+    if not math.isfinite(max_upload_mb) or max_upload_mb <= 0:
+        raise HashingError(f"--max-upload must be a number of MB above 0, got {max_upload_mb}")
+    if not math.isfinite(max_megapixels) or max_megapixels <= 0:
+        raise HashingError(f"--max-megapixels must be a number above 0, got {max_megapixels}")
     sock = bind(host, port)
     try:
-        engine = Engine(index, collection, device, uploads)
+        engine = Engine(index, collection, device, uploads, writer=bool(token) and not read_only, wait=wait)
     except BaseException:
         sock.close()
         raise
     try:
-        app = create_app(engine, token, read_only, max_upload_mb)
+        app = create_app(engine, token, read_only, max_upload_mb, max_megapixels)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                                timeout_graceful_shutdown=5))
         port = sock.getsockname()[1]

@@ -13,7 +13,7 @@ every global batch: all ranks draw the same permutation, global batch i is
 batch B see the batches of one process with batch N*B. DDP averages the gradients, the
 contrastive negatives are gathered from every rank, and BatchNorm is synchronised on CUDA
 (SyncBatchNorm); on CPU it stays per process, because torch's SyncBatchNorm runs on GPUs
-only (README, "Training on several processes", measures what that costs). Only rank 0
+only (docs/training.md, "Several processes", measures what that costs). Only rank 0
 writes the run folder and shows progress.
 
 `train()` trains on the data its caller hands it, under configs already resolved by
@@ -269,7 +269,12 @@ def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: s
     from hashing.atomic import check_output_folder
     from hashing.device import resolve_device
 
-    check_output_folder(out, "--out", marker=checkpoint.CONFIG)   # before any data or epoch
+    check_output_folder(out, "--out", marker=checkpoint.CONFIG, ours=checkpoint.OURS)   # before any data or epoch
+    if settings.get("image_size") is not None:                  # before a folder is read at that size
+        from hashing.images import MAX_SIZE, MIN_SIZE
+        from hashing.validation import integer
+
+        integer("--image-size", settings["image_size"], MIN_SIZE, MAX_SIZE)
     group = distributed.start(resolve_device(settings.get("device") or "auto").type)
     try:
         result = _train_on(recipe, out, dataset, images, data_dir, progress and group.main, group, settings)

@@ -11,6 +11,7 @@ import importlib
 from hashing import validation as V
 from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
+from hashing.indexes.lock import WriterLock, lock_path
 
 BACKENDS = {"faiss": "hashing.indexes.faiss_index:FaissIndex", "milvus": "hashing.indexes.milvus_index:MilvusIndex"}
 MILVUS_PREFIXES = ("http://", "https://", "tcp://")
@@ -40,6 +41,13 @@ def backend_class(name: str) -> type[BinaryIndex]:
 def create(location: str, info: IndexInfo, backend: str | None = None, collection: str | None = None) -> BinaryIndex:
     """A new, empty index at `location` for codes described by `info`."""
     return backend_class(backend_for(location, backend)).create(location, info, collection)
+
+
+def writer_lock(location: str, collection: str | None = None, backend: str | None = None) -> WriterLock:
+    """The lock that one writer of the index at `location` holds (not yet taken: call acquire)."""
+    name = backend_for(location, backend)
+    what = f"the index {location}" + (f" (collection {collection})" if collection and name == "milvus" else "")
+    return WriterLock(lock_path(str(location), name, collection), what)
 
 
 def open_index(location: str, collection: str | None = None, backend: str | None = None) -> BinaryIndex:

@@ -147,6 +147,11 @@ class BinaryIndex(abc.ABC):
     def save(self) -> None:
         """Persist everything; a reader never sees a half-written index."""
 
+    def changed(self) -> bool:
+        """Whether another process has committed a newer version than the one open (a reader asks
+        this before a search, and opens the index again when it has)."""
+        return False
+
     def close(self) -> None:
         """Release connections and file locks (Milvus Lite lets one process open a .db at a time)."""
 
@@ -191,8 +196,11 @@ class BinaryIndex(abc.ABC):
         return [Hit(int(i), int(d), None if lab < 0 else int(lab), s) for i, d, lab, s in zip(I, D, labels, sources)]
 
     def query(self, xq: np.ndarray, k: int | None = None, radius: int | None = None) -> list[list[Hit]]:
-        """k nearest (or all within radius) for each query, as Hits."""
+        """k nearest, or every item within radius, or with both the k nearest of those within radius
+        (at most k), for each query, as Hits."""
         if radius is not None:
-            return [self.hits(D, I) for D, I in self.range_search(xq, radius)]
+            if k is not None and k < 1:
+                raise HashingError(f"-k must be at least 1, got {k}")
+            return [self.hits(D[:k], I[:k]) for D, I in self.range_search(xq, radius)]
         D, I = self.search(xq, k)
         return [self.hits(d, i) for d, i in zip(D, I)]

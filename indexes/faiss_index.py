@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from hashing import validation as V
-from hashing.atomic import atomic_path, check_output_folder, commit_manifest, file_name
+from hashing.atomic import atomic_path, check_output_folder, commit_manifest, discard_uncommitted, file_name
 from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 
-FORMAT = "hashing-index/1"
+FORMAT = "hashing-index/2"           # /2: the items file names the model (see _open); /1 still opens
+FORMATS = ("hashing-index/1", FORMAT)
+KEYS = {"format", "backend", "count", "info", "files", "sha256"}
 MANIFEST = "meta.json"
 LEGACY_FILES = {"index": "index.faiss", "items": "items.npz"}
 OURS = ("index*.faiss", "items*.npz")      # every data-file name a save has ever written
@@ -44,7 +46,7 @@ INDEX_TYPES = {
 
 
 # Search-time knobs, chosen with benchmarks/search.py (which imports these, so it measures
-# exactly what an index uses; recall and speed in the README's search table).
+# exactly what an index uses; recall and speed in docs/benchmarks.md, "Search").
 SEARCH_PARAMS = {"nprobe": 16, "efSearch": 64}
 
 
@@ -84,7 +86,7 @@ class FaissIndex(BinaryIndex):
         if collection is not None:
             raise HashingError("--collection is for Milvus; a FAISS index is a folder")
         if creating:
-            check_output_folder(location, "--out", marker=MANIFEST)
+            check_output_folder(location, "--out", marker=MANIFEST, ours=OURS)
         elif not (Path(location) / MANIFEST).is_file():
             raise HashingError(f"{location} is not an index (no {MANIFEST}); build one with "
                                f"`hashing index --out {location}`")
@@ -107,15 +109,18 @@ class FaissIndex(BinaryIndex):
     def open(cls, location: str, collection: str | None = None) -> "FaissIndex":
         cls.check_location(location, creating=False, collection=collection)
         path = Path(location)
-        try:
-            return cls._open(path)
-        except FileNotFoundError:   # a writer committed a new version between our reads: read it again
-            pass
-        try:
-            return cls._open(path)
-        except FileNotFoundError as e:
-            raise HashingError(f"{path}: {Path(e.filename or '?').name}, named in {MANIFEST}, is missing; "
-                               f"rebuild the index with `hashing index`") from None
+        missing = "?"
+        for _ in range(2):                          # again if a writer committed a new version between our reads
+            stamp = _stamp(path / MANIFEST)         # before the read: a commit after it shows as a change
+            try:
+                index = cls._open(path)
+            except FileNotFoundError as e:
+                missing = Path(e.filename or "?").name
+                continue
+            index._stamp = stamp
+            return index
+        raise HashingError(f"{path}: {missing}, named in {MANIFEST}, is missing; rebuild the index with "
+                           f"`hashing index`")
 
     @classmethod
     def _open(cls, path: Path) -> "FaissIndex":
@@ -125,19 +130,37 @@ class FaissIndex(BinaryIndex):
         try:
             meta = json.loads(where.read_text())
             V.mapping(MANIFEST, meta)
-            if meta.get("format") != FORMAT:
-                raise HashingError(f"format is not {FORMAT!r}")
+            if meta.get("format") not in FORMATS:
+                raise HashingError(f"format is not one of {', '.join(FORMATS)}")
+            unknown = sorted(set(meta) - KEYS)
+            if unknown:
+                raise HashingError(f"unknown field {unknown[0]!r}")
+            if meta.get("backend", "faiss") != "faiss":
+                raise HashingError(f"backend is {meta.get('backend')!r}, and this folder is a FAISS index")
             info = IndexInfo(**V.mapping("info", meta.get("info")))
             count = V.integer("count", meta.get("count"), 0)
+            legacy = "files" not in meta               # written before versioned names: no checksums then
             files = meta.get("files", LEGACY_FILES)
             V.mapping("files", files)
             names = {role: file_name(files.get(role), f"files.{role}") for role in ("index", "items")}
-            sums = meta.get("sha256", {})
-            V.mapping("sha256", sums)
+            if not legacy and "sha256" not in meta:
+                raise HashingError("sha256 is missing: a manifest without its checksums is not trusted")
+            sums = {} if legacy else V.mapping("sha256", meta.get("sha256"))
+            for role in () if legacy else names:
+                if not isinstance(sums.get(role), str) or len(sums[role]) != 64:
+                    raise HashingError(f"sha256.{role} is missing or not a SHA-256: a manifest without its "
+                                       f"checksums is not trusted")
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise HashingError(f"{where} is corrupt (not JSON); rebuild the index with `hashing index`") from None
+        except IsADirectoryError:
+            raise HashingError(f"{where} is a folder, not a manifest; rebuild the index with `hashing index`") from None
         except (HashingError, TypeError) as e:
             raise HashingError(f"{where}: {e}; rebuild the index with `hashing index`") from None
+        try:
+            cls.check_type(info.index_type, info.bits)
+        except HashingError:
+            raise HashingError(f"{where}: info.index_type {info.index_type!r} is not an index type; rebuild the "
+                               f"index with `hashing index`") from None
         blobs = {role: (path / name).read_bytes() for role, name in names.items()}
         for role, blob in blobs.items():
             if role in sums and hashlib.sha256(blob).hexdigest() != sums[role]:
@@ -147,6 +170,7 @@ class FaissIndex(BinaryIndex):
             index = faiss.deserialize_index_binary(np.frombuffer(blobs["index"], dtype=np.uint8))
             with np.load(io.BytesIO(blobs["items"]), allow_pickle=False) as z:   # the bytes just checked
                 ids, labels, sources = z["ids"], z["labels"], z["sources"]
+                made_by = str(z["model"]) if "model" in z.files else None
         except Exception as e:   # faiss raises RuntimeError, numpy BadZipFile/KeyError/ValueError on damaged files
             raise HashingError(f"{path} is a damaged index ({type(e).__name__}); rebuild it with `hashing index`") from None
         problem = None
@@ -160,10 +184,18 @@ class FaissIndex(BinaryIndex):
             problem = f"{names['items']} has arrays of the wrong shape or type"
         elif not np.array_equal(ids, np.arange(count)):
             problem = f"{names['items']} ids are not 0..{count - 1}"
+        elif meta["format"] != "hashing-index/1" and made_by != _model_key(info):
+            problem = (f"its codes were made by model {made_by or '(not recorded)'} but {MANIFEST} names model "
+                       f"{_model_key(info)} (the model record was edited or swapped)")
         if problem:
             raise HashingError(f"{path} is an inconsistent index: {problem}; rebuild it with `hashing index`")
         tune(index)
         return cls(path, info, index, ids.astype(np.int64), labels.astype(np.int64), sources.tolist())
+
+    _stamp: tuple | None = None
+
+    def changed(self) -> bool:
+        return _stamp(self.path / MANIFEST) != self._stamp
 
     def save(self) -> None:
         """Write this version's data files under new names, then commit by replacing meta.json."""
@@ -174,16 +206,23 @@ class FaissIndex(BinaryIndex):
         self.path.mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:12]
         names = {"index": f"index-{tag}.faiss", "items": f"items-{tag}.npz"}
-        with atomic_path(self.path / names["index"]) as tmp:
-            faiss.write_index_binary(self.index, str(tmp))
-            index_sum = _sha256(tmp)
-        with atomic_path(self.path / names["items"]) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, ids=self._ids, labels=self._labels, sources=np.asarray(self._sources, dtype=str))
-            items_sum = _sha256(tmp)
-        commit_manifest(self.path, MANIFEST, {"format": FORMAT, "backend": "faiss", "count": self.count,
-                                              "info": self.info.to_dict(), "files": names,
-                                              "sha256": {"index": index_sum, "items": items_sum}}, OURS)
+        try:
+            with atomic_path(self.path / names["index"]) as tmp:
+                # Serialized here, written by Python: a full disk is an OSError (ENOSPC), not faiss's RuntimeError.
+                tmp.write_bytes(faiss.serialize_index_binary(self.index).tobytes())
+                index_sum = _sha256(tmp)
+            with atomic_path(self.path / names["items"]) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, ids=self._ids, labels=self._labels, sources=np.asarray(self._sources, dtype=str),
+                             model=np.asarray(_model_key(self.info)))
+                items_sum = _sha256(tmp)
+            commit_manifest(self.path, MANIFEST, {"format": FORMAT, "backend": "faiss", "count": self.count,
+                                                  "info": self.info.to_dict(), "files": names,
+                                                  "sha256": {"index": index_sum, "items": items_sum}}, OURS)
+        except BaseException:
+            discard_uncommitted(self.path, MANIFEST, names)
+            raise
+        self._stamp = _stamp(self.path / MANIFEST)
 
     # ---- data -----------------------------------------------------------------------------------
 
@@ -246,6 +285,21 @@ class FaissIndex(BinaryIndex):
         index = self.index.storage if isinstance(self.index, faiss.IndexBinaryHNSW) else self.index
         return np.stack([index.reconstruct(i) for i in range(self.count)]) if self.count else \
             np.zeros((0, self.bits // 8), np.uint8)
+
+
+def _model_key(info: IndexInfo) -> str:
+    """What binds the codes to the model that made them, stored inside the items file: the weights'
+    fingerprint (and the bit length), so a manifest whose model record was swapped is refused."""
+    return f"{info.model.fingerprint}/{info.bits}"
+
+
+def _stamp(path: Path) -> tuple | None:
+    """What changes whenever a manifest is replaced (a rename gives a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _sha256(path: Path) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -47,6 +48,7 @@ INSERT_BATCH = 5000
 MAX_LIMIT = 16384          # Milvus's cap on results per query (topk)
 MAX_SOURCE = 4096          # VARCHAR length of a source
 INDEX_TYPES = {"flat": ("BIN_FLAT", {}), "ivf": ("BIN_IVF_FLAT", {"nlist": 1024})}
+LITE_LOGGING = {"GLOG_logtostderr": "1", "GLOG_minloglevel": "3"}
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 
 
@@ -65,11 +67,47 @@ def _milvus(what: str, uri: str):
         raise HashingError("the Milvus backend needs its extras: pip install '.[milvus]' "
                            "(pymilvus 2.5, milvus-lite 2.5, setuptools<81)") from None
     except Exception as e:
+        if _disk_full(uri):
+            raise HashingError(f"no space left on device for {uri}: {what} failed; free some space and run "
+                               f"again (the last committed version is unchanged)") from None
         text = str(getattr(e, "message", None) or e).strip()
         message = text.splitlines()[0][:160] if text else "no details"
         raise HashingError(f"Milvus at {uri}: {what} failed ({type(e).__name__}: {message})") from None
     finally:
         logging.disable(logging.NOTSET)
+
+
+LITE_MIN_FREE = 16 << 20    # bytes: below this, Milvus Lite is not asked to write (see _check_room)
+
+
+def _check_room(uri: str, need: int = 0) -> None:
+    """Milvus Lite can accept an insert on a full disk and lose it when the file is closed (seen here:
+    an append reported, then gone on reopen). So before it writes, there must be room: 16 MB plus
+    eight times the data's estimated size."""
+    import shutil
+
+    if not is_lite(uri):
+        return
+    try:
+        free = shutil.disk_usage(Path(uri).absolute().parent).free
+    except OSError:
+        return
+    if free < LITE_MIN_FREE + 8 * need:
+        raise HashingError(f"no space left on device for {uri}: {free / 1e6:.1f} MB free, Milvus Lite needs at "
+                           f"least {(LITE_MIN_FREE + 8 * need) / 1e6:.0f} MB to write safely; free some space and "
+                           f"run again (the last committed version is unchanged)")
+
+
+def _disk_full(uri: str) -> bool:
+    """Whether a Milvus Lite file's disk has (almost) no space left: the likely cause of its failure."""
+    import shutil
+
+    if not is_lite(uri):
+        return False
+    try:
+        return shutil.disk_usage(Path(uri).absolute().parent).free < 1 << 20
+    except OSError:
+        return False
 
 
 # Milvus Lite 2.5 can take a collection before its server has set up memory mapping, and then
@@ -167,6 +205,11 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None):
     MilvusIndex.check_location(uri, creating)
     if timeout is None:
         timeout = 60.0 if is_lite(uri) else 5.0
+    if is_lite(uri):
+        # Milvus Lite's server logs through glog, which writes files into /tmp on every start and never
+        # removes them: log to stderr instead, fatal errors only (our own error says what failed).
+        for name, value in LITE_LOGGING.items():
+            os.environ.setdefault(name, value)
     if is_lite(uri) and _in_use(uri):
         raise HashingError(f"{uri} is open in another process (Milvus Lite allows one at a time); "
                            f"stop it, or use a Milvus server")
@@ -220,18 +263,22 @@ class MilvusIndex(BinaryIndex):
         """Insert the manifest row of the next version: the one atomic step."""
         version = 0 if self.version is None else self.version + 1
         row = {**self.info.to_dict(), "collection": self.data, "count": self._count}
+        _check_room(self.uri, 4096)
         with _milvus("committing", self.uri):
             self.client.insert(self.name + "_meta", [{"id": version, "v": b"\0", "info": json.dumps(row)}])
             self.client.flush(self.name + "_meta")
         crashpoint("committed manifest row")
         self.version = version
-        with _milvus("removing the old version", self.uri):
-            self.client.delete(self.name + "_meta", filter=f"id < {version}")
-            crashpoint("deleted old manifest rows")
-            for c in self.client.list_collections():
-                if c != self.data and self._is_data_of(c):
-                    self.client.drop_collection(c)
-                    crashpoint(f"dropped {c}")
+        try:        # committed: clearing the old version is housekeeping, which the next writer redoes
+            with _milvus("removing the old version", self.uri):
+                self.client.delete(self.name + "_meta", filter=f"id < {version}")
+                crashpoint("deleted old manifest rows")
+                for c in self.client.list_collections():
+                    if c != self.data and self._is_data_of(c):
+                        self.client.drop_collection(c)
+                        crashpoint(f"dropped {c}")
+        except HashingError:
+            pass
 
     def _is_data_of(self, collection: str) -> bool:
         return collection == self.name or re.fullmatch(re.escape(self.name) + r"__v\d+", collection) is not None
@@ -262,8 +309,9 @@ class MilvusIndex(BinaryIndex):
         committed version, if any, stays what readers see until then."""
         from pymilvus import DataType
 
-        name = check_collection_name(collection or DEFAULT_COLLECTION)
+        name = check_collection_name(DEFAULT_COLLECTION if collection is None else collection)
         cls.check_type(info.index_type, info.bits)
+        _check_room(uri)
         client = connect(uri, creating=True)
         current = cls._manifest(client, name, uri)
         version = None if current is None else current[0]
@@ -297,7 +345,7 @@ class MilvusIndex(BinaryIndex):
 
     @classmethod
     def open(cls, uri: str, collection: str | None = None) -> "MilvusIndex":
-        name = check_collection_name(collection or DEFAULT_COLLECTION)
+        name = check_collection_name(DEFAULT_COLLECTION if collection is None else collection)
         client = connect(uri)
         current = cls._manifest(client, name, uri)
         if current is None:
@@ -324,6 +372,21 @@ class MilvusIndex(BinaryIndex):
 
     def save(self) -> None:
         self._commit()
+
+    CHECK_EVERY = 1.0          # seconds between a reader's looks at a server's manifest
+    _checked = 0.0
+
+    def changed(self) -> bool:
+        """A Milvus server can have other writers: a look at its newest manifest row, at most once a
+        second. A Milvus Lite file is open in one process only, so nothing else can change it."""
+        if is_lite(self.uri) or time.monotonic() - self._checked < self.CHECK_EVERY:
+            return False
+        self._checked = time.monotonic()
+        try:
+            current = self._manifest(self.client, self.name, self.uri)
+        except HashingError:
+            return False
+        return current is not None and current[0] != self.version
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -352,6 +415,7 @@ class MilvusIndex(BinaryIndex):
             raise HashingError(f"a source is longer than Milvus's {MAX_SOURCE} bytes: {too_long[:80]}...")
         start = self._count
         ids = np.arange(start, start + n, dtype=np.int64)
+        _check_room(self.uri, n * (xb.shape[1] + 64) + sum(len(s) for s in sources))
         with _milvus("adding items", self.uri):
             self.client.delete(self.data, filter=f"id >= {start}")   # rows of an interrupted append, never committed
             for s in range(0, n, INSERT_BATCH):   # batches: one round trip per 5,000 rows, not per row

@@ -232,7 +232,7 @@ def copies_run(tmp_path_factory):
 
 
 def test_an_unedited_copy_is_found_by_every_method(copies_run):
-    # A copy model: a class model's short codes tie whole kinds at distance 0 (README, "Neighbour
+    # A copy model: a class model's short codes tie whole kinds at distance 0 (docs/training.md, "Neighbour
     # positives"), so there "found at distance 0" need not mean "in the first 10".
     pytest.importorskip("imagehash")
     report = evaluate_copies(copies_run, "digits", copies=60, edits=("identity",),

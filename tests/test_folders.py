@@ -286,8 +286,8 @@ def test_encode_a_folder_writes_sources_and_classes(tmp_path, gray_folder, digit
 @pytest.mark.parametrize("args, message", [
     (["train", "--images", "{missing}", "--out", "{tmp}/r"], "not a folder"),
     (["train", "--images", "{gray}", "--dataset", "digits", "--out", "{tmp}/r"], "exactly one of --dataset or --images"),
-    (["train", "--images", "{gray}", "--image-size", "8", "--out", "{tmp}/r"], "image_size"),
-    (["train", "--images", "{gray}", "--image-size", "1000", "--out", "{tmp}/r"], "image_size"),
+    (["train", "--images", "{gray}", "--image-size", "8", "--out", "{tmp}/r"], "--image-size"),
+    (["train", "--images", "{gray}", "--image-size", "1000", "--out", "{tmp}/r"], "--image-size"),
     (["train", "--images", "{unsplit}", "--recipe", "supervised", "--out", "{tmp}/r"], "needs labels"),
     (["train", "--images", "{junk}", "--out", "{tmp}/r"], "could be read"),
     (["index", "--model", "{run}", "--images", "{unsplit}", "--split", "test", "--out", "{tmp}/i"], "no --split test"),

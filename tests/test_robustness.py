@@ -71,31 +71,42 @@ def test_hand_edited_run_folders_are_refused_by_file_and_field(digits_run, tmp_p
     assert not (tmp_path / "c.npz").exists()
 
 
+def resum(meta, idx):
+    """Checksums of the edited files, as a deliberate editor would recompute them: past the checksum
+    check, to reach the field checks."""
+    meta["sha256"] = {role: hashlib.sha256((idx / name).read_bytes()).hexdigest() for role, name in meta["files"].items()}
+
+
 def rewrite_items(**arrays):
     def edit(meta, idx):
-        meta.pop("sha256")                  # past the checksum, to reach the field checks
         path = idx / meta["files"]["items"]
         with np.load(path) as z:
             items = {k: z[k] for k in z.files}
         items.update(arrays)
         with open(path, "wb") as f:
             np.savez(f, **items)
+        resum(meta, idx)
     return edit
 
 
 def truncate_items(meta, idx):
-    meta.pop("sha256")
     path = idx / meta["files"]["items"]
     path.write_bytes(path.read_bytes()[:100])
+    resum(meta, idx)
 
 
 def wrong_dimension(meta, idx):
     import faiss
 
-    meta.pop("sha256")
     index = faiss.IndexBinaryFlat(32)
     index.add(np.zeros((meta["count"], 4), np.uint8))
     faiss.write_index_binary(index, str(idx / meta["files"]["index"]))
+    resum(meta, idx)
+
+
+def swap_model(meta, idx):
+    """The model record of another run (a self-consistent manifest, but not these codes' model)."""
+    meta["info"]["model"].update(fingerprint="0123456789abcdef", run_dir="/elsewhere/run")
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -106,7 +117,15 @@ def wrong_dimension(meta, idx):
     (rewrite_items(labels=np.zeros((1437, 2), np.int64)), "wrong shape"),
     (wrong_dimension, "32-bit codes"),
     (lambda m, i: (i / m["files"]["items"]).write_bytes(b"x"), "checksum"),
-], ids=["model-null", "bits-string", "count", "truncated-items", "labels-shape", "index-dimension", "checksum"])
+    (lambda m, i: m.pop("sha256"), "checksums"),
+    (lambda m, i: m["sha256"].pop("items"), "sha256.items"),
+    (swap_model, "model record was edited or swapped"),
+    (lambda m, i: m.update(backend="milvus"), "backend"),
+    (lambda m, i: m["info"].update(index_type="BOGUS9"), "info.index_type"),
+    (lambda m, i: m.update(extra=1), "unknown field 'extra'"),
+    (lambda m, i: m.update(format="hashing-index/9"), "format"),
+], ids=["model-null", "bits-string", "count", "truncated-items", "labels-shape", "index-dimension", "checksum",
+        "no-checksums", "no-items-checksum", "model-swapped", "backend", "index-type", "unknown-field", "format"])
 def test_hand_edited_indexes_are_refused_by_file_and_field(digits_index, digit_png, tmp_path, edit, message):
     idx = edited_copy(digits_index, tmp_path / "idx", "meta.json", edit)
     code, _, err = run_hashing("query", digit_png, "--index", idx)
