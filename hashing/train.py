@@ -24,6 +24,7 @@ draw reconstructions).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,9 +277,13 @@ def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: s
 
         integer("--image-size", settings["image_size"], MIN_SIZE, MAX_SIZE)
     group = distributed.start(resolve_device(settings.get("device") or "auto").type)
+    existed = Path(out).exists()
     try:
         result = _train_on(recipe, out, dataset, images, data_dir, progress and group.main, group, settings)
     except Exception as e:
+        if not existed and group.main:
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()                  # a run folder this failed run created, if it is still empty
         if group.distributed and distributed.is_collective_error(e):
             raise HashingError(f"rank {group.rank} of {group.world}: another training process stopped or stalled "
                                f"({str(e).splitlines()[0][:200]}); nothing after the last complete epoch "

@@ -87,6 +87,12 @@ class FaissIndex(BinaryIndex):
             raise HashingError("--collection is for Milvus; a FAISS index is a folder")
         if creating:
             check_output_folder(location, "--out", marker=MANIFEST, ours=OURS)
+        elif (Path(location) / MANIFEST).is_symlink() and not (Path(location) / MANIFEST).exists():
+            raise HashingError(f"{Path(location) / MANIFEST} is a broken symlink (or a loop), not a manifest; "
+                               f"rebuild the index with `hashing index`")
+        elif (Path(location) / MANIFEST).is_dir():
+            raise HashingError(f"{Path(location) / MANIFEST} is a folder, not a manifest; rebuild the index with "
+                               f"`hashing index`")
         elif not (Path(location) / MANIFEST).is_file():
             raise HashingError(f"{location} is not an index (no {MANIFEST}); build one with "
                                f"`hashing index --out {location}`")
@@ -137,7 +143,11 @@ class FaissIndex(BinaryIndex):
                 raise HashingError(f"unknown field {unknown[0]!r}")
             if meta.get("backend", "faiss") != "faiss":
                 raise HashingError(f"backend is {meta.get('backend')!r}, and this folder is a FAISS index")
-            info = IndexInfo(**V.mapping("info", meta.get("info")))
+            fields = V.mapping("info", meta.get("info"))
+            unknown = sorted(set(fields) - set(IndexInfo.__dataclass_fields__))
+            if unknown:
+                raise HashingError(f"unknown field 'info.{unknown[0]}'")
+            info = IndexInfo(**fields)
             count = V.integer("count", meta.get("count"), 0)
             legacy = "files" not in meta               # written before versioned names: no checksums then
             files = meta.get("files", LEGACY_FILES)

@@ -123,9 +123,11 @@ def swap_model(meta, idx):
     (lambda m, i: m.update(backend="milvus"), "backend"),
     (lambda m, i: m["info"].update(index_type="BOGUS9"), "info.index_type"),
     (lambda m, i: m.update(extra=1), "unknown field 'extra'"),
+    (lambda m, i: m["info"].update(extra=1), "unknown field 'info.extra'"),
     (lambda m, i: m.update(format="hashing-index/9"), "format"),
 ], ids=["model-null", "bits-string", "count", "truncated-items", "labels-shape", "index-dimension", "checksum",
-        "no-checksums", "no-items-checksum", "model-swapped", "backend", "index-type", "unknown-field", "format"])
+        "no-checksums", "no-items-checksum", "model-swapped", "backend", "index-type", "unknown-field", "unknown-info",
+        "format"])
 def test_hand_edited_indexes_are_refused_by_file_and_field(digits_index, digit_png, tmp_path, edit, message):
     idx = edited_copy(digits_index, tmp_path / "idx", "meta.json", edit)
     code, _, err = run_hashing("query", digit_png, "--index", idx)
