@@ -15,21 +15,33 @@ from hashing.cli.options import (FloatOrAuto, JsonObject, LibraryChoice, source_
                                  quiet_option, setting, wait_option)
 from hashing.data import SPLITS
 from hashing.edits import DEFAULT_EDITS, EDITS
-from hashing.errors import HashingError
+from hashing.errors import HashingError, HashingWarning
 from hashing.indexes.backends import BACKENDS
 from hashing.indexes.faiss_index import INDEX_TYPES
 from hashing.recipes import RECIPES
 
 class Group(click.Group):
-    """Turns HashingError into a one-line message and exit code 1, never a traceback."""
+    """Turns HashingError into a one-line message and exit code 1, never a traceback; a HashingWarning into
+    one line "warning: ..." on stderr."""
 
     def invoke(self, ctx):
+        import warnings
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, HashingWarning):
+                click.echo(f"warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+        shown = warnings.showwarning
+        warnings.showwarning = show
         try:
             return super().invoke(ctx)
         except HashingError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:            # the machine's, not ours: a full disk, a vanished folder, a dead mount
             raise click.ClickException(os_error_line(e)) from None
+        finally:
+            warnings.showwarning = shown
 
 
 def os_error_line(e: OSError) -> str:
@@ -126,10 +138,13 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
          help="What an index stores: layer = the signs of the trained code layer; itq = the signs of an ITQ "
               "rotation of the conv features, fitted after each epoch (purer top results on clothing); auto: itq "
               "from 64 bits up, layer below.")
+@click.option("--standardise/--no-standardise", default=None,
+              help="Bring each image to zero mean and unit variance before the encoder, in training and search "
+                   "alike: codes that ignore brightness and contrast.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).  [default: off]")
 @click.option("--image-size", type=int, default=None,
               help="Images are resized to N x N, N from 16 to 256.  [default: 28 for a dataset; for --images the "
-                   "folder's median shorter side, at most 64]")
+                   "folder's median shorter side, at most 32]")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
               help="1: grayscale, 3: colour.  [default: 1 for a dataset; for --images 3 if any sampled image has "
                    "colour, else 1]")
@@ -145,7 +160,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     their nearest training images by code) when the recipe trains no decoder.
 
     With --images and no other option, a folder of ordinary photos trains a colour model at
-    64 x 64 (crop to square) with the photo views; a folder of grayscale images trains a
+    32 x 32 (crop to square) for content, not colour; a folder of grayscale images trains a
     grayscale one; the per-channel mean and std are measured on the folder.
 
     Data-parallel over N processes (one per GPU; Gloo on CPU): `torchrun --standalone
@@ -372,7 +387,7 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
                                  DEFAULT_EDITS if edits is None else edits.split(","),
                                  COPY_BASELINES if names is None else names, seed, json_out, plots, device,
                                  progress=not quiet)
-        pictures = "copies_recall.png, copies_edits.png"
+        pictures, notes = "copies_recall.png, copies_edits.png", []
     else:
         given = [f"--{o}" for o, v in (("split", split), ("copies", copies), ("edits", edits)) if v is not None]
         if given:
@@ -390,8 +405,10 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
         report = run(run_dir, dataset, data_dir, database_split, query_split, k_list,
                      BASELINES if names is None else names, plots, device, progress=not quiet, seed=seed,
                      json_out=json_out, images=images)
-        pictures = "pr_curve.png, precision_at_k.png, retrieval.png"
+        pictures, notes = "pr_curve.png, precision_at_k.png, retrieval.png", report.notes()
     click.echo(report.table())
+    for note in notes:
+        click.echo(note)
     if json_out:
         click.echo(f"wrote {json_out}")
     if plots:

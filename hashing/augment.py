@@ -12,7 +12,9 @@ with black, the MNIST background, not with the mid-grey that 0 would be.
 - photo: SimCLR's views for photographs: crop-and-resize of 25-100 % of the area, mirrored
   half of the time, then with probability 0.8 colour jitter (brightness, contrast and
   saturation each x U(0.6, 1.4), hue rotated by up to +-0.1 turn in YIQ space) and with
-  probability 0.2 grayscale. On one channel only brightness and contrast apply.
+  probability 0.2 grayscale; `p_shuffle` and `p_invert` (0 unless set: the default recipe sets
+  them for colour folders, recipes.COLOUR_FOLDER) put the colour channels in a random order and
+  invert the colours. On one channel only brightness, contrast and inversion apply.
 - copies: the edits of the copy-detection protocol (hashing.edits), batched on the device.
   Half of the views (`p_single`) get exactly one edit family, as the protocol's single-edit
   queries do (rescale, blur and occlusion more often than the rest: SINGLE_WEIGHTS); the
@@ -108,8 +110,11 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 
 def random_photo(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[float, float] = (0.25, 1.0),
                  jitter: float = 0.4, hue: float = 0.1, p_jitter: float = 0.8, p_gray: float = 0.2,
+                 p_shuffle: float = 0.0, p_invert: float = 0.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H, W): crop-and-resize, then colour jitter and grayscale (see above)."""
+    """(B, C, H, W) -> (B, C, H, W): crop-and-resize, then colour jitter and grayscale (see above),
+    then with probability `p_shuffle` the colour channels in a random order and with `p_invert`
+    the colours inverted (x -> 1 - x)."""
     x = random_crop(x, mean, std, area=area, contrast=(1.0, 1.0), generator=generator)
     u = _uniform(x, generator)
     b, c = x.shape[:2]
@@ -135,6 +140,12 @@ def random_photo(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple
         gray = (u(0, 1) < p_gray)[:, None, None, None]
         luma = torch.einsum("bchw,c->bhw", p, _YIQ[0].to(x.device))[:, None].expand_as(p)
         p = torch.where(gray, luma, p)
+        if p_shuffle:
+            order = torch.rand(b, 3, device=x.device, generator=generator).argsort(1)      # (B, 3)
+            shuffled = p.gather(1, order[:, :, None, None].expand_as(p))
+            p = torch.where((u(0, 1) < p_shuffle)[:, None, None, None], shuffled, p)
+    if p_invert:
+        p = torch.where((u(0, 1) < p_invert)[:, None, None, None], 1 - p, p)
     return ((p - mean) / std).to(x.dtype)
 
 

@@ -1,4 +1,5 @@
-"""The one exception a user can cause; the CLI prints its message on one line and exits non-zero."""
+"""The one exception a user can cause (the CLI prints its message on one line and exits non-zero), and the
+one warning (the CLI prints it on one line and goes on)."""
 
 
 class HashingError(Exception):
@@ -7,3 +8,8 @@ class HashingError(Exception):
 
 class TooLarge(HashingError):
     """An input over a size limit (an image's pixels, a request's body): the service answers 413."""
+
+
+class HashingWarning(UserWarning):
+    """Something the user should know, and can act on, that does not stop the work (too few images for the
+    code length): `warnings.warn(text, HashingWarning)`; the CLI prints "warning: text" on stderr."""

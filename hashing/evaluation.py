@@ -106,6 +106,10 @@ class Report:
     def to_json(self) -> dict:
         return {"protocol": self.protocol, "model": self.model, "baselines": self.baselines}
 
+    def notes(self) -> list[str]:
+        """What the numbers leave out (queries without a class or a match, unreadable files), one line each."""
+        return [f"{key}: {value}" for key, value in self.protocol.items() if "left out" in key or "skipped" in key]
+
     def table(self) -> str:
         rows = {"model": self.model, **self.baselines}
         cols = [c for c in next(iter(rows.values())) if c not in ("seconds",)]
@@ -187,9 +191,7 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
     elif max(ks) > len(db):
         raise HashingError(f"--k {max(ks)} is more than the database's {len(db)} images ({database_split}); "
                            f"ask for at most {len(db)}")
-    q_rows = np.flatnonzero(qs.labels >= 0)
-    if not len(q_rows):
-        raise HashingError(f"no labelled queries: evaluate needs the {query_split} images in class folders")
+    q_rows, no_match = answerable(qs.labels, db.labels, query_split, database_split)
     q_images, q_labels = qs.images[q_rows] if len(q_rows) < len(qs) else qs.images, qs.labels[q_rows]
     db_labels = np.where(db.labels >= 0, db.labels, -2)          # -2 equals no query's label
     protocol = {"dataset": dataset or str(images), "database": f"{database_split} ({len(db)})",
@@ -199,8 +201,10 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
                 "mAP": "over the whole ranking; mAP@1000 divides by min(R, 1000)",
                 "radius": "precision/recall within Hamming distance 2 (precision 0 when nothing retrieved)",
                 "model": str(Path(run_dir)), "ks": list(ks)}
-    if len(q_rows) < len(qs):
-        protocol["unlabelled queries left out"] = int(len(qs) - len(q_rows))
+    if (qs.labels < 0).any():
+        protocol["unlabelled queries left out"] = int((qs.labels < 0).sum())
+    if no_match:
+        protocol["queries left out: their class has no database image"] = no_match
     for split in (db, qs):
         if split.skipped:
             protocol[f"{split.split} files skipped"] = split.skipped
@@ -243,6 +247,23 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
     if plots is not None:
         write_plots(report, Path(plots), model, db, q_images, q_labels, xb, xq)
     return report
+
+
+def answerable(q_labels: np.ndarray, db_labels: np.ndarray, query_split: str = "test",
+               database_split: str = "train") -> tuple[np.ndarray, int]:
+    """(rows of the queries that can be scored, how many labelled queries were left out because their
+    class has no image in the database). A query with no relevant item has no precision to average: a
+    mAP over such queries would measure nothing, so they are left out and counted; when no query is left
+    (classes of one image, every picture its own folder), that is an error, not a number."""
+    labelled = q_labels >= 0
+    if not labelled.any():
+        raise HashingError(f"no labelled queries: evaluate needs the {query_split} images in class folders")
+    matched = labelled & np.isin(q_labels, db_labels[db_labels >= 0])
+    if not matched.any():
+        raise HashingError(f"no query's class has an image in the database ({database_split}): mAP needs classes "
+                           f"of at least 2 images, one in {database_split}/ and one in {query_split}/ "
+                           f"(a folder of one picture per class cannot be scored by label)")
+    return np.flatnonzero(matched), int(labelled.sum() - matched.sum())
 
 
 def pixels(images: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ Cache folder: $HASHING_CACHE, else $XDG_CACHE_HOME/hashing/images, else ~/.cache
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -38,11 +39,11 @@ from typing import Iterator
 import numpy as np
 
 from hashing.errors import HashingError
-from hashing.images import IMAGE_SUFFIXES, MAX_SIZE, MIN_SIZE, ImageSpec, is_gray, read_image
+from hashing.images import IMAGE_SUFFIXES, MAX_SIZE, MIN_SIZE, ImageSpec, is_gray, read_image_noting
 
 CACHE_FORMAT = "hashing-image-cache/1"
 DEFAULT_BUDGET = 2 << 30
-AUTO_SIZE_MAX = 64             # the automatic image size: the folder's median shorter side, at most this
+AUTO_SIZE_MAX = 32             # the automatic image size: the folder's median shorter side, at most this (docs/images.md)
 PARALLEL_FROM = 256            # fewer jobs than this (files to decode) run in this process
 
 
@@ -138,22 +139,34 @@ class FolderRead:
 
     kept: list[Path]
     skipped: list[tuple[Path, str]]
+    animated: list[Path] = dataclasses.field(default_factory=list)     # kept files of which the first frame was read
 
     def summary(self, shown: int = 3) -> str:
-        """'' when nothing was skipped, else one line: how many, and the first few with their reasons."""
-        if not self.skipped:
-            return ""
-        first = "; ".join(reason for _, reason in self.skipped[:shown])
-        more = f"; and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
-        return f"skipped {len(self.skipped)} unreadable file(s): {first}{more}"
+        """'' when every file was read whole, else one line: how many were skipped, with the first few
+        reasons, and how many were animated (their first frame read)."""
+        parts = []
+        if self.skipped:
+            first = "; ".join(reason for _, reason in self.skipped[:shown])
+            more = f"; and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+            parts.append(f"skipped {len(self.skipped)} unreadable file(s): {first}{more}")
+        if self.animated:
+            names = ", ".join(p.name for p in self.animated[:shown])
+            more = f" and {len(self.animated) - shown} more" if len(self.animated) > shown else ""
+            parts.append(f"{len(self.animated)} animated file(s), first frame only: {names}{more}")
+        return "; ".join(parts)
 
 
 def _decode_one(job: tuple[str, ImageSpec, bool]) -> tuple[np.ndarray | None, str]:
+    """(image, '') or (None, why not); why is 'animated' for an animated file that was read."""
     path, spec, invert = job
     try:
-        return read_image(path, spec, invert), ""
+        arr, animated = read_image_noting(path, spec, invert)
+        return arr, ANIMATED if animated else ""
     except HashingError as e:
         return None, str(e)
+
+
+ANIMATED = "animated"
 
 
 def fork_map(fn, jobs: list, progress: bool = True, desc: str = "", unit: str = "img") -> Iterator:
@@ -205,6 +218,8 @@ def iter_image_batches(paths: list[Path], batch_size: int, spec: ImageSpec, inve
                 read.skipped.append((p, why))
                 continue
             read.kept.append(p)
+            if why == ANIMATED:
+                read.animated.append(p)
             buf.append(arr)
             if len(buf) == batch_size:
                 yield np.stack(buf)
@@ -216,7 +231,7 @@ def iter_image_batches(paths: list[Path], batch_size: int, spec: ImageSpec, inve
 
 def inspect(paths: list[Path], sample: int = 64) -> tuple[int, int]:
     """(automatic image size, channels) for a folder from an even sample of its files: the median
-    shorter side clipped to 16..64, and 1 channel when no sampled image has colour, else 3."""
+    shorter side clipped to 16..32 (AUTO_SIZE_MAX), and 1 channel when no sampled image has colour, else 3."""
     from PIL import Image
 
     step = max(1, len(paths) // sample)
@@ -251,7 +266,7 @@ class FolderImages:
 
 
 def _key(paths: list[Path], spec: ImageSpec, invert: bool) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_FORMAT, spec.size, spec.channels, spec.resize, invert]).encode())
+    h = hashlib.sha256(json.dumps([CACHE_FORMAT, *dataclasses.astuple(spec), invert]).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
@@ -259,7 +274,7 @@ def _key(paths: list[Path], spec: ImageSpec, invert: bool) -> str:
 
 
 def _load_cached(where: Path, key: str, paths: list[Path]):
-    """(memmap (kept, ...), kept indices into paths, skipped [(index, reason)]) or None."""
+    """(memmap (kept, ...), kept indices into paths, skipped [(index, reason)], animated indices) or None."""
     manifest = where / f"{key}.json"
     try:
         meta = json.loads(manifest.read_text())
@@ -269,7 +284,8 @@ def _load_cached(where: Path, key: str, paths: list[Path]):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return images[:len(kept)], kept, [(int(i), str(r)) for i, r in meta["skipped"]]
+    return (images[:len(kept)], kept, [(int(i), str(r)) for i, r in meta["skipped"]],
+            [int(i) for i in meta.get("animated", [])])
 
 
 def _build_cache(where: Path, key: str, paths: list[Path], spec: ImageSpec, invert: bool, strict: bool,
@@ -285,7 +301,7 @@ def _build_cache(where: Path, key: str, paths: list[Path], spec: ImageSpec, inve
         raise HashingError(f"cannot write the image cache in {where} ({e.strerror or e}); "
                            f"set HASHING_CACHE to a writable folder") from None
     try:
-        kept, skipped = [], []
+        kept, skipped, animated = [], [], []
         for i, (p, arr, why) in enumerate(decode_files(paths, spec, invert, progress, desc)):
             if arr is None:
                 if strict:
@@ -294,12 +310,14 @@ def _build_cache(where: Path, key: str, paths: list[Path], spec: ImageSpec, inve
                 continue
             out[len(kept)] = arr            # rows stay packed: the kept images are out[:len(kept)]
             kept.append(i)
+            if why == ANIMATED:
+                animated.append(i)
         out.flush()
         del out
         array = f"{key}.npy"
         os.replace(tmp, where / array)
         write_json(where / f"{key}.json", {"format": CACHE_FORMAT, "array": array, "files": len(paths),
-                                           "kept": kept, "skipped": skipped})
+                                           "kept": kept, "skipped": skipped, "animated": animated})
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -337,9 +355,9 @@ def read_folder(paths: list[Path], labels: np.ndarray, spec: ImageSpec, invert: 
     return got
 
 
-def _result(paths, labels, images, kept, skipped) -> FolderImages:
+def _result(paths, labels, images, kept, skipped, animated) -> FolderImages:
     kept = np.asarray(kept, dtype=np.int64)
-    read = FolderRead([paths[i] for i in kept], [(paths[i], why) for i, why in skipped])
+    read = FolderRead([paths[i] for i in kept], [(paths[i], why) for i, why in skipped], [paths[i] for i in animated])
     if isinstance(images, np.memmap) and images.nbytes <= memory_budget():
         images = np.array(images)
     return FolderImages(images, labels[kept], read.kept, read)

@@ -43,7 +43,7 @@ from torch import nn
 from hashing import estimators
 from hashing import validation as V
 from hashing.errors import HashingError
-from hashing.images import MAX_SIZE, MIN_SIZE, RESIZE, ImageSpec
+from hashing.images import BACKGROUNDS, MAX_SIZE, MIN_SIZE, RESIZE, ImageSpec
 
 HEADS = ("batchnorm", "relu")
 DOMAINS = ("01", "pm1")
@@ -61,6 +61,8 @@ class HashConfig:
     image_size: int = 28             # images are size x size (hashing.images.fit_image makes them so)
     channels: int = 1                # 1: grayscale, 3: RGB
     resize: str = "crop"             # how another shape becomes square: hashing.images.RESIZE
+    background: str = "white"        # what transparency is composited on: hashing.images.BACKGROUNDS
+    exif: bool = True                # apply a photo's EXIF orientation before anything else
     mean: float | list = 0.5         # preprocessing: x/255 -> (x - mean) / std, per channel when a list
     std: float | list = 0.5
     dataset: str = "mnist"           # what it was trained on (a built-in dataset's name, or "images")
@@ -79,6 +81,9 @@ class HashConfig:
         V.integer("image_size", self.image_size, MIN_SIZE, MAX_SIZE)
         V.choice("channels", self.channels, (1, 3))
         V.choice("resize", self.resize, RESIZE)
+        V.choice("background", self.background, BACKGROUNDS)
+        if not isinstance(self.exif, bool):
+            raise HashingError(f"exif must be true or false, got {self.exif!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
@@ -106,15 +111,21 @@ class HashConfig:
     @property
     def spec(self) -> ImageSpec:
         """How an image file becomes this model's uint8 input (hashing.images)."""
-        return ImageSpec(self.image_size, self.channels, self.resize)
+        return ImageSpec(self.image_size, self.channels, self.resize, self.background, self.exif)
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashConfig":
         """From config.json's "model" object; keys this version does not know are ignored.
-        Configs from before the resize rule was recorded stretched every image: they still do."""
+        A config keeps reading images the way it did when it was written: those from before the
+        resize rule was recorded stretched every image, those from before the background and EXIF
+        rules were recorded put transparency on black and ignored EXIF orientation; they still do."""
         V.mapping("model", d)
         known = {f.name for f in fields(cls)}
-        return cls(**{"resize": "stretch", **{k: v for k, v in d.items() if k in known}})
+        return cls(**{**LEGACY_IMAGE_RULES, **{k: v for k, v in d.items() if k in known}})
+
+
+# How configs that do not record an image rule read images: the rules before each was recorded.
+LEGACY_IMAGE_RULES = {"resize": "stretch", "background": "black", "exif": False}
 
 
 def stages(size: int) -> list[int]:

@@ -87,6 +87,30 @@ def auto_codes(bits: int) -> str:
     return "itq" if bits >= ROTATION_MIN_BITS else "layer"
 
 
+# Colour image folders (`hashing train --images` with 3 channels; Recipe.datasets key COLOUR_FOLDER):
+# photographs and clip art come in every colour, and two views of one picture share its colours, so
+# contrastive codes learned colour instead of content (digits drawn in random colours: mAP 0.104,
+# ITQ 0.106). Views whose colours are thrown about (hue anywhere on the wheel, half of them grey,
+# channels shuffled or colours inverted half of the time) with each image standardised before the
+# encoder (so brightness and contrast say nothing either) took it to 0.392 at 3 epochs, and 0.730 at
+# 30 (benchmarks/colour.py; docs/images.md, "Colour pictures"). Neither alone helped (0.103, 0.103).
+# Small folders get more passes: about FOLDER_SAMPLES images seen (30 epochs of 4,000), 5 to 60 epochs.
+COLOUR_FOLDER = "colour folders"          # a key of Recipe.datasets, as --help shows it
+FOLDER_SAMPLES = 120_000
+_COLOUR_FOLDER = {"standardise": True, "views": "photo", "epochs": "auto",
+                  "view_options": {"hue": 0.5, "p_gray": 0.5, "p_shuffle": 0.5, "p_invert": 0.5}}
+
+
+def auto_epochs(n_images: int) -> int:
+    """Passes over a folder of `n_images` for about FOLDER_SAMPLES images seen, 5 to 60."""
+    return int(min(60, max(5, round(FOLDER_SAMPLES / max(n_images, 1)))))
+
+
+def settings_key(dataset: str, channels: int | None) -> str:
+    """Which of a recipe's per-dataset settings apply: a colour folder's own, or the dataset's."""
+    return COLOUR_FOLDER if dataset == "images" and channels == 3 else dataset
+
+
 RECIPES: dict[str, Recipe] = {
     # What `hashing train` uses: the best unsupervised codes per CPU second measured so far
     # (docs/training.md, "Recipes"; the quality sweep of benchmarks/quality.py). No decoder: the
@@ -107,11 +131,13 @@ RECIPES: dict[str, Recipe] = {
     "default": Recipe("two-view contrastive, positives also from the model's 20 nearest training images "
                       "(from epoch 2), temperature 0.5 up to 64 bits and 0.3 above, saturated STE; no labels "
                       "(on fashion-mnist: temperature 0.3, milder crops with brightness and contrast jitter, "
-                      "1 px blur, batches of 512, 8 epochs, codes by ITQ of the features from 64 bits up)",
+                      "1 px blur, batches of 512, 8 epochs, codes by ITQ of the features from 64 bits up; on a "
+                      "colour folder: views in any colour, each image standardised, about 120,000 images seen)",
                       model={"estimator": "saturated"}, objective={**_NEIGHBOURS, "temperature": "auto"},
                       datasets={"fashion-mnist": {"batch": 512, "epochs": 8, "schedule": "cosine", "temperature": 0.3,
                                                   "views": "photo", "view_options": {"area": [0.6, 1.0]},
-                                                  "lowpass": 1.0, "codes": "auto"}}),
+                                                  "lowpass": 1.0, "codes": "auto"},
+                                COLOUR_FOLDER: _COLOUR_FOLDER}),
     # The default at temperature 0.5 at every length: at 512 bits the best class mAP (0.967 against
     # 0.936), at the price of many exact ties, so an indexed image is no longer sure to come back
     # first for itself.
@@ -194,7 +220,9 @@ def resolve(recipe: str, dataset: str, n_images: int, **settings: Any) -> tuple[
         if owner is None or key in ("dataset", "objective", "recipe", "world_size"):
             raise HashingError(f"unknown training setting {key!r}")
         groups[owner][key] = value
-    model, objective, train, auto_batch = r.settings(dataset)
+    model, objective, train, auto_batch = r.settings(settings_key(dataset, groups[HashConfig].get("channels")))
+    if train.get("epochs") == "auto":
+        train["epochs"] = auto_epochs(n_images)
     model = {**model, **groups[HashConfig], "dataset": dataset}
     if model.get("codes") == "auto":
         model["codes"] = auto_codes(V.code_bits(model.get("bits", HashConfig.bits)))

@@ -19,6 +19,7 @@ parameter; an unexpected failure is a 500 whose body names only its type.
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, which
 # name classes imported inside create_app (fastapi stays out of `import hashing`).
 import asyncio
+import dataclasses
 import contextlib
 import hmac
 import socket
@@ -153,7 +154,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         rec = engine.index.info.model
         return {"status": "ok", "items": count, "bits": engine.bits, "backend": engine.backend,
                 "model": rec.run_dir, "fingerprint": rec.fingerprint,
-                "image": {"size": engine.spec.size, "channels": engine.spec.channels, "resize": engine.spec.resize},
+                "image": dataclasses.asdict(engine.spec),
                 "classes": engine.classes, "additions": "off" if read_only or not token or not engine.writer else "token"}
 
     @app.post("/search")

@@ -35,7 +35,7 @@ import torch
 from hashing import checkpoint, rotation
 from hashing.data import ImageSet
 from hashing.distributed import Group
-from hashing.errors import HashingError
+from hashing.errors import HashingError, HashingWarning
 from hashing.model import HashAutoencoder, HashConfig, feature_dim
 from hashing.neighbours import neighbour_table, partners
 from hashing.objectives import Objective, compute, hadamard_centres
@@ -319,6 +319,10 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
     cfg, tcfg = resolve(recipe, name, len(data), data_dir=data.data_dir if images is not None else data_dir,
                         **settings)
     result = train(cfg, tcfg, data, out, progress, group)
+    if group.main and (note := small_data_note(len(data), cfg.bits)):
+        import warnings
+
+        warnings.warn(note, HashingWarning, stacklevel=2)         # after train()'s own checks: never beside an error
     if group.main:
         shown = _picture_images(dataset, images, data_dir, cfg.spec, data)
         if tcfg.objective.reconstruction:
@@ -329,6 +333,21 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
             result.picture = "neighbours.png"
     result.skipped = data.skipped
     return result
+
+
+# Images per code bit below which a training split is too small for its code length: contrastive codes
+# of 512 bits over 200 images have far more bits than the images can give signal to (every image is its
+# own class; most bits end up constant or noise), and the nearest neighbours of a code mean little.
+MIN_IMAGES_PER_BIT = 2
+
+
+def small_data_note(n_images: int, bits: int) -> str:
+    """'' when a split of `n_images` is enough for `bits`-bit codes, else what to do about it."""
+    if n_images >= MIN_IMAGES_PER_BIT * bits:
+        return ""
+    fitting = max(8, 8 * (n_images // MIN_IMAGES_PER_BIT // 8))
+    return (f"{n_images} training images for {bits}-bit codes (fewer than {MIN_IMAGES_PER_BIT} per bit): many bits "
+            f"will be constant or noise; use --bits {min(fitting, bits)} or fewer, or train on more images")
 
 
 def _picture_images(dataset, images, data_dir, spec, data: ImageSet, n: int = 32) -> ImageSet:

@@ -81,12 +81,13 @@ def test_modes_to_gray_and_colour(tmp_path):
     assert (fit_image(im, ImageSpec(16, 1)) == round(200 * 0.299)).all()          # ITU-R 601 luma
     gray = fit_image(Image.new("L", (16, 16), 90), ImageSpec(16, 3))
     assert gray.shape == (16, 16, 3) and (gray == 90).all()                      # replicated
-    # 16-bit: scaled, not clipped; transparency: on black
+    # 16-bit: scaled, not clipped; transparency: on white (on black for models from before the rule was recorded)
     wide = Image.fromarray(np.full((16, 16), 65535 // 2, np.uint16))
     wide.save(tmp_path / "w16.png")
     assert abs(int(read_image(tmp_path / "w16.png", ImageSpec(16, 3))[0, 0, 0]) - 127) <= 1
     rgba = Image.new("RGBA", (16, 16), (255, 255, 255, 0))
-    assert fit_image(rgba, ImageSpec(16, 3)).max() == 0
+    assert fit_image(rgba, ImageSpec(16, 3)).min() == 255
+    assert fit_image(rgba, ImageSpec(16, 3, background="black")).max() == 0
     # palette GIF with several frames: the first frame
     frames = [Image.new("P", (16, 16), c) for c in (1, 2)]
     for f in frames:
@@ -102,11 +103,11 @@ def test_inspect_detects_gray_colour_and_size(tmp_path, gray_folder, colour_fold
     assert folders.inspect(paths) == (28, 1)
     paths, _ = folders.labelled_files(folders.layout(colour_folder), "train")
     size, channels = folders.inspect(paths)
-    assert channels == 3 and 20 <= size <= 64
-    # RGB files whose channels agree are grayscale; big photos are capped at 64
+    assert channels == 3 and 20 <= size <= 32
+    # RGB files whose channels agree are grayscale; big photos are capped at 32
     for i in range(3):
         Image.fromarray(np.full((300, 400, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.jpg")
-    assert folders.inspect(sorted(tmp_path.glob("*.jpg"))) == (64, 1)
+    assert folders.inspect(sorted(tmp_path.glob("*.jpg"))) == (32, 1)
 
 
 # ---- the model at other sizes and in colour -----------------------------------------------------
@@ -133,7 +134,7 @@ def test_legacy_checkpoint_gives_todays_codes():
 
     data = Path(__file__).parent / "data"
     ckpt = checkpoint.load(data / "legacy28", "cpu")
-    assert ckpt.config.resize == "stretch" and ckpt.config.spec == ImageSpec(28, 1, "stretch")
+    assert ckpt.config.resize == "stretch" and ckpt.config.spec == ImageSpec(28, 1, "stretch", "black", exif=False)
     want = np.load(data / "legacy28_codes.npz")
     got = encode_array(ckpt.model, load_dataset("digits", "test").images[:64], progress=False).codes
     assert (got == want["digits_test_64"]).all()
