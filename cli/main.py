@@ -167,6 +167,10 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
                f"{r.history['epoch_loss'][-1]:.4f}, {per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
     if r.world > 1:
         click.echo(f"{r.world} processes (torchrun), {r.world} x {r.batch_size} = {r.world * r.batch_size} images per step")
+    if r.calibration:
+        from hashing.calibration import line
+
+        click.echo(f"{line(r.calibration)}: `hashing duplicates --threshold auto` uses it")
     click.echo(f"saved {out}: config.json, its weights and history, {r.picture}")
 
 

@@ -125,5 +125,10 @@ def describe(config: dict, fingerprint: str | None = None) -> str:
     if cal is None:
         return (f"duplicate threshold: not calibrated (trained before calibration, or not with the copies recipe); "
                 f"`hashing duplicates --threshold auto` uses {fallback(bits)} (bits/8)")
+    return line(cal)
+
+
+def line(cal: dict) -> str:
+    """A calibration record in one line."""
     return (f"duplicate threshold: {cal['threshold']} (false-positive rate {cal['fpr']:g} per pair of different "
             f"training images; {100 * cal['copy_pairs_within']:.1f} % of {cal['copy_pairs']} edited copies within it)")

@@ -1,8 +1,19 @@
 """Groups of copies from packed codes: every pair within a Hamming threshold, then groups that never chain.
 
-Pairs. `pairs_within` finds every pair of codes at Hamming distance <= T, exactly (faiss range
-search over the codes themselves, in chunks of queries, with a progress bar): nothing is all-pairs
-in Python, and the result is the same set of pairs a brute-force scan gives.
+Pairs. `pairs_within` finds every pair of codes at Hamming distance <= T, exactly: the same set of
+pairs a brute-force scan gives, and nothing all-pairs in Python. Two methods, the cheaper by a cost
+model (`plan`):
+
+- "flat": faiss's brute-force range search (IndexBinaryFlat) of the codes against themselves, in
+  chunks of queries: N^2 popcounts in C on every core. Best up to some tens of thousands of codes.
+- "mih": multi-index hashing (Norouzi et al., 2012), vectorised. m disjoint substrings of b bits;
+  if two codes are within T, one substring differs in at most r = floor(T / m) bits (pigeonhole:
+  m (r + 1) > T). For each substring, the codes are bucketed by its value (a dense table of 2^b
+  entries) and every bucket is joined with the buckets whose value differs in <= r bits (one
+  vectorised pass over the distinct values per such bit pattern); the candidate pairs are then
+  checked on the whole code. Exact, like the scan; its cost grows with the patterns C(b, <= r), so
+  it wins for many codes and small T (1,000,000 64-bit codes at the copies model's thresholds:
+  benchmarks/duplicates_speed.py) and the cost model falls back to the scan elsewhere.
 
 Groups (the rule, and why). A group is a *star*: one centre and every file within T of it. The
 centres are chosen greedily: files in decreasing order of how many others lie within T of them
@@ -32,17 +43,58 @@ def check_threshold(threshold: int, bits: int) -> int:
     return int(threshold)
 
 
-def pairs_within(codes: np.ndarray, threshold: int, progress: bool = False, chunk: int = 8192,
-                 desc: str = "grouping") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, d): every pair i < j of rows of `codes` (N, bits/8) uint8 with Hamming distance d <= threshold."""
-    import faiss
-    from tqdm import tqdm
+# Relative costs of the two methods, per operation, measured on a 2-core machine (benchmarks/duplicates_speed.py):
+# one popcount of a pair in faiss's scan (per 64 bits); one distinct bucket value looked up for one bit
+# pattern; one candidate pair checked.
+SCAN_COST, LOOKUP_COST, CANDIDATE_COST = 0.4e-9, 15e-9, 25e-9
+MAX_KEY_BITS = 24                          # a dense bucket table of 2^24 int32 (64 MB) at most
 
+
+def patterns(b: int, r: int) -> int:
+    from math import comb
+
+    return sum(comb(b, k) for k in range(r + 1))
+
+
+def plan(n: int, bits: int, threshold: int, method: str = "auto") -> tuple[str, int, int, float]:
+    """(method, m, b, estimated seconds): the cheaper exact method for n codes of `bits` at `threshold`
+    (method "mih": the cheapest multi-index hashing)."""
+    best = ("mih", 0, 0, float("inf"))
+    for m in range(1, bits // 8 + 1):
+        b = min(MAX_KEY_BITS, bits // m)
+        r = threshold // m
+        distinct = min(n, 2 ** b)
+        seconds = m * patterns(b, r) * (distinct * LOOKUP_COST + n * n / 2 ** (b + 1) * CANDIDATE_COST)
+        if seconds < best[3]:
+            best = ("mih", m, b, seconds)
+    flat = ("flat", 0, 0, n * n * SCAN_COST * bits / 64)
+    if method == "mih" or (method == "auto" and best[3] < flat[3]):
+        return best
+    return flat
+
+
+def pairs_within(codes: np.ndarray, threshold: int, progress: bool = False, chunk: int = 8192,
+                 desc: str = "grouping", method: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, d): every pair i < j of rows of `codes` (N, bits/8) uint8 with Hamming distance d <= threshold.
+    method: auto (the cheaper by `plan`), flat or mih."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     n, width = codes.shape
     threshold = check_threshold(threshold, 8 * width)
     if n < 2:
         return (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.int32),)
+    if method not in ("auto", "flat", "mih"):
+        raise ValueError(f"unknown method {method!r}")
+    chosen, m, b, _ = plan(n, 8 * width, threshold, method)
+    if chosen == "mih":
+        return _mih(codes, threshold, m, b, progress, desc)
+    return _flat(codes, threshold, progress, chunk, desc)
+
+
+def _flat(codes: np.ndarray, threshold: int, progress: bool, chunk: int, desc: str):
+    import faiss
+    from tqdm import tqdm
+
+    n, width = codes.shape
     index = faiss.IndexBinaryFlat(8 * width)
     index.add(codes)
     found_i, found_j, found_d = [], [], []
@@ -57,6 +109,83 @@ def pairs_within(codes: np.ndarray, threshold: int, progress: bool = False, chun
             found_d.append(D[later].astype(np.int32))
             bar.update(stop - start)
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_d)
+
+
+def _masks(b: int, r: int) -> np.ndarray:
+    """Every b-bit pattern with at most r ones, as int64, 0 first."""
+    from itertools import combinations
+
+    out = [0]
+    for k in range(1, r + 1):
+        out += [sum(1 << p for p in c) for c in combinations(range(b), k)]
+    return np.asarray(out, dtype=np.int64)
+
+
+def _words(codes: np.ndarray) -> np.ndarray:
+    """(N, W) uint64 views of the codes, zero-padded to whole words (padding adds no distance)."""
+    n, width = codes.shape
+    pad = (-width) % 8
+    if pad:
+        codes = np.concatenate([codes, np.zeros((n, pad), np.uint8)], axis=1)
+    return np.ascontiguousarray(codes).view(np.uint64)
+
+
+def _mih(codes: np.ndarray, threshold: int, m: int, b: int, progress: bool, desc: str):
+    """Multi-index hashing over m disjoint b-bit substrings (the module's docstring)."""
+    from tqdm import tqdm
+
+    n, width = codes.shape
+    r = threshold // m
+    words = _words(codes)
+    masks = _masks(b, r)
+    weights = (1 << np.arange(b, dtype=np.int64))
+    found_i, found_j, found_d = [], [], []
+    with tqdm(total=m * len(masks), desc=desc, unit="pattern", disable=not progress, dynamic_ncols=True,
+              leave=False) as bar:
+        for t in range(m):
+            lo, hi = t * b // 8, ((t + 1) * b + 7) // 8                            # the bytes holding the substring
+            sub = np.unpackbits(codes[:, lo:hi], axis=1)[:, t * b - 8 * lo:(t + 1) * b - 8 * lo]
+            keys = sub.astype(np.int64) @ weights                                  # (N,) this substring's value
+            del sub
+            order = np.argsort(keys, kind="stable")
+            values, first, counts = np.unique(keys[order], return_index=True, return_counts=True)
+            table = np.full(1 << b, -1, dtype=np.int32)
+            table[values] = np.arange(len(values), dtype=np.int32)
+            for mask in masks:
+                if mask == 0:
+                    a = np.flatnonzero(counts > 1)
+                    pa, pb = a, a
+                else:
+                    other = table[values ^ mask]
+                    a = np.flatnonzero((other >= 0) & (values < (values ^ mask)))   # each pair of buckets once
+                    pa, pb = a, other[a].astype(np.int64)
+                if len(pa):
+                    i, j = _cross(order, first, counts, pa, pb, same=mask == 0)
+                    d = np.bitwise_count(words[i] ^ words[j]).sum(axis=1)
+                    ok = d <= threshold
+                    found_i.append(np.minimum(i, j)[ok])
+                    found_j.append(np.maximum(i, j)[ok])
+                    found_d.append(d[ok].astype(np.int32))
+                bar.update()
+    if not found_i:
+        return (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.int32),)
+    i, j, d = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_d)
+    _, first_seen = np.unique(i * n + j, return_index=True)                      # a pair close in several substrings
+    return i[first_seen], j[first_seen], d[first_seen]
+
+
+def _cross(order, first, counts, pa, pb, same: bool):
+    """Rows of every pair (one member from bucket pa[k], one from pb[k]); within one bucket each pair once."""
+    ca, cb = counts[pa], counts[pb]
+    sizes = ca * cb
+    total = int(sizes.sum())
+    which = np.repeat(np.arange(len(pa)), sizes)
+    offset = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    ia, ib = offset // cb[which], offset % cb[which]
+    if same:
+        keep = ia < ib
+        which, ia, ib = which[keep], ia[keep], ib[keep]
+    return order[first[pa[which]] + ia], order[first[pb[which]] + ib]
 
 
 @dataclass

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import one_line_error, run_hashing
 
+EVIL = "<img src=x onerror=window.pwned=1>.png"
+
 
 def test_star_groups_never_chain():
     from hashing.grouping import pairs_within, star_groups
@@ -75,6 +77,9 @@ def collection(tmp_path_factory):
     (bad / "cut.png").write_bytes((root / "set0" / "000.png").read_bytes()[:60])
     Image.new("1", (10000, 10000)).save(bad / "bomb.png")            # 100 megapixels: refused unread
     os.symlink(root / "set0" / "000.png", root / "set1" / "link.png")
+    evil = root / "set1" / EVIL                               # an exact copy of digit 1, named like HTML
+    evil.write_bytes((root / "set1" / "001.png").read_bytes())
+    truth[str(evil)] = 1
     return root, truth
 
 
@@ -177,14 +182,54 @@ def test_report_is_one_self_contained_page(collection, tmp_path):
     from hashing.report import write_report
 
     root, _ = collection
-    evil = root / "set2" / "<img src=x onerror=alert(1)>.png"
-    if not evil.exists():
-        evil.write_bytes((root / "set2" / "002.png").read_bytes())
     found = find_duplicates([str(root)], hash_name="phash", threshold=4, progress=False)
     page_path = tmp_path / "r.html"
     write_report(found, page_path)
     page = page_path.read_text()
     shown = sum(len(g) for g in found.groups)
     assert page.count('src="data:image/png;base64,') == shown and "<img src=x" not in page
-    assert "&lt;img src=x onerror=alert(1)&gt;.png" in page
+    assert "&lt;img src=x onerror=window.pwned=1&gt;.png" in page
     assert page.count('class="keep"') == len(found.groups)
+
+
+def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tmp_path):
+    """The page in a real browser (headless Chromium, as tests/test_browser.py drives the service page):
+    every thumbnail decodes, one kept file per group, and a file named like HTML is shown as text."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from hashing.duplicates import find_duplicates
+    from hashing.report import write_report
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("no Chromium here: `apt-get install chromium chromium-driver` (as root; .ci/run does it)")
+    root, _ = collection
+    found = find_duplicates([str(root)], hash_name="phash", threshold=4, progress=False)
+    page = tmp_path / "report.html"
+    write_report(found, page)
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        groups = driver.find_elements(By.CSS_SELECTOR, "section.group")
+        assert len(groups) == len(found.groups)
+        for section, group in zip(groups, found.groups):
+            figures = section.find_elements(By.TAG_NAME, "figure")
+            assert len(figures) == len(group)
+            assert len(section.find_elements(By.CSS_SELECTOR, "figure.keep")) == 1
+        widths = driver.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth)")
+        assert len(widths) == sum(len(g) for g in found.groups) and all(w > 0 for w in widths)
+        assert driver.execute_script("return window.pwned === undefined")
+        shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".path")]
+        assert any(text.endswith(EVIL) for text in shown)              # grouped with digit 1, shown as text
+    finally:
+        driver.quit()
