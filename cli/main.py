@@ -300,13 +300,17 @@ class IntOrAuto(click.ParamType):
               help="Move every file but the kept one of each group into this folder (relative paths kept, nothing "
                    "overwritten, nothing deleted), with an undo log there.")
 @click.option("--dry-run", is_flag=True, help="With --move-to: print what would move, move nothing.")
+@click.option("--against", default=None,
+              help="An index (folder, Milvus Lite .db or URI) built by a copies model: list the files of FOLDERS "
+                   "that already have a copy in it, grouped under that copy (nothing is added to the index); "
+                   "--move-to then moves those files.")
 @click.option("--undo", "undo_log", type=click.Path(dir_okay=False), default=None,
               help="Put back the files a --move-to run moved, from its log (hashing-moves-*.jsonl).")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
 @device_option
 @quiet_option
-def duplicates(folders, run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run, undo_log,
-               batch_size, device, quiet):
+def duplicates(folders, run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run, against,
+               undo_log, batch_size, device, quiet):
     """Find the files in FOLDERS that are copies of each other (re-saved, resized, cropped, recoloured,
     captioned): groups, largest first, each file with its distance to the group's kept file.
 
@@ -331,7 +335,7 @@ def duplicates(folders, run_dir, threshold, hash_name, keep, json_out, csv_out, 
     from hashing.duplicates import run
 
     job = run(list(folders), run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run,
-              batch_size, device, progress=not quiet)
+              batch_size, device, progress=not quiet, against=against)
     found = job.found
     if not found.files and not found.skipped:
         click.echo(f"no images ({', '.join(('.png', '.jpg', '.webp', '...'))}) under {', '.join(folders)}: "

@@ -248,6 +248,47 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
     return found
 
 
+def find_in_index(folders: list[str], index_location: str, threshold="auto", collection: str | None = None,
+                  batch_size: int = 256, device: str = "auto", progress: bool = True) -> Found:
+    """`--against INDEX`: the files under `folders` that already have a copy in an index (nothing is added to
+    it). One group per indexed item that has copies: the item itself first (kept; its source as the index
+    records it), then the files whose nearest indexed item within T it is."""
+    from hashing import checkpoint
+    from hashing.indexes import open_index
+    from hashing.retrieval import load_model_for
+
+    t0 = time.perf_counter()
+    index = open_index(index_location, collection)
+    try:
+        model = load_model_for(index, device)
+        run_dir = index.info.model.run_dir
+        config, fingerprint = checkpoint.read_config(run_dir), index.info.model.fingerprint
+        bits = model.cfg.bits
+        t, note = resolve_threshold(threshold, "model", bits, config, fingerprint)
+        index.check_searchable(min(2, index.count), t)
+        paths, aliases = collect(folders)
+        found = Found(t, note, "model", bits, [], [], aliases=aliases)
+        if not paths:
+            return found
+        codes, kept, skipped = encode_model(model, paths, batch_size, progress)
+        t1 = time.perf_counter()
+        hits = index.query(codes, k=min(2, index.count), radius=t) if len(codes) else []
+    finally:
+        index.close()
+    files = [paths[i] for i in kept]
+    by_item: dict[int, list] = {}
+    for path, h in zip(files, hits):
+        h = [x for x in h if os.path.realpath(x.source) != os.path.realpath(path)][:1]   # not the file itself
+        if h:
+            by_item.setdefault(h[0].id, [h[0].source]).append(Member(path, int(h[0].distance), False))
+    groups = [[Member(members[0], 0, True), *sorted(members[1:], key=lambda m: (m.distance, m.path))]
+              for members in by_item.values()]
+    groups.sort(key=lambda g: (-len(g), g[0].path))
+    found.files, found.groups, found.skipped = files, groups, skipped
+    found.seconds = {"encode": round(t1 - t0, 2), "total": round(time.perf_counter() - t0, 2)}
+    return found
+
+
 def write_csv(found: Found, path: str | os.PathLike) -> None:
     """One row per file in a group: group (1-based, largest first), path, distance to the kept file, keep."""
     from hashing.atomic import atomic_path
@@ -272,7 +313,7 @@ class Job:
 
 def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
         keep: str = "largest", json_out=None, csv_out=None, report=None, move_to=None, dry_run: bool = False,
-        batch_size: int = 256, device: str = "auto", progress: bool = True) -> Job:
+        batch_size: int = 256, device: str = "auto", progress: bool = True, against: str | None = None) -> Job:
     """`hashing duplicates`: every output and the move target checked before any work, then find, write, move."""
     from hashing import moves
     from hashing.atomic import check_output_file, write_json
@@ -283,7 +324,12 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
         raise HashingError("--dry-run shows what --move-to DIR would move: give --move-to too")
     if move_to is not None:
         moves.check_target([], move_to)
-    found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress)
+    if against is not None:
+        if hash_name != "model":
+            raise HashingError("--against INDEX compares with the codes of the index's own model: leave out --hash")
+        found = find_in_index(folders, against, threshold, None, batch_size, device, progress)
+    else:
+        found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress)
     job = Job(found)
     if json_out is not None:
         write_json(json_out, found.to_json())
@@ -297,7 +343,7 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
         write_report(found, report, progress)
         job.written.append(str(report))
     if move_to is not None:
-        roots = {f: _root_of(f, folders) for g in found.groups for f in (m.path for m in g)}
+        roots = {m.path: _root_of(m.path, folders) for g in found.groups for m in g if not m.keep}
         job.moves = moves.plan([(m.path, roots[m.path]) for g in found.groups for m in g if not m.keep], move_to)
         if not dry_run and job.moves:
             job.moved = moves.move_files(job.moves, move_to)

@@ -233,3 +233,24 @@ def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tm
         assert any(text.endswith(EVIL) for text in shown)              # grouped with digit 1, shown as text
     finally:
         driver.quit()
+
+
+def test_against_an_index_finds_the_files_already_there(copies_run, collection, tmp_path):
+    from hashing.retrieval import build_index
+
+    root, _ = collection
+    index = tmp_path / "idx"
+    build_index(copies_run, str(index), images=root / "set0", progress=False)
+    out = tmp_path / "a.json"
+    code, stdout, stderr = run_hashing("duplicates", root / "copies", root / "set0", "--against", index,
+                                       "--threshold", "6", "--quiet", "--json", out)
+    assert code == 0, stderr
+    found = json.loads(out.read_text())
+    for g in found["groups"]:
+        kept, copies = g["files"][0], g["files"][1:]
+        assert kept["keep"] and Path(kept["path"]).parent == root / "set0" and copies
+        for f in copies:                       # a file of set0 never matches itself
+            assert not f["keep"] and f["distance"] <= 6 and Path(f["path"]) != Path(kept["path"])
+    # the copies of set0's digits (k = 0, 3, 6, 9 edited by JPEG, brightness, rescale) are mostly found
+    copies_found = {Path(f["path"]).name for g in found["groups"] for f in g["files"][1:]}
+    assert len(copies_found & {"copy-000.jpg", "copy-003.jpg", "copy-006.jpg", "copy-009.jpg"}) >= 2
