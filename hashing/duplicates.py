@@ -67,11 +67,15 @@ class Found:
                 f"{secs:.1f} s ({self.hash}, threshold {self.threshold}: {self.threshold_note})")
 
 
-def collect(folders: list[str]) -> tuple[list[str], int]:
-    """(every image file under the folders, as given and in walk order, each real file once; aliases skipped)."""
+def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], int]:
+    """(every image file under the folders, as given and in walk order, each real file once, by a path that is
+    not a symlink when it has one; the number of other paths to a file already seen). Files under `exclude`
+    (the --move-to folder) are left out."""
     from hashing.folders import find_images
 
-    seen, out, aliases = set(), [], 0
+    seen: dict = {}
+    out, aliases = [], 0
+    skip = None if exclude is None else os.path.abspath(exclude).rstrip(os.sep) + os.sep
     for folder in folders:
         p = Path(folder)
         if not p.is_dir():
@@ -81,6 +85,8 @@ def collect(folders: list[str]) -> tuple[list[str], int]:
         except HashingError:
             continue                                  # a folder without images: nothing to add
         for path in paths:
+            if skip is not None and os.path.abspath(path).startswith(skip):
+                continue
             try:
                 st = path.stat()
             except OSError:
@@ -88,8 +94,11 @@ def collect(folders: list[str]) -> tuple[list[str], int]:
             key = (st.st_dev, st.st_ino)
             if key in seen:
                 aliases += 1
+                k = seen[key]
+                if os.path.islink(out[k]) and not path.is_symlink():
+                    out[k] = str(path)                 # the file itself rather than a link to it
                 continue
-            seen.add(key)
+            seen[key] = len(out)
             out.append(str(path))
     return out, aliases
 
@@ -191,7 +200,7 @@ def _pixels(path: str) -> int:
 
 def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
                     keep: str = "largest", batch_size: int = 256, device: str = "auto",
-                    progress: bool = True) -> Found:
+                    progress: bool = True, exclude: str | None = None) -> Found:
     """Every group of copies among the images under `folders` (see the module's docstring)."""
     from hashing.grouping import distances_to, pairs_within, star_groups
 
@@ -218,7 +227,7 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
 
         bits = PERCEPTUAL[hash_name]
     t, note = resolve_threshold(threshold, hash_name, bits, config, fingerprint)
-    paths, aliases = collect(folders)
+    paths, aliases = collect(folders, exclude)
     found = Found(t, note, hash_name, bits, [], [], aliases=aliases)
     if not paths:
         found.seconds = {"total": time.perf_counter() - t0}
@@ -249,7 +258,8 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
 
 
 def find_in_index(folders: list[str], index_location: str, threshold="auto", collection: str | None = None,
-                  batch_size: int = 256, device: str = "auto", progress: bool = True) -> Found:
+                  batch_size: int = 256, device: str = "auto", progress: bool = True,
+                  exclude: str | None = None) -> Found:
     """`--against INDEX`: the files under `folders` that already have a copy in an index (nothing is added to
     it). One group per indexed item that has copies: the item itself first (kept; its source as the index
     records it), then the files whose nearest indexed item within T it is."""
@@ -266,7 +276,7 @@ def find_in_index(folders: list[str], index_location: str, threshold="auto", col
         bits = model.cfg.bits
         t, note = resolve_threshold(threshold, "model", bits, config, fingerprint)
         index.check_searchable(min(2, index.count), t)
-        paths, aliases = collect(folders)
+        paths, aliases = collect(folders, exclude)
         found = Found(t, note, "model", bits, [], [], aliases=aliases)
         if not paths:
             return found
@@ -327,9 +337,9 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
     if against is not None:
         if hash_name != "model":
             raise HashingError("--against INDEX compares with the codes of the index's own model: leave out --hash")
-        found = find_in_index(folders, against, threshold, None, batch_size, device, progress)
+        found = find_in_index(folders, against, threshold, None, batch_size, device, progress, move_to)
     else:
-        found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress)
+        found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress, move_to)
     job = Job(found)
     if json_out is not None:
         write_json(json_out, found.to_json())

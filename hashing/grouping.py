@@ -43,10 +43,12 @@ def check_threshold(threshold: int, bits: int) -> int:
     return int(threshold)
 
 
-# Relative costs of the two methods, per operation, measured on a 2-core machine (benchmarks/duplicates_speed.py):
-# one popcount of a pair in faiss's scan (per 64 bits); one distinct bucket value looked up for one bit
-# pattern; one candidate pair checked.
-SCAN_COST, LOOKUP_COST, CANDIDATE_COST = 0.4e-9, 15e-9, 25e-9
+# Relative costs of the two methods, per operation, from benchmarks/duplicates_speed.py on a 2-core machine
+# (1,000,000 codes: the scan 1.5 ns a pair under that run's load; multi-index hashing about 0.12 s a bit
+# pattern with 21-bit substrings, 2.7 s with 16-bit ones, a few seconds per substring to bucket the codes):
+# one popcount of a pair in faiss's scan (per 64 bits); one code bucketed per substring; one bucket value
+# looked up for one bit pattern; one candidate pair checked.
+SCAN_COST, SETUP_COST, LOOKUP_COST, CANDIDATE_COST = 1.5e-9, 2e-6, 100e-9, 350e-9
 MAX_KEY_BITS = 24                          # a dense bucket table of 2^24 int32 (64 MB) at most
 
 
@@ -64,7 +66,7 @@ def plan(n: int, bits: int, threshold: int, method: str = "auto") -> tuple[str, 
         b = min(MAX_KEY_BITS, bits // m)
         r = threshold // m
         distinct = min(n, 2 ** b)
-        seconds = m * patterns(b, r) * (distinct * LOOKUP_COST + n * n / 2 ** (b + 1) * CANDIDATE_COST)
+        seconds = m * (n * SETUP_COST + patterns(b, r) * (distinct * LOOKUP_COST + n * n / 2 ** (b + 1) * CANDIDATE_COST))
         if seconds < best[3]:
             best = ("mih", m, b, seconds)
     flat = ("flat", 0, 0, n * n * SCAN_COST * bits / 64)
@@ -177,6 +179,14 @@ def _mih(codes: np.ndarray, threshold: int, m: int, b: int, progress: bool, desc
 def _cross(order, first, counts, pa, pb, same: bool):
     """Rows of every pair (one member from bucket pa[k], one from pb[k]); within one bucket each pair once."""
     ca, cb = counts[pa], counts[pb]
+    if not same:
+        single = (ca == 1) & (cb == 1)                 # most buckets of a wide substring hold one code
+        if single.any():
+            i1, j1 = order[first[pa[single]]], order[first[pb[single]]]
+            if single.all():
+                return i1, j1
+            i2, j2 = _cross(order, first, counts, pa[~single], pb[~single], same)
+            return np.concatenate([i1, i2]), np.concatenate([j1, j2])
     sizes = ca * cb
     total = int(sizes.sum())
     which = np.repeat(np.arange(len(pa)), sizes)

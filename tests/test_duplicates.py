@@ -40,11 +40,14 @@ def test_pairs_match_brute_force(rng):
 
     codes = rng.integers(0, 256, (700, 8), dtype=np.uint8)
     codes[350:] = codes[:350] ^ (rng.random((350, 8)) < 0.02).astype(np.uint8) * rng.integers(1, 256, (350, 8), dtype=np.uint8)
+    codes[:20] = codes[20:40]                                 # buckets with several codes
     D = hamming_distances(codes, codes)
-    want = {(a, b) for a, b in zip(*np.nonzero(D <= 12)) if a < b}
-    i, j, d = pairs_within(codes, 12, chunk=100)
-    assert set(zip(i.tolist(), j.tolist())) == want
-    assert (d == D[i, j]).all()
+    for t in (0, 3, 12):
+        want = {(a, b) for a, b in zip(*np.nonzero(D <= t)) if a < b}
+        for method in ("flat", "mih"):                        # the scan and multi-index hashing: both exact
+            i, j, d = pairs_within(codes, t, chunk=100, method=method)
+            assert len(i) == len(want) and set(zip(i.tolist(), j.tolist())) == want, (t, method)
+            assert (d == D[i, j]).all()
 
 
 @pytest.fixture(scope="module")
