@@ -182,6 +182,10 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
                f"{r.history['epoch_loss'][-1]:.4f}, {per_epoch:.1f} s/epoch, {r.images_per_second:.0f} images/s")
     if r.world > 1:
         click.echo(f"{r.world} processes (torchrun), {r.world} x {r.batch_size} = {r.world * r.batch_size} images per step")
+    if r.calibration:
+        from hashing.calibration import line
+
+        click.echo(f"{line(r.calibration)}: `hashing duplicates --threshold auto` uses it")
     click.echo(f"saved {out}: config.json, its weights and history, {r.picture}")
 
 
@@ -269,6 +273,111 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
             click.echo(f"  {rank:>4}  {h.id:>8}  {h.distance:>8}  {label:>5}  {h.source}")
     if grid:
         click.echo(f"wrote {grid}")
+
+
+class IntOrAuto(click.ParamType):
+    """A whole number, or the word auto."""
+
+    name = "integer|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a whole number nor auto", param, ctx)
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, type=click.Path())
+@click.option("--model", "run_dir", default=None, type=click.Path(),
+              help="Run folder of a model trained with the copies recipe (`hashing train --images FOLDER --recipe "
+                   "copies`); needed for --hash model.")
+@click.option("--threshold", default="auto", show_default=True, type=IntOrAuto(),
+              help="Largest Hamming distance between copies. auto: the model's calibrated operating point "
+                   "(config.json, shown by `hashing train`), 10 for phash and dhash, 31 for pdq.")
+@click.option("--hash", "hash_name", default="model", show_default=True,
+              type=click.Choice(["model", "phash", "dhash", "pdq"]),
+              help="model: the codes of --model; phash, dhash (imagehash, 64 bits), pdq (256 bits): a perceptual "
+                   "hash of each file, to compare on your own pictures.")
+@click.option("--keep", default="largest", show_default=True,
+              type=click.Choice(["largest", "oldest", "newest", "shortest-path", "first"]),
+              help="The file each group keeps: most pixels (then bytes), oldest or newest modification time, "
+                   "shortest path, or the first found.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write {threshold, hash, groups: [{files: [{path, distance, keep}]}], skipped} here.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), default=None,
+              help="Write one row per file in a group here: group, path, distance, keep.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML page (thumbnails inline) of every group, to check before moving.")
+@click.option("--move-to", type=click.Path(), default=None,
+              help="Move every file but the kept one of each group into this folder (relative paths kept, nothing "
+                   "overwritten, nothing deleted), with an undo log there.")
+@click.option("--dry-run", is_flag=True, help="With --move-to: print what would move, move nothing.")
+@click.option("--against", default=None,
+              help="An index (folder, Milvus Lite .db or URI) built by a copies model: list the files of FOLDERS "
+                   "that already have a copy in it, grouped under that copy (nothing is added to the index); "
+                   "--move-to then moves those files.")
+@click.option("--undo", "undo_log", type=click.Path(dir_okay=False), default=None,
+              help="Put back the files a --move-to run moved, from its log (hashing-moves-*.jsonl).")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
+@device_option
+@quiet_option
+def duplicates(folders, run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run, against,
+               undo_log, batch_size, device, quiet):
+    """Find the files in FOLDERS that are copies of each other (re-saved, resized, cropped, recoloured,
+    captioned): groups, largest first, each file with its distance to the group's kept file.
+
+    A group is a star: every member within the threshold of one centre (the file with the most copies),
+    so look-alikes never chain into one group. Unreadable files are listed as skipped; a file reached
+    twice counts once. Nothing is ever deleted: --move-to moves, --undo LOG moves back.
+    """
+    if undo_log is not None:
+        if folders or move_to:
+            raise click.UsageError("--undo LOG takes no folders and no --move-to")
+        from hashing.moves import undo
+
+        r = undo(undo_log)
+        click.echo(f"moved back {len(r.moved)} files from {undo_log}")
+        for line in r.problems:
+            click.echo(f"not moved back: {line}")
+        if r.problems:
+            sys.exit(1)
+        return
+    if not folders:
+        raise click.UsageError("give at least one FOLDER (or --undo LOG)")
+    from hashing.duplicates import run
+
+    job = run(list(folders), run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run,
+              batch_size, device, progress=not quiet, against=against)
+    found = job.found
+    if not found.files and not found.skipped:
+        click.echo(f"no images ({', '.join(('.png', '.jpg', '.webp', '...'))}) under {', '.join(folders)}: "
+                   f"nothing to compare")
+        return
+    for path, why in found.skipped:
+        click.echo(f"skipped {why}")
+    for n, group in enumerate(found.groups, 1):
+        click.echo(f"group {n} ({len(group)} files)")
+        for m in group:
+            click.echo(f"  {'keep' if m.keep else '    '}  {m.distance:>4}  {m.path}")
+    if found.aliases:
+        click.echo(f"{found.aliases} path(s) led to a file already seen (symlinks, folders given twice): counted once")
+    click.echo(found.summary())
+    for path in job.written:
+        click.echo(f"wrote {path}")
+    if dry_run:
+        for src, dst in job.moves:
+            click.echo(f"would move {src} -> {dst}")
+        click.echo(f"would move {len(job.moves)} files to {move_to} (dry run: nothing moved)")
+    elif job.moved is not None:
+        click.echo(f"moved {len(job.moved.moved)} files to {move_to}; undo with: "
+                   f"hashing duplicates --undo {job.moved.log}")
+        for line in job.moved.problems:
+            click.echo(f"not moved: {line}")
+        if job.moved.problems:
+            sys.exit(1)
 
 
 @cli.command()

@@ -80,6 +80,13 @@ def save(run_dir: str | Path, model: HashAutoencoder, train: dict | None = None,
     return fp
 
 
+def annotate(run_dir: str | Path, key: str, value: dict) -> None:
+    """Add one record (the duplicate threshold's calibration) to the committed config.json, atomically."""
+    config = read_config(run_dir)
+    config[key] = value
+    write_json(Path(run_dir) / CONFIG, config)
+
+
 def read_config(run_dir: str | Path) -> dict:
     """config.json's contents, checked to be a hashing checkpoint's."""
     run_dir = Path(run_dir)

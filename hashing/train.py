@@ -81,6 +81,7 @@ class TrainResult:
     world: int = 1             # training processes
     batch_size: int = 0        # images per step per process
     picture: str = ""          # the picture drawn into the run folder: reconstructions.png or neighbours.png
+    calibration: dict | None = None   # the duplicate threshold measured after training (hashing.calibration)
 
 
 def _check_resolved(tcfg: TrainConfig) -> None:
@@ -323,6 +324,13 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
         import warnings
 
         warnings.warn(note, HashingWarning, stacklevel=2)         # after train()'s own checks: never beside an error
+    if group.main and tcfg.objective.views == "copies":
+        from hashing.calibration import calibrate
+
+        fp = checkpoint.read_config(out)["fingerprint"]
+        refs = data.sources if data.sources is not None else list(data.images)
+        result.calibration = calibrate(result.model, data.images, refs, fp, tcfg.seed, progress=progress)
+        checkpoint.annotate(out, "calibration", result.calibration)
     if group.main:
         shown = _picture_images(dataset, images, data_dir, cfg.spec, data)
         if tcfg.objective.reconstruction:

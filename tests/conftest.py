@@ -59,6 +59,17 @@ def digits_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def copies_run(tmp_path_factory):
+    """A copies-recipe model on scikit-learn's digits (3 epochs; calibrated as `hashing train` does),
+    shared by tests/test_copies.py and tests/test_duplicates.py."""
+    from hashing.train import train_on
+
+    out = tmp_path_factory.mktemp("runs") / "digits-copies"
+    train_on("copies", out, "digits", progress=False, bits=64, epochs=3, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_index(digits_run, tmp_path_factory):
     from hashing.retrieval import build_index
 

@@ -222,13 +222,7 @@ def test_single_edit_views_keep_the_geometry_unless_their_edit_is_geometric():
 
 # --- the protocol on digits ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def copies_run(tmp_path_factory):
-    from hashing.train import train_on
-
-    out = tmp_path_factory.mktemp("runs") / "digits-copies"
-    train_on("copies", out, "digits", progress=False, bits=64, epochs=3, seed=0)
-    return out
+# copies_run: conftest.py (shared with tests/test_duplicates.py)
 
 
 def test_an_unedited_copy_is_found_by_every_method(copies_run):

@@ -1,0 +1,370 @@
+"""`hashing duplicates`: which files of some folders are copies of each other.
+
+Walk the folders (the files `hashing index --images` would read; one file reached twice, through a
+symlink or two folders, counts once), code every file (a copies model through the same reader as
+`index --images`, or a perceptual hash of the decoded file), find every pair within the threshold
+and group them without chaining (hashing.grouping: stars around a centre), mark one file per group
+to keep (`KEEP` rules), write JSON / CSV / an HTML report, and move the others (hashing.moves).
+
+Thresholds. For a model, `auto` is its calibrated operating point from config.json
+(hashing.calibration), else bits/8, said in the result's note. For a perceptual hash, its users'
+usual threshold (`HASH_THRESHOLDS`). A number the user gives wins.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hashing.errors import HashingError
+
+HASHES = ("model", "phash", "dhash", "pdq")
+# The perceptual hashes' usual thresholds: imagededup's default max_distance_threshold for its 64-bit
+# hashes (10), and the PDQ paper's recommended 31 of 256 bits.
+HASH_THRESHOLDS = {"phash": 10, "dhash": 10, "pdq": 31}
+KEEP = ("largest", "oldest", "newest", "shortest-path", "first")
+
+
+@dataclass
+class Member:
+    path: str
+    distance: int
+    keep: bool
+
+
+@dataclass
+class Found:
+    """What `find_duplicates` found: the groups (largest first, kept file first in each), and the files."""
+
+    threshold: int
+    threshold_note: str        # where the threshold came from
+    hash: str
+    bits: int
+    files: list[str]           # every file read, in walk order
+    groups: list[list[Member]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)     # (path, reason)
+    aliases: int = 0           # paths that led to a file already seen (symlinks, a folder given twice)
+    seconds: dict = field(default_factory=dict)                       # encode, group, total
+
+    @property
+    def in_groups(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    def to_json(self) -> dict:
+        return {"threshold": self.threshold, "hash": self.hash, "bits": self.bits, "threshold_note": self.threshold_note,
+                "files": len(self.files), "groups": [{"files": [vars(m) for m in g]} for g in self.groups],
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+    def summary(self) -> str:
+        secs = self.seconds.get("total", 0.0)
+        return (f"{len(self.files)} files, {len(self.groups)} groups, {self.in_groups} files in groups "
+                f"({self.in_groups - len(self.groups)} copies beside the kept ones), {len(self.skipped)} skipped, "
+                f"{secs:.1f} s ({self.hash}, threshold {self.threshold}: {self.threshold_note})")
+
+
+def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], int]:
+    """(every image file under the folders, as given and in walk order, each real file once, by a path that is
+    not a symlink when it has one; the number of other paths to a file already seen). Files under `exclude`
+    (the --move-to folder) are left out."""
+    from hashing.folders import find_images
+
+    seen: dict = {}
+    out, aliases = [], 0
+    skip = None if exclude is None else os.path.abspath(exclude).rstrip(os.sep) + os.sep
+    for folder in folders:
+        p = Path(folder)
+        if not p.is_dir():
+            raise HashingError(f"not a folder: {folder}" if not p.exists() else f"{folder} is a file, not a folder")
+        try:
+            paths = find_images(p)
+        except HashingError:
+            continue                                  # a folder without images: nothing to add
+        for path in paths:
+            if skip is not None and os.path.abspath(path).startswith(skip):
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                aliases += 1
+                k = seen[key]
+                if os.path.islink(out[k]) and not path.is_symlink():
+                    out[k] = str(path)                 # the file itself rather than a link to it
+                continue
+            seen[key] = len(out)
+            out.append(str(path))
+    return out, aliases
+
+
+def _perceptual_one(job) -> tuple[np.ndarray | None, str]:
+    from hashing.images import is_gray, load_picture, to_gray, to_rgb
+    from hashing.perceptual import hasher
+
+    path, name = job
+    try:
+        im = load_picture(path)
+        im = to_gray(im) if is_gray(im) else to_rgb(im)
+        return hasher(name)(im), ""
+    except HashingError as e:
+        return None, str(e)
+
+
+def encode_perceptual(paths: list[str], name: str, progress: bool) -> tuple[np.ndarray, list[int], list]:
+    """(packed codes of the readable files, their positions in paths, [(path, reason)] of the others)."""
+    from hashing.bits import pack
+    from hashing.folders import fork_map
+    from hashing.perceptual import PERCEPTUAL, hasher
+
+    hasher(name)                                     # the package is there, before any file
+    codes, kept, skipped = [], [], []
+    for i, (bits, why) in enumerate(fork_map(_perceptual_one, [(p, name) for p in paths], progress, f"hashing ({name})")):
+        if bits is None:
+            skipped.append((paths[i], why))
+        else:
+            codes.append(bits)
+            kept.append(i)
+    packed = pack(np.stack(codes)) if codes else np.zeros((0, PERCEPTUAL[name] // 8), np.uint8)
+    return packed, kept, skipped
+
+
+def encode_model(model, paths: list[str], batch_size: int, progress: bool) -> tuple[np.ndarray, list[int], list]:
+    """The same as encode_perceptual, with the model through the folder reader (its decode cache when one exists)."""
+    from hashing import folders
+    from hashing.codes import encode_array, encode_batches
+
+    as_paths = [Path(p) for p in paths]
+    labels = np.full(len(paths), -1, np.int64)
+    got = folders.cached(as_paths, labels, model.cfg.spec)
+    if got is not None:
+        codes = encode_array(model, got.images, batch_size, progress, desc="encoding").codes
+        read = got.read
+    else:
+        batches, read = folders.iter_image_batches(as_paths, batch_size, model.cfg.spec, progress=progress)
+        codes = encode_batches(model, batches, len(paths), progress, desc="encoding").codes
+    row = {p: i for i, p in enumerate(as_paths)}
+    return codes, [row[p] for p in read.kept], [(str(p), why) for p, why in read.skipped]
+
+
+def resolve_threshold(threshold, hash_name: str, bits: int, config: dict | None, fingerprint: str | None) -> tuple[int, str]:
+    from hashing.calibration import fallback, recorded
+    from hashing.grouping import check_threshold
+
+    if threshold not in (None, "auto"):
+        return check_threshold(threshold, bits), "given"
+    if hash_name != "model":
+        return HASH_THRESHOLDS[hash_name], f"the usual one for {hash_name}"
+    cal = recorded(config or {}, fingerprint)
+    if cal is not None:
+        return check_threshold(cal["threshold"], bits), (f"the model's calibrated one, false-positive rate "
+                                                        f"{cal['fpr']:g} per pair")
+    recipe = ((config or {}).get("train") or {}).get("recipe")
+    why = "a model without the copies recipe" if recipe not in (None, "copies") else "a model trained before calibration"
+    return fallback(bits), f"bits/8: {why} has no calibrated threshold; give --threshold or retrain"
+
+
+def keep_order(paths: list[str], rule: str) -> np.ndarray:
+    """(N,) rank of each file under the keep rule: 0 = the one to keep first."""
+    n = len(paths)
+    if rule == "first":
+        return np.arange(n)
+    if rule == "shortest-path":
+        return np.lexsort((np.arange(n), [len(p) for p in paths])).argsort()
+    stats = [os.stat(p) for p in paths]
+    if rule in ("oldest", "newest"):
+        m = np.array([s.st_mtime_ns for s in stats], dtype=np.float64)
+        return np.lexsort((np.arange(n), m if rule == "oldest" else -m)).argsort()
+    if rule == "largest":
+        pixels = np.array([_pixels(p) for p in paths], dtype=np.float64)
+        size = np.array([s.st_size for s in stats], dtype=np.float64)
+        return np.lexsort((np.arange(n), -size, -pixels)).argsort()
+    raise HashingError(f"unknown --keep {rule!r}: choose from {', '.join(KEEP)}")
+
+
+def _pixels(path: str) -> int:
+    """Width x height from the file's header (no decoding); 0 if it cannot be told."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.width * im.height
+    except Exception:       # noqa: BLE001  the file was read a moment ago; a vanished one just ranks last
+        return 0
+
+
+def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
+                    keep: str = "largest", batch_size: int = 256, device: str = "auto",
+                    progress: bool = True, exclude: str | None = None) -> Found:
+    """Every group of copies among the images under `folders` (see the module's docstring)."""
+    from hashing.grouping import distances_to, pairs_within, star_groups
+
+    if hash_name not in HASHES:
+        raise HashingError(f"unknown --hash {hash_name!r}: choose from {', '.join(HASHES)}")
+    if keep not in KEEP:
+        raise HashingError(f"unknown --keep {keep!r}: choose from {', '.join(KEEP)}")
+    if not folders:
+        raise HashingError("give at least one folder")
+    t0 = time.perf_counter()
+    model = config = fingerprint = None
+    if hash_name == "model":
+        if run_dir is None:
+            raise HashingError("duplicates needs a copies model: train one with `hashing train --images FOLDER "
+                               "--recipe copies --out RUN`, then give --model RUN (or use --hash phash|dhash|pdq)")
+        from hashing import checkpoint
+        from hashing.device import resolve_device
+
+        ckpt = checkpoint.load(run_dir, resolve_device(device))
+        model, fingerprint, bits = ckpt.model, ckpt.fingerprint, ckpt.config.bits
+        config = checkpoint.read_config(run_dir)
+    else:
+        from hashing.perceptual import PERCEPTUAL
+
+        bits = PERCEPTUAL[hash_name]
+    t, note = resolve_threshold(threshold, hash_name, bits, config, fingerprint)
+    paths, aliases = collect(folders, exclude)
+    found = Found(t, note, hash_name, bits, [], [], aliases=aliases)
+    if not paths:
+        found.seconds = {"total": time.perf_counter() - t0}
+        return found
+    t1 = time.perf_counter()
+    if model is not None:
+        codes, kept, skipped = encode_model(model, paths, batch_size, progress)
+    else:
+        codes, kept, skipped = encode_perceptual(paths, hash_name, progress)
+    t2 = time.perf_counter()
+    files = [paths[i] for i in kept]
+    i, j, _ = pairs_within(codes, t, progress)
+    paired = np.unique(np.concatenate([i, j]))                # only files with a copy need ranking
+    order = np.full(len(files), len(files), np.int64)
+    order[paired] = keep_order([files[k] for k in paired], keep)
+    groups = star_groups(len(files), i, j, order)
+    out = []
+    for members in groups.members:
+        kept_row = members[np.argmin(order[members])]
+        d = distances_to(codes, members, kept_row)
+        rank = np.lexsort((order[members], d))
+        out.append([Member(files[m], int(d[r]), bool(m == kept_row)) for r, m in zip(rank, members[rank])])
+    out.sort(key=lambda g: (-len(g), g[0].path))
+    found.files, found.groups, found.skipped = files, out, skipped
+    found.seconds = {"encode": round(t2 - t1, 2), "group": round(time.perf_counter() - t2, 2),
+                     "total": round(time.perf_counter() - t0, 2)}
+    return found
+
+
+def find_in_index(folders: list[str], index_location: str, threshold="auto", collection: str | None = None,
+                  batch_size: int = 256, device: str = "auto", progress: bool = True,
+                  exclude: str | None = None) -> Found:
+    """`--against INDEX`: the files under `folders` that already have a copy in an index (nothing is added to
+    it). One group per indexed item that has copies: the item itself first (kept; its source as the index
+    records it), then the files whose nearest indexed item within T it is."""
+    from hashing import checkpoint
+    from hashing.indexes import open_index
+    from hashing.retrieval import load_model_for
+
+    t0 = time.perf_counter()
+    index = open_index(index_location, collection)
+    try:
+        model = load_model_for(index, device)
+        run_dir = index.info.model.run_dir
+        config, fingerprint = checkpoint.read_config(run_dir), index.info.model.fingerprint
+        bits = model.cfg.bits
+        t, note = resolve_threshold(threshold, "model", bits, config, fingerprint)
+        index.check_searchable(min(2, index.count), t)
+        paths, aliases = collect(folders, exclude)
+        found = Found(t, note, "model", bits, [], [], aliases=aliases)
+        if not paths:
+            return found
+        codes, kept, skipped = encode_model(model, paths, batch_size, progress)
+        t1 = time.perf_counter()
+        hits = index.query(codes, k=min(2, index.count), radius=t) if len(codes) else []
+    finally:
+        index.close()
+    files = [paths[i] for i in kept]
+    by_item: dict[int, list] = {}
+    for path, h in zip(files, hits):
+        h = [x for x in h if os.path.realpath(x.source) != os.path.realpath(path)][:1]   # not the file itself
+        if h:
+            by_item.setdefault(h[0].id, [h[0].source]).append(Member(path, int(h[0].distance), False))
+    groups = [[Member(members[0], 0, True), *sorted(members[1:], key=lambda m: (m.distance, m.path))]
+              for members in by_item.values()]
+    groups.sort(key=lambda g: (-len(g), g[0].path))
+    found.files, found.groups, found.skipped = files, groups, skipped
+    found.seconds = {"encode": round(t1 - t0, 2), "total": round(time.perf_counter() - t0, 2)}
+    return found
+
+
+def write_csv(found: Found, path: str | os.PathLike) -> None:
+    """One row per file in a group: group (1-based, largest first), path, distance to the kept file, keep."""
+    from hashing.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "path", "distance", "keep"])
+        for g, members in enumerate(found.groups, 1):
+            for m in members:
+                w.writerow([g, m.path, m.distance, "true" if m.keep else "false"])
+
+
+@dataclass
+class Job:
+    """What `hashing duplicates` did: what it found, and the moves it made or would make."""
+
+    found: Found
+    moves: list[tuple[str, str]] = field(default_factory=list)      # (from, to) planned
+    moved: object = None                                            # hashing.moves.Moved, when files moved
+    written: list[str] = field(default_factory=list)                # the output files written
+
+
+def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
+        keep: str = "largest", json_out=None, csv_out=None, report=None, move_to=None, dry_run: bool = False,
+        batch_size: int = 256, device: str = "auto", progress: bool = True, against: str | None = None) -> Job:
+    """`hashing duplicates`: every output and the move target checked before any work, then find, write, move."""
+    from hashing import moves
+    from hashing.atomic import check_output_file, write_json
+
+    for path, what in ((json_out, "--json"), (csv_out, "--csv"), (report, "--report")):
+        check_output_file(path, what)
+    if dry_run and move_to is None:
+        raise HashingError("--dry-run shows what --move-to DIR would move: give --move-to too")
+    if move_to is not None:
+        moves.check_target([], move_to)
+    if against is not None:
+        if hash_name != "model":
+            raise HashingError("--against INDEX compares with the codes of the index's own model: leave out --hash")
+        found = find_in_index(folders, against, threshold, None, batch_size, device, progress, move_to)
+    else:
+        found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress, move_to)
+    job = Job(found)
+    if json_out is not None:
+        write_json(json_out, found.to_json())
+        job.written.append(str(json_out))
+    if csv_out is not None:
+        write_csv(found, csv_out)
+        job.written.append(str(csv_out))
+    if report is not None:
+        from hashing.report import write_report
+
+        write_report(found, report, progress)
+        job.written.append(str(report))
+    if move_to is not None:
+        roots = {m.path: _root_of(m.path, folders) for g in found.groups for m in g if not m.keep}
+        job.moves = moves.plan([(m.path, roots[m.path]) for g in found.groups for m in g if not m.keep], move_to)
+        if not dry_run and job.moves:
+            job.moved = moves.move_files(job.moves, move_to)
+    return job
+
+
+def _root_of(path: str, folders: list[str]) -> str:
+    """The folder argument a file was found under (the first that contains it)."""
+    p = os.path.abspath(path)
+    for folder in folders:
+        root = os.path.abspath(folder)
+        if p.startswith(root.rstrip(os.sep) + os.sep):
+            return folder
+    return os.path.dirname(path)

@@ -1,0 +1,259 @@
+"""`hashing duplicates`: groups that never chain, the threshold a copies model calibrates when it is
+trained, JSON/CSV/HTML outputs, bad files skipped with a reason, and moves that a kill -9 cannot lose
+(a real subprocess killed at each step of the move, then undone)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import one_line_error, run_hashing
+
+EVIL = "<img src=x onerror=window.pwned=1>.png"
+
+
+def test_star_groups_never_chain():
+    from hashing.grouping import pairs_within, star_groups
+
+    # A-B at 4, B-C at 4, A-C at 8: with T = 5 the chain A~B~C is not one group of three.
+    bits = np.zeros((4, 64), np.uint8)
+    bits[1, :4] = 1
+    bits[2, :8] = 1
+    bits[3, 32:] = 1                                      # far from all
+    codes = np.packbits(bits, axis=1)
+    i, j, d = pairs_within(codes, 5)
+    assert sorted(zip(i.tolist(), j.tolist(), d.tolist())) == [(0, 1, 4), (1, 2, 4)]
+    groups = star_groups(4, i, j)
+    assert len(groups) == 1 and groups.centres[0] == 1 and sorted(groups.members[0].tolist()) == [0, 1, 2]
+    i, j, _ = pairs_within(codes, 4)
+    # with the centre's tie broken by priority, every member is within T of the centre
+    groups = star_groups(4, i, j, priority=np.array([0, 1, 2, 3]))
+    for c, m in zip(groups.centres, groups.members):
+        assert np.bitwise_count(codes[m] ^ codes[c]).sum(axis=1).max() <= 4
+
+
+def test_pairs_match_brute_force(rng):
+    from hashing.grouping import pairs_within
+    from hashing.indexes.exact import hamming_distances
+
+    codes = rng.integers(0, 256, (700, 8), dtype=np.uint8)
+    codes[350:] = codes[:350] ^ (rng.random((350, 8)) < 0.02).astype(np.uint8) * rng.integers(1, 256, (350, 8), dtype=np.uint8)
+    codes[:20] = codes[20:40]                                 # buckets with several codes
+    D = hamming_distances(codes, codes)
+    for t in (0, 3, 12):
+        want = {(a, b) for a, b in zip(*np.nonzero(D <= t)) if a < b}
+        for method in ("flat", "mih"):                        # the scan and multi-index hashing: both exact
+            i, j, d = pairs_within(codes, t, chunk=100, method=method)
+            assert len(i) == len(want) and set(zip(i.tolist(), j.tolist())) == want, (t, method)
+            assert (d == D[i, j]).all()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Digits with edited copies (truth: {file: source}), bad files, and a symlink to a file."""
+    from PIL import Image
+
+    from hashing.data import load_dataset
+    from hashing.edits import make_copy
+
+    root = tmp_path_factory.mktemp("dups") / "pics"
+    ds = load_dataset("digits", "test").head(60)
+    truth = {}
+    for k, im in enumerate(ds.images):
+        folder = root / f"set{k % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        big = Image.fromarray(im).resize((64, 64), Image.BILINEAR)
+        big.save(folder / f"{k:03d}.png")
+        truth[str(folder / f"{k:03d}.png")] = k
+        if k < 12:
+            data, _ = make_copy(big, ("jpeg", "rescale", "brightness")[k % 3], np.random.default_rng(k))
+            copy = root / "copies" / f"copy-{k:03d}.{'jpg' if k % 3 == 0 else 'png'}"
+            copy.parent.mkdir(exist_ok=True)
+            copy.write_bytes(data)
+            truth[str(copy)] = k
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "text.jpg").write_text("not an image")
+    (bad / "cut.png").write_bytes((root / "set0" / "000.png").read_bytes()[:60])
+    Image.new("1", (10000, 10000)).save(bad / "bomb.png")            # 100 megapixels: refused unread
+    os.symlink(root / "set0" / "000.png", root / "set1" / "link.png")
+    evil = root / "set1" / EVIL                               # an exact copy of digit 1, named like HTML
+    evil.write_bytes((root / "set1" / "001.png").read_bytes())
+    truth[str(evil)] = 1
+    return root, truth
+
+
+def test_phash_run_groups_skips_and_writes(collection, tmp_path):
+    root, truth = collection
+    out, table = tmp_path / "d.json", tmp_path / "d.csv"
+    code, stdout, stderr = run_hashing("duplicates", "pics", "pics/set0", "--hash", "phash", "--quiet",
+                                       "--threshold", "4", "--json", out, "--csv", table, cwd=root.parent)
+    assert code == 0, stderr
+    found = json.loads(out.read_text())
+    assert found["threshold"] == 4 and found["hash"] == "phash"
+    reasons = {Path(s["path"]).name: s["reason"] for s in found["skipped"]}
+    assert set(reasons) == {"empty.png", "text.jpg", "cut.png", "bomb.png"}
+    assert "too large" in reasons["bomb.png"] and all(name in line for name, line in reasons.items())
+    assert found["files"] == len(truth)                    # the symlink and set0 given twice: each file once
+    assert "path(s) led to a file already seen" in stdout
+    paths = [f["path"] for g in found["groups"] for f in g["files"]]
+    assert len(paths) == len(set(paths))
+    for g in found["groups"]:
+        assert sum(f["keep"] for f in g["files"]) == 1
+        assert all(f["distance"] <= 2 * found["threshold"] for f in g["files"])
+        assert all(f["path"].startswith("pics/") for f in g["files"])       # as given
+    rows = table.read_text().splitlines()
+    assert rows[0] == "group,path,distance,keep" and len(rows) == 1 + len(paths)
+    assert "files in groups" in stdout.splitlines()[-3]
+
+
+def test_bad_input_is_one_line(collection, tmp_path):
+    root, _ = collection
+    (tmp_path / "empty").mkdir()
+    code, stdout, _ = run_hashing("duplicates", tmp_path / "empty", "--hash", "dhash")
+    assert code == 0 and "nothing to compare" in stdout
+    for args, words in [((tmp_path / "nowhere", "--hash", "phash"), "not a folder"),
+                        ((root,), "hashing train --images FOLDER --recipe copies"),
+                        ((root, "--hash", "phash", "--threshold", "65"), "from 0 to 64"),
+                        ((root, "--hash", "phash", "--dry-run"), "--move-to"),
+                        ((root, "--hash", "phash", "--move-to", "/proc/dups"), "--move-to"),
+                        (("--undo", root / "set0" / "000.png"), "not a move log")]:
+        code, stdout, stderr = run_hashing("duplicates", *args)
+        assert words in one_line_error(code, stderr), (args, stderr)
+
+
+def test_training_calibrates_the_threshold_and_auto_uses_it(copies_run, collection, tmp_path):
+    from hashing import checkpoint
+    from hashing.calibration import describe
+
+    config = checkpoint.read_config(copies_run)
+    cal = config["calibration"]
+    assert cal["fingerprint"] == config["fingerprint"] and 0 <= cal["threshold"] <= 64
+    assert cal["copy_pairs"] > 1000 and set(cal["per_edit"]) >= {"jpeg", "crop", "combo"}
+    assert f"duplicate threshold: {cal['threshold']}" in describe(config)
+    root, truth = collection
+    out = tmp_path / "m.json"
+    code, stdout, stderr = run_hashing("duplicates", root, "--model", copies_run, "--quiet", "--json", out)
+    assert code == 0, stderr
+    found = json.loads(out.read_text())
+    assert found["threshold"] == cal["threshold"] and "calibrated" in found["threshold_note"]
+    assert found["files"] == len(truth)
+    # a copy of a retrained model's weights: the record no longer matches, the fallback is said
+    config["fingerprint"] = "0" * 16
+    assert "not calibrated" in describe(config)
+
+
+def test_a_kill_during_moves_loses_nothing_and_undo_restores(collection, tmp_path):
+    import shutil
+
+    root, truth = collection
+    work = tmp_path / "pics"
+    shutil.copytree(root / "set0", work / "set0")
+    shutil.copytree(root / "copies", work / "copies")
+    before = {p.relative_to(work): p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    code, stdout, _ = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
+                                  "--move-to", tmp_path / "plan", "--dry-run")
+    planned = [line for line in stdout.splitlines() if line.startswith("would move ") and " -> " in line]
+    assert code == 0 and len(planned) >= 2 and not (tmp_path / "plan").exists()
+    for crash_at in (1, 3, 6):
+        target = tmp_path / f"moved{crash_at}"
+        env = {**os.environ, "HASHING_CRASH_AT": str(crash_at)}
+        code, _, _ = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
+                                 "--move-to", target, env=env)
+        assert code != 0                                      # killed
+        logs = list(target.glob("hashing-moves-*.jsonl"))
+        assert len(logs) == 1
+        for rel, data in before.items():                      # every file in its old place or in the target
+            places = [p for p in (work / rel, target / rel) if p.exists()]
+            assert places and all(p.read_bytes() == data for p in places), rel
+        code, stdout, stderr = run_hashing("duplicates", "--undo", logs[0])
+        assert code == 0, stderr
+        after = {p.relative_to(work): p.read_bytes() for p in work.rglob("*") if p.is_file()}
+        assert after == before
+        assert not [p for p in target.rglob("*") if p.is_file() and p.suffix != ".jsonl"]
+    code, stdout, _ = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
+                                  "--move-to", tmp_path / "all")
+    assert code == 0 and f"moved {len(planned)} files" in stdout
+    assert len([p for p in work.rglob("*") if p.is_file()]) == len(before) - len(planned)
+
+
+def test_report_is_one_self_contained_page(collection, tmp_path):
+    from hashing.duplicates import find_duplicates
+    from hashing.report import write_report
+
+    root, _ = collection
+    found = find_duplicates([str(root)], hash_name="phash", threshold=4, progress=False)
+    page_path = tmp_path / "r.html"
+    write_report(found, page_path)
+    page = page_path.read_text()
+    shown = sum(len(g) for g in found.groups)
+    assert page.count('src="data:image/png;base64,') == shown and "<img src=x" not in page
+    assert "&lt;img src=x onerror=window.pwned=1&gt;.png" in page
+    assert page.count('class="keep"') == len(found.groups)
+
+
+def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tmp_path):
+    """The page in a real browser (headless Chromium, as tests/test_browser.py drives the service page):
+    every thumbnail decodes, one kept file per group, and a file named like HTML is shown as text."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from hashing.duplicates import find_duplicates
+    from hashing.report import write_report
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("no Chromium here: `apt-get install chromium chromium-driver` (as root; .ci/run does it)")
+    root, _ = collection
+    found = find_duplicates([str(root)], hash_name="phash", threshold=4, progress=False)
+    page = tmp_path / "report.html"
+    write_report(found, page)
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        groups = driver.find_elements(By.CSS_SELECTOR, "section.group")
+        assert len(groups) == len(found.groups)
+        for section, group in zip(groups, found.groups):
+            figures = section.find_elements(By.TAG_NAME, "figure")
+            assert len(figures) == len(group)
+            assert len(section.find_elements(By.CSS_SELECTOR, "figure.keep")) == 1
+        widths = driver.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth)")
+        assert len(widths) == sum(len(g) for g in found.groups) and all(w > 0 for w in widths)
+        assert driver.execute_script("return window.pwned === undefined")
+        shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".path")]
+        assert any(text.endswith(EVIL) for text in shown)              # grouped with digit 1, shown as text
+    finally:
+        driver.quit()
+
+
+def test_against_an_index_finds_the_files_already_there(copies_run, collection, tmp_path):
+    from hashing.retrieval import build_index
+
+    root, _ = collection
+    index = tmp_path / "idx"
+    build_index(copies_run, str(index), images=root / "set0", progress=False)
+    out = tmp_path / "a.json"
+    code, stdout, stderr = run_hashing("duplicates", root / "copies", root / "set0", "--against", index,
+                                       "--threshold", "6", "--quiet", "--json", out)
+    assert code == 0, stderr
+    found = json.loads(out.read_text())
+    for g in found["groups"]:
+        kept, copies = g["files"][0], g["files"][1:]
+        assert kept["keep"] and Path(kept["path"]).parent == root / "set0" and copies
+        for f in copies:                       # a file of set0 never matches itself
+            assert not f["keep"] and f["distance"] <= 6 and Path(f["path"]) != Path(kept["path"])
+    # the copies of set0's digits (k = 0, 3, 6, 9 edited by JPEG, brightness, rescale) are mostly found
+    copies_found = {Path(f["path"]).name for g in found["groups"] for f in g["files"][1:]}
+    assert len(copies_found & {"copy-000.jpg", "copy-003.jpg", "copy-006.jpg", "copy-009.jpg"}) >= 2
