@@ -1,9 +1,10 @@
-"""Kill `hashing index` and `hashing train` at every commit step and check what survives.
+"""Kill `hashing index`, `hashing remove` and `hashing train` at every commit step and check what survives.
 
     python benchmarks/crash.py [--out DIR] [--delays 0.5,1,2,3,4] [--only faiss,append,milvus,train]
 
 For each scenario an old artefact exists (an index built by model A, or model A's run folder)
-and a command rewrites it (an index of the same items by model B, an append, a retraining).
+and a command rewrites it (an index of the same items by model B, an append, a removal of 50
+items, a retraining).
 The command is run once with HASHING_CRASH_LOG to list the file-system changes it commits
 with (hashing.atomic.crashpoint), then once per point with HASHING_CRASH_AT=N, which SIGKILLs
 it right after that change, and once per delay with an outside SIGKILL. After each kill the
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "hashing"]
-SCENARIOS = ("faiss", "append", "milvus", "milvus-append", "train")
+SCENARIOS = ("faiss", "append", "remove", "milvus", "milvus-append", "milvus-remove", "train")
+REMOVED = list(range(50))          # the ids a removal scenario removes (the queries' nearest among them)
 
 
 @dataclass
@@ -41,7 +43,8 @@ class Outcome:
 
 def run_cli(args: list, env: dict | None = None, kill_after: float | None = None) -> int:
     """Run `hashing ARGS` (quietly); with kill_after, SIGKILL it after that many seconds."""
-    p = subprocess.Popen([*CLI, *map(str, args), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    quiet = ["--quiet"] if args[0] != "remove" else []           # remove prints one line, no progress
+    p = subprocess.Popen([*CLI, *map(str, args), *quiet], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          env={**os.environ, **(env or {})})
     if kill_after is not None:
         try:
@@ -113,9 +116,9 @@ def query_images_of(work: Path, n: int = 6) -> list[Path]:
 
 
 def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list[Path], delays: list[float],
-                   location: str, append: bool = False) -> Outcome:
+                   location: str, append: bool = False, remove: bool = False) -> Outcome:
     """Old: model A's index of digits/test at `location`. The command: model B's rebuild of it (or,
-    with append, model A adding digits/train to it)."""
+    with append, model A adding digits/train to it; with remove, removing the ids REMOVED)."""
     from hashing.retrieval import build_index
 
     pristine = work / f"{name}.pristine"
@@ -134,6 +137,8 @@ def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list
     copy(loc, pristine)
     args = ["index", "--model", run_a if append else run_b, "--dataset", "digits", "--split",
             "train" if append else "test", "--out", location] + (["--append"] if append else [])
+    if remove:
+        args = ["remove", "--index", location, *REMOVED]
     points = crash_points(args, work / f"{name}.log")   # the whole command (raises if it fails), its commits
     new = index_answers(location, images)
     assert old != new, "the scenario must change the answers"
@@ -186,11 +191,17 @@ def run_all(work: Path, delays: list[float], only: set[str] | None = None) -> li
     if "append" in wanted:
         results.append(index_scenario("append", work, run_a, run_b, images, delays, str(work / "idx_append"),
                                       append=True))
+    if "remove" in wanted:
+        results.append(index_scenario("remove", work, run_a, run_b, images, delays, str(work / "idx_remove"),
+                                      remove=True))
     if "milvus" in wanted:
         results.append(index_scenario("milvus", work, run_a, run_b, images, delays, str(work / "m.db")))
     if "milvus-append" in wanted:
         results.append(index_scenario("milvus-append", work, run_a, run_b, images, delays, str(work / "ma.db"),
                                       append=True))
+    if "milvus-remove" in wanted:
+        results.append(index_scenario("milvus-remove", work, run_a, run_b, images, delays, str(work / "mr.db"),
+                                      remove=True))
     if "train" in wanted:
         results.append(train_scenario(work, run_a, delays))
     return results
