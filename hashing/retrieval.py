@@ -148,6 +148,8 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
             index = open_index(out, collection, backend)
             try:
                 index.info.check_model(record)
+            except HashingError as e:
+                raise HashingError(f"{out}: {e}") from None
             finally:
                 index.close()
         else:

@@ -357,7 +357,9 @@ class FaissIndex(BinaryIndex):
     def search(self, xq, k):
         xq = self.check_queries(xq, k)
         D, I = self.index.search(xq, k)
-        return D.astype(np.int32), self._to_ids(I.astype(np.int64))
+        D, I = D.astype(np.int32), self._to_ids(I.astype(np.int64))
+        order = np.lexsort((np.where(I < 0, np.iinfo(np.int64).max, I), D))   # equal distances by id, as Milvus
+        return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
     def range_search(self, xq, radius):
         import faiss

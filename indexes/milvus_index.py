@@ -50,6 +50,7 @@ from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 
 DEFAULT_COLLECTION = "hashing"
+TOKEN_ENV = "HASHING_MILVUS_TOKEN"   # a server's token: USER:PASSWORD or an API key (never on the command line)
 INSERT_BATCH = 5000
 MAX_LIMIT = 16384          # Milvus's cap on results per query (topk)
 MAX_SOURCE = 4096          # VARCHAR length of a source
@@ -226,11 +227,21 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None):
     try:
         with _milvus("connecting", uri):
             from pymilvus import MilvusClient
-            return MilvusClient(uri=uri, timeout=timeout)
-    except HashingError:
-        if not is_lite(uri):
-            raise HashingError(f"cannot reach Milvus at {uri}; start the server or check the URI") from None
-        raise
+            token = "" if is_lite(uri) else os.environ.get(TOKEN_ENV, "")
+            client = MilvusClient(uri=uri, timeout=timeout, token=token)
+            if not is_lite(uri):
+                client.list_collections()        # a wrong token or database fails here, not halfway through a write
+            return client
+    except HashingError as e:
+        if is_lite(uri):
+            raise
+        text = str(e).lower()
+        if any(w in text for w in ("auth", "token", "password", "credential", "permission", "privilege")):
+            raise HashingError(f"Milvus at {uri} refused the token (set {TOKEN_ENV} to USER:PASSWORD or an API "
+                               f"key): {e}") from None
+        if "database" in text:
+            raise HashingError(f"Milvus at {uri}: the database in the URI's path does not exist ({e})") from None
+        raise HashingError(f"cannot reach Milvus at {uri}; start the server or check the URI") from None
 
 
 def check_collection_name(name: str) -> str:
