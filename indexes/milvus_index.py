@@ -504,7 +504,17 @@ class MilvusIndex(BinaryIndex):
             self.client.flush(self.data)
         self._count += n
         self.next_id = start + n
+        self._seen = False
         return ids
+
+    _seen = False               # whether a search of this version has already waited for all of its data
+
+    def _consistency(self) -> str:
+        """Strong for the first search of a version (on a server it waits for the data of every insert before
+        its manifest row, some hundreds of milliseconds); Bounded after that, which answers at once: a
+        version's visible rows never change (later rows are hidden by the filter until their commit). With
+        several query replicas in a cluster, a replica may then lag by up to Milvus's bound (5 s)."""
+        return "Bounded" if self._seen and not is_lite(self.uri) else "Strong"
 
     def _filter(self) -> str:
         """The rows of this version: below next_id, and not listed as removed."""
@@ -526,6 +536,7 @@ class MilvusIndex(BinaryIndex):
         self.check_ids(ids)
         self._pending += ids
         self._count -= len(ids)
+        self._seen = False
         self._entities = {}
         return len(ids)
 
@@ -552,7 +563,8 @@ class MilvusIndex(BinaryIndex):
             res = self.client.search(self.data, data=[q.tobytes() for q in xq], anns_field="code", limit=limit,
                                      filter=self._filter(),
                                      search_params={"metric_type": "HAMMING", "params": params},
-                                     output_fields=["label", "source"], consistency_level="Strong")
+                                     output_fields=["label", "source"], consistency_level=self._consistency())
+        self._seen = True
         self._entities = {}
         out = []
         for hits in res:
