@@ -243,10 +243,6 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
                         invert: Annotated[bool, Query()] = False) -> dict:
         """Add images to the index. Needs `Authorization: Bearer TOKEN` (the service's --token). The
         files and the index's new version are on disk before the answer."""
-        if read_only:
-            raise fail(403, "the service is read-only (--read-only): additions are off")
-        if not token:
-            raise fail(403, f"additions are off: start the service with --token or {TOKEN_ENV} to allow them")
         check_token(request, "additions")
         blobs, names = await read_uploads(image)
         labels = label or [-1]
