@@ -59,8 +59,19 @@ class Plan:
     stamps: dict[str, str]               # resolved path -> its stamp now (new and changed files)
 
 
-def plan_sync(index, paths: list[Path], root: Path, progress: bool = False) -> Plan:
-    """Compare the folder's files with the index's items under `root`."""
+def resolved_keys(paths: list[Path], top: Path) -> list[str]:
+    """str(p.resolve()) of every file under `top` (how builds name sources), without resolving each path
+    (40,000 resolves cost seconds): the folder is resolved once; a file that is a symlink by itself."""
+    import os
+
+    base = os.path.realpath(top)
+    prefix = str(top).rstrip("/") + "/"
+    return [str(p.resolve()) if p.is_symlink() or not str(p).startswith(prefix) else base + "/" + str(p)[len(prefix):]
+            for p in paths]
+
+
+def plan_sync(index, paths: list[Path], keys: list[str], root: Path, progress: bool = False) -> Plan:
+    """Compare the folder's files (`keys`: their resolved paths) with the index's items under `root`."""
     from tqdm import tqdm
 
     from hashing.stamps import file_stamp, same_file
@@ -76,8 +87,8 @@ def plan_sync(index, paths: list[Path], root: Path, progress: bool = False) -> P
                 under[source] = (i, stamp)
     new, changed, now, unchanged = [], [], {}, 0
     seen = set()
-    for p in tqdm(paths, desc="comparing files", unit="file", leave=False, disable=not progress, dynamic_ncols=True):
-        key = str(p.resolve())
+    for p, key in tqdm(zip(paths, keys), total=len(paths), desc="comparing files", unit="file", leave=False,
+                       disable=not progress, dynamic_ncols=True):
         seen.add(key)
         if key not in under:
             new.append(p)
@@ -103,7 +114,8 @@ def sync_index(run_dir: str | Path, location: str, images: str | Path, split: st
     lay = folders.layout(images)
     chosen = folders.choose_split(lay, split, "train")
     paths, labels = folders.labelled_files(lay, chosen)     # an empty folder is refused here, never emptied
-    label_of = {str(p.resolve()): int(lab) for p, lab in zip(paths, labels)}
+    keys = resolved_keys(paths, lay.split_root(chosen))
+    label_of = dict(zip(keys, labels.tolist()))
     ckpt = checkpoint.load(run_dir, resolve_device(device))
     with holding(writer_lock(location, collection), wait):
         index = open_index(location, collection)
@@ -112,7 +124,7 @@ def sync_index(run_dir: str | Path, location: str, images: str | Path, split: st
                 index.info.check_model(ckpt.record())
             except HashingError as e:
                 raise HashingError(f"{location}: {e}") from None
-            plan = plan_sync(index, paths, lay.split_root(chosen), progress)
+            plan = plan_sync(index, paths, keys, lay.split_root(chosen), progress)
             todo = plan.new + plan.changed
             codes, kept, skipped = np.zeros((0, index.bits // 8), np.uint8), [], ""
             failed: set[str] = set()
