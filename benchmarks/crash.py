@@ -1,9 +1,10 @@
-"""Kill `hashing index` and `hashing train` at every commit step and check what survives.
+"""Kill `hashing index`, `hashing remove` and `hashing train` at every commit step and check what survives.
 
     python benchmarks/crash.py [--out DIR] [--delays 0.5,1,2,3,4] [--only faiss,append,milvus,train]
 
 For each scenario an old artefact exists (an index built by model A, or model A's run folder)
-and a command rewrites it (an index of the same items by model B, an append, a retraining).
+and a command rewrites it (an index of the same items by model B, an append, a removal of 50
+items, a retraining).
 The command is run once with HASHING_CRASH_LOG to list the file-system changes it commits
 with (hashing.atomic.crashpoint), then once per point with HASHING_CRASH_AT=N, which SIGKILLs
 it right after that change, and once per delay with an outside SIGKILL. After each kill the
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "hashing"]
-SCENARIOS = ("faiss", "append", "milvus", "milvus-append", "train")
+SCENARIOS = ("faiss", "append", "remove", "sync", "milvus", "milvus-append", "milvus-remove", "milvus-sync", "train")
+REMOVED = list(range(50))          # the ids a removal scenario removes (the queries' nearest among them)
 
 
 @dataclass
@@ -41,7 +43,8 @@ class Outcome:
 
 def run_cli(args: list, env: dict | None = None, kill_after: float | None = None) -> int:
     """Run `hashing ARGS` (quietly); with kill_after, SIGKILL it after that many seconds."""
-    p = subprocess.Popen([*CLI, *map(str, args), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    quiet = ["--quiet"] if args[0] != "remove" else []           # remove prints one line, no progress
+    p = subprocess.Popen([*CLI, *map(str, args), *quiet], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          env={**os.environ, **(env or {})})
     if kill_after is not None:
         try:
@@ -112,10 +115,34 @@ def query_images_of(work: Path, n: int = 6) -> list[Path]:
     return paths
 
 
+def digit_folder(folder: Path, n: int = 120) -> Path:
+    """The first n digits/test images as PNG files (the query images are among them)."""
+    from PIL import Image
+
+    from hashing.data import load_dataset
+
+    test = load_dataset("digits", "test")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(test.images[i]).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def change_folder(folder: Path) -> None:
+    """What a sync then brings into the index: two files deleted, one edited, one added (all near the queries)."""
+    from PIL import Image
+
+    for i in (0, 14):
+        (folder / f"{i:04d}.png").unlink()
+    Image.open(folder / "0007.png").rotate(90).save(folder / "0007.png")
+    shutil.copy(folder / "0021.png", folder / "new.png")
+
+
 def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list[Path], delays: list[float],
-                   location: str, append: bool = False) -> Outcome:
+                   location: str, append: bool = False, remove: bool = False, sync: bool = False) -> Outcome:
     """Old: model A's index of digits/test at `location`. The command: model B's rebuild of it (or,
-    with append, model A adding digits/train to it)."""
+    with append, model A adding digits/train to it; with remove, removing the ids REMOVED; with sync, model
+    A's index of a folder of digits, and `--sync` after two files were deleted, one edited, one added)."""
     from hashing.retrieval import build_index
 
     pristine = work / f"{name}.pristine"
@@ -129,11 +156,20 @@ def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list
                 p.unlink()
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
 
-    build_index(run_a, location, dataset="digits", split="test", progress=False)
+    folder = digit_folder(work / f"{name}.folder") if sync else None
+    if sync:
+        build_index(run_a, location, images=folder, progress=False)
+        change_folder(folder)
+    else:
+        build_index(run_a, location, dataset="digits", split="test", progress=False)
     old = index_answers(location, images)
     copy(loc, pristine)
     args = ["index", "--model", run_a if append else run_b, "--dataset", "digits", "--split",
             "train" if append else "test", "--out", location] + (["--append"] if append else [])
+    if remove:
+        args = ["remove", "--index", location, *REMOVED]
+    if sync:
+        args = ["index", "--model", run_a, "--images", folder, "--out", location, "--sync"]
     points = crash_points(args, work / f"{name}.log")   # the whole command (raises if it fails), its commits
     new = index_answers(location, images)
     assert old != new, "the scenario must change the answers"
@@ -186,11 +222,22 @@ def run_all(work: Path, delays: list[float], only: set[str] | None = None) -> li
     if "append" in wanted:
         results.append(index_scenario("append", work, run_a, run_b, images, delays, str(work / "idx_append"),
                                       append=True))
+    if "remove" in wanted:
+        results.append(index_scenario("remove", work, run_a, run_b, images, delays, str(work / "idx_remove"),
+                                      remove=True))
+    if "sync" in wanted:
+        results.append(index_scenario("sync", work, run_a, run_b, images, delays, str(work / "idx_sync"), sync=True))
     if "milvus" in wanted:
         results.append(index_scenario("milvus", work, run_a, run_b, images, delays, str(work / "m.db")))
     if "milvus-append" in wanted:
         results.append(index_scenario("milvus-append", work, run_a, run_b, images, delays, str(work / "ma.db"),
                                       append=True))
+    if "milvus-remove" in wanted:
+        results.append(index_scenario("milvus-remove", work, run_a, run_b, images, delays, str(work / "mr.db"),
+                                      remove=True))
+    if "milvus-sync" in wanted:
+        results.append(index_scenario("milvus-sync", work, run_a, run_b, images, delays, str(work / "ms.db"),
+                                      sync=True))
     if "train" in wanted:
         results.append(train_scenario(work, run_a, delays))
     return results

@@ -220,23 +220,102 @@ def encode(run_dir, dataset, data_dir, images, split, strict, out, batch_size, d
 @click.option("--uri", default=None, help="Milvus URI (alias of --out for --backend milvus).")
 @click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
 @click.option("--append", is_flag=True, help="Add to an existing index built by the same model.")
+@click.option("--sync", is_flag=True,
+              help="Bring an existing index in step with --images: add new files, remove deleted ones, re-encode "
+                   "changed ones (size/mtime, then content hash); unchanged items keep their ids.")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
 @wait_option
 @device_option
 @quiet_option
 def index(run_dir, dataset, data_dir, images, split, strict, out, index_type, backend, uri, collection, append,
-          batch_size, wait, device, quiet):
+          sync, batch_size, wait, device, quiet):
     """Encode a dataset split or a folder of images and store the codes in a binary index."""
     from hashing.retrieval import build_index
 
     if (out is None) == (uri is None):
         raise click.UsageError("give exactly one of --out or --uri")
+    if sync:
+        _sync(run_dir, images, split, uri if uri is not None else out, collection, batch_size, wait, device, quiet,
+              backend, dataset=dataset, append=append, strict=strict, index_type=index_type)
+        return
     r = build_index(run_dir, uri if uri is not None else out, dataset, split, images, data_dir, index_type, backend,
                     collection, append, batch_size, device, progress=not quiet, strict=strict, wait=wait)
     click.echo(f"indexed {r.added} items ({r.total} in all, {r.bits} bits, {r.index_type}) at {r.location} "
                f"({r.images_per_second:.0f} images/s)")
     if r.skipped:
         click.echo(r.skipped)
+
+
+def _sync(run_dir, images, split, location, collection, batch_size, wait, device, quiet, backend, **unused):
+    """`hashing index --sync`: the options a sync does not take are refused by name."""
+    from hashing.indexes.backends import backend_for
+    from hashing.sync import sync_index
+
+    backend_for(location, backend)                 # an explicit --backend must agree with the location
+    for name, value in unused.items():
+        if value not in (None, False) and not (name == "index_type" and value == "flat"):
+            raise click.UsageError(f"--sync does not take --{name.replace('_', '-')} (a sync keeps the index's own "
+                                   f"settings{'; it reads --images' if name == 'dataset' else ''})")
+    if images is None:
+        raise click.UsageError("--sync needs --images FOLDER (the folder the index mirrors)")
+    r = sync_index(run_dir, location, images, split, collection, batch_size, device, progress=not quiet, wait=wait)
+    click.echo(r.summary())
+    if r.skipped:
+        click.echo(r.skipped)
+    if r.kept_old:
+        click.echo(f"kept the old items of {len(r.kept_old)} changed file(s) that could not be read: "
+                   f"{', '.join(r.kept_old[:3])}{' ...' if len(r.kept_old) > 3 else ''}")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, type=click.IntRange(0))
+@click.option("--index", "index_location", required=True, help="Index folder, Milvus Lite .db file or Milvus URI.")
+@click.option("--source", "sources", multiple=True,
+              help="Remove the items of this file (as `hashing info --items` shows it, or a path to it); repeatable.")
+@click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
+@wait_option
+@quiet_option
+def remove(ids, index_location, sources, collection, wait, quiet):
+    """Remove items from an index by ID (and/or --source PATH). All of them go in one commit, or none:
+    an unknown id or source is an error and nothing is removed."""
+    from hashing.inventory import remove_items
+
+    r = remove_items(index_location, list(ids), list(sources), collection, wait)
+    click.echo(f"removed {r.removed} item{'s' if r.removed != 1 else ''} from {r.location} ({r.total} left)")
+
+
+@cli.command()
+@click.argument("index_location", metavar="INDEX")
+@click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
+@click.option("--items", "with_items", is_flag=True, help="List every item: id, label, source.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"count", "bits", "backend", "index_type", "model", "created", "updated", '
+                   '"disk_bytes", ..., "items": [{"id", "source", "label"}]}.')
+def info(index_location, collection, with_items, as_json):
+    """What an index holds: backend, index type, bits, the model, item count, when it was created and
+    last updated, its size on disk; --items lists the items."""
+    from hashing.inventory import describe
+
+    d = describe(index_location, collection, with_items)
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    size = "unknown (a server)" if d["disk_bytes"] is None else f"{d['disk_bytes'] / 1e6:.2f} MB"
+    rows = [("index", d["location"] + (f" (collection {d['collection']})" if "collection" in d else "")),
+            ("backend", d["backend"]), ("index type", d["index_type"]), ("bits", d["bits"]), ("items", d["count"]),
+            ("next id", d["next_id"]), ("model", f"{d['model']['run_dir']} (fingerprint {d['model']['fingerprint']})"),
+            ("created", d["created"] or "not recorded"), ("updated", d["updated"] or "not recorded"),
+            ("disk size", size)]
+    if d["classes"]:
+        rows.append(("classes", ", ".join(d["classes"])))
+    for name, value in rows:
+        click.echo(f"{name:<11} {value}")
+    if with_items:
+        click.echo(f"  {'id':>8}  {'label':>5}  source")
+        for it in d["items"]:
+            label = "-" if it["label"] is None else (d["classes"][it["label"]] if it["label"] < len(d["classes"])
+                                                     else str(it["label"]))
+            click.echo(f"  {it['id']:>8}  {label:>5}  {it['source']}")
 
 
 @cli.command()

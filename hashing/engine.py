@@ -44,6 +44,10 @@ from hashing.indexes.base import Hit
 MAX_BATCH = max(1, int(os.environ.get("HASHING_MAX_BATCH", "256") or 256))
 
 
+class UnknownItem(HashingError):
+    """An id that names no item of the index (a service answers 404)."""
+
+
 @dataclass
 class Timings:
     """Milliseconds one request spent in each stage (shared stages: the batch's time)."""
@@ -62,7 +66,7 @@ class Timings:
 
 @dataclass
 class _Job:
-    kind: str                         # "search" | "add" | "items" | "status"
+    kind: str                         # "search" | "add" | "remove" | "items" | "status"
     payload: dict
     future: Future = field(default_factory=Future)
     queued: float = field(default_factory=time.perf_counter)
@@ -165,6 +169,13 @@ class Engine:
             raise HashingError("additions need a folder for the uploaded files: start the service with --uploads DIR")
         return self._submit("add", arrays=arrays, blobs=blobs, names=names, labels=labels)
 
+    def remove(self, ids: list[int]) -> Future:
+        """Future of the number removed, once the index's new version is on disk; HashingError (and
+        nothing removed) if any id names no item."""
+        if not self.writer:
+            raise HashingError("this service only reads the index: removals need a writer (start it with --token)")
+        return self._submit("remove", ids=ids)
+
     def status(self) -> Future:
         """Future of the item count, after picking up any version another process committed."""
         return self._submit("status")
@@ -258,9 +269,9 @@ class Engine:
     def _items(self, jobs: list[_Job]) -> list:
         (job,) = jobs                                   # never batched (see _runs)
         ids = [int(i) for i in job.payload["ids"]]
-        bad = [i for i in ids if not 0 <= i < self.index.count]
+        bad = self.index.missing(np.asarray(ids, np.int64))
         if bad:
-            raise HashingError(f"no item {bad[0]}: ids run from 0 to {self.index.count - 1}")
+            raise UnknownItem(f"no item {bad[0]} in the index ({self.index.count} items)")
         labels, sources = self.index.lookup(np.asarray(ids, np.int64))
         return [[Hit(i, 0, None if lab < 0 else int(lab), s) for i, lab, s in zip(ids, labels, sources)]]
 
@@ -294,6 +305,19 @@ class Engine:
             out.append([int(i) for i in ids[start:start + n]])
             start += n
         return out
+
+    def _remove(self, jobs: list[_Job]) -> list:
+        (job,) = jobs                                   # never batched (see _runs): one commit each
+        bad = self.index.missing(np.asarray(job.payload["ids"], np.int64))
+        if bad:
+            raise UnknownItem(f"no item {bad[0]} in the index ({self.index.count} items); nothing was removed")
+        try:
+            removed = self.index.remove(np.asarray(job.payload["ids"], np.int64))
+            self.index.save()
+        except BaseException:
+            self._reopen()
+            raise
+        return [removed]
 
     def _reopen(self) -> None:
         """Back to the committed version on disk after a failed addition."""
@@ -330,7 +354,7 @@ def _runs(jobs: list[_Job]) -> list[list[_Job]]:
     size = 0
     for j in jobs:
         n = _size(j)
-        if runs and runs[-1][0].key() == j.key() and j.kind != "items" and size + n <= MAX_BATCH:
+        if runs and runs[-1][0].key() == j.key() and j.kind not in ("items", "remove") and size + n <= MAX_BATCH:
             runs[-1].append(j)
             size += n
         else:

@@ -148,11 +148,14 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
             index = open_index(out, collection, backend)
             try:
                 index.info.check_model(record)
+            except HashingError as e:
+                raise HashingError(f"{out}: {e}") from None
             finally:
                 index.close()
         else:
             kind.check_type(index_type, model.cfg.bits,
                             len(planned) if isinstance(planned, ImageSet) else len(planned[0]))
+        stamps = None if isinstance(planned, ImageSet) else stamp_files(planned[0], progress)
         enc = encode_split(model, planned, batch_size, progress, strict)
         if not append:
             kind.check_type(index_type, model.cfg.bits, len(enc.codes))
@@ -161,12 +164,23 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
         try:
             index.info.datasets.update(enc.datasets)
             labels = index.info.merge_classes(enc.classes, enc.labels) if enc.classes else enc.labels
-            index.add(enc.codes, labels, enc.sources)
+            index.add(enc.codes, labels, enc.sources, None if stamps is None else [stamps[s] for s in enc.sources])
             index.save()
             return IndexResult(str(out), len(enc.codes), index.count, index.bits, index.info.index_type,
                                enc.images_per_second, enc.skipped)
         finally:
             index.close()
+
+
+def stamp_files(paths: list[Path], progress: bool = False) -> dict[str, str]:
+    """{resolved path: stamp} of a folder's files, taken before they are decoded (a file changed
+    while it is encoded then shows as changed to the next sync, never the other way round)."""
+    from tqdm import tqdm
+
+    from hashing.stamps import file_stamp
+
+    return {str(p.resolve()): file_stamp(p) for p in tqdm(paths, desc="hashing files", unit="file", leave=False,
+                                                          disable=not progress, dynamic_ncols=True)}
 
 
 @contextlib.contextmanager

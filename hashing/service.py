@@ -7,6 +7,7 @@
     GET  /items/{id}          an item's id, label, class and source
     GET  /items/{id}/image    a PNG of an indexed item (?size= its longer side, at most)
     POST /items               multipart `image` files (+ `label`) -> new ids; needs the token
+    DELETE /items/{id}        remove an item (its id is never given again); needs the token
     GET  /docs                the OpenAPI page (Swagger UI from the swagger-ui-bundle package)
 
 The model and the index live in a hashing.engine.Engine (one worker thread, batched);
@@ -28,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated
 
-from hashing.engine import Engine
+from hashing.engine import Engine, UnknownItem
 from hashing.errors import HashingError, TooLarge
 from hashing.retrieval import QueryResult
 
@@ -243,14 +244,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
                         invert: Annotated[bool, Query()] = False) -> dict:
         """Add images to the index. Needs `Authorization: Bearer TOKEN` (the service's --token). The
         files and the index's new version are on disk before the answer."""
-        if read_only:
-            raise fail(403, "the service is read-only (--read-only): additions are off")
-        if not token:
-            raise fail(403, f"additions are off: start the service with --token or {TOKEN_ENV} to allow them")
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "additions need the header Authorization: Bearer TOKEN (the service's --token)",
-                                headers={"WWW-Authenticate": "Bearer"})
+        check_token(request, "additions")
         blobs, names = await read_uploads(image)
         labels = label or [-1]
         if len(labels) not in (1, len(blobs)):
@@ -261,6 +255,28 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         arrays, _ = await run_in_threadpool(decode_all, blobs, names, invert)
         ids = await asyncio.wrap_future(engine.add(arrays, blobs, names, labels))
         return {"ids": ids, "items": engine.count}
+
+    def check_token(request: Request, what: str) -> None:
+        """Changes need the service's token (and a service that takes them)."""
+        if read_only:
+            raise fail(403, f"the service is read-only (--read-only): {what} are off")
+        if not token:
+            raise fail(403, f"{what} are off: start the service with --token or {TOKEN_ENV} to allow them")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, f"{what} need the header Authorization: Bearer TOKEN (the service's --token)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.delete("/items/{item_id}")
+    async def remove_item(request: Request, item_id: int) -> dict:
+        """Remove an item. Needs `Authorization: Bearer TOKEN`; 404 for an unknown id. The index's new
+        version is on disk before the answer; the other items keep their ids."""
+        check_token(request, "removals")
+        try:
+            await asyncio.wrap_future(engine.remove([item_id]))
+        except UnknownItem as e:
+            raise fail(404, str(e)) from None
+        return {"removed": [item_id], "items": engine.count}
 
     # Swagger UI's files from the swagger-ui-bundle package: the page works offline.
     try:

@@ -2,7 +2,9 @@
 
 faiss names throughout: xb (database codes), xq (query codes), k, D (distances), I (ids).
 Codes are (n, bits/8) uint8 packed by hashing.bits.pack. Item ids are assigned in add
-order, 0, 1, 2, ... and never reused. This module imports no backend: the registry that
+order, 0, 1, 2, ... and never reused: after a removal the next id is still one past the
+highest ever given (`next_id`, kept by every backend), so a removed item's id never names
+another item. This module imports no backend: the registry that
 picks one from a location is indexes/backends.py.
 """
 
@@ -96,6 +98,9 @@ class Hit:
 class BinaryIndex(abc.ABC):
     info: IndexInfo
     MAX_K: int | None = None          # the most results one query may ask for (None: the item count)
+    next_id: int = 0                  # the id the next added item gets
+    created: str | None = None        # when the index was first committed (ISO 8601), None if not recorded
+    updated: str | None = None        # when its current version was committed
 
     @property
     def bits(self) -> int:
@@ -128,8 +133,26 @@ class BinaryIndex(abc.ABC):
         before any work."""
 
     @abc.abstractmethod
-    def add(self, xb: np.ndarray, labels: np.ndarray | None, sources: list[str]) -> np.ndarray:
-        """Append codes with their labels (-1 = unknown) and sources; return their ids."""
+    def add(self, xb: np.ndarray, labels: np.ndarray | None, sources: list[str],
+            stamps: list[str] | None = None) -> np.ndarray:
+        """Append codes with their labels (-1 = unknown), sources and the stamps of their files
+        ("size:mtime_ns:sha256", "" unknown: what `hashing index --sync` compares); return their ids."""
+
+    @abc.abstractmethod
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove items by id (all of them, or none: an unknown id is a HashingError); committed by save."""
+
+    @abc.abstractmethod
+    def missing(self, ids: np.ndarray) -> list[int]:
+        """The ids among `ids` that name no item of this version."""
+
+    @abc.abstractmethod
+    def items(self) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+        """Every item, in id order: (ids, labels, sources, stamps)."""
+
+    def disk_bytes(self) -> int | None:
+        """Bytes on disk of the committed version, None where this process cannot tell (a server)."""
+        return None
 
     @abc.abstractmethod
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +204,13 @@ class BinaryIndex(abc.ABC):
         xq = self.check_codes(xq, "queries")
         self.check_searchable(k, radius)
         return xq
+
+    def check_ids(self, ids) -> None:
+        """Every id names an item, else one line naming the first that does not (nothing is changed)."""
+        missing = self.missing(np.asarray(ids, np.int64))
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise HashingError(f"no item {missing[0]}{more} in the index ({self.count} items); nothing was removed")
 
     def check_codes(self, xb: np.ndarray, what: str = "codes") -> np.ndarray:
         xb = np.ascontiguousarray(xb, dtype=np.uint8)

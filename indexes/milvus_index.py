@@ -1,8 +1,9 @@
 """Binary codes in Milvus: Milvus Lite (a local .db file) or a Milvus server/cluster (http URI).
 
 Data: collection NAME__vN holds id INT64 (primary, our item id), code BINARY_VECTOR(bits),
-label INT64 (-1 = unknown), source VARCHAR, under a BIN_FLAT (or BIN_IVF_FLAT) index with
-metric HAMMING.
+label INT64 (-1 = unknown), source VARCHAR and stamp VARCHAR (the file's "size:mtime_ns:sha256",
+for `hashing index --sync`; collections made before it have no stamp field and cannot be
+synced until rebuilt), under a BIN_FLAT (or BIN_IVF_FLAT) index with metric HAMMING.
 
 Versions and the commit point. Collection NAME_meta is the manifest: one row per committed
 version, id = the version number N, info = JSON of the IndexInfo plus "collection" (the data
@@ -12,9 +13,14 @@ has no aliases, so no alias switch.)
 - A rebuild fills a new data collection NAME__v(N+1), flushes it, commits row N+1, then drops
   the old data collection and manifest rows. A crash before the commit leaves version N whole;
   the next writer drops the orphan.
-- An append inserts ids count, count+1, ... into the current data collection, flushes, then
-  commits row N+1 with the new count. Every search filters id < count, so the rows of an
-  interrupted append are never seen, and the next writer deletes them before it adds.
+- An append inserts ids next_id, next_id+1, ... into the current data collection, flushes, then
+  commits row N+1 with the new next_id and count. Every search filters id < next_id, so the rows
+  of an interrupted append are never seen, and the next writer deletes them before it adds.
+- A removal (`hashing remove`, the removals of a sync) commits row N+1 whose "removing" lists
+  the removed ids (zlib-packed); every search also filters those out, so the commit alone makes
+  them invisible. Then the rows are deleted and row N+2, without the list, is committed; a
+  writer that finds a committed list first deletes those rows again. A list too long for one
+  manifest row (about 20,000 ids) is removed in several commits, one per part.
 Indexes written before versions (data in NAME, one manifest row 0 without "collection") open
 as version 0.
 
@@ -44,9 +50,14 @@ from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 
 DEFAULT_COLLECTION = "hashing"
+TOKEN_ENV = "HASHING_MILVUS_TOKEN"   # a server's token: USER:PASSWORD or an API key (never on the command line)
 INSERT_BATCH = 5000
 MAX_LIMIT = 16384          # Milvus's cap on results per query (topk)
 MAX_SOURCE = 4096          # VARCHAR length of a source
+MAX_STAMP = 256            # VARCHAR length of a file stamp
+MAX_INFO = 65535           # VARCHAR length of a manifest row
+MAX_REMOVING = 48000       # characters of a packed removal list in one manifest row
+PAGE = 16384               # rows per query when listing every item (Milvus's cap on offset + limit)
 INDEX_TYPES = {"flat": ("BIN_FLAT", {}), "ivf": ("BIN_IVF_FLAT", {"nlist": 1024})}
 LITE_LOGGING = {"GLOG_logtostderr": "1", "GLOG_minloglevel": "3"}
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
@@ -216,11 +227,21 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None):
     try:
         with _milvus("connecting", uri):
             from pymilvus import MilvusClient
-            return MilvusClient(uri=uri, timeout=timeout)
-    except HashingError:
-        if not is_lite(uri):
-            raise HashingError(f"cannot reach Milvus at {uri}; start the server or check the URI") from None
-        raise
+            token = "" if is_lite(uri) else os.environ.get(TOKEN_ENV, "")
+            client = MilvusClient(uri=uri, timeout=timeout, token=token)
+            if not is_lite(uri):
+                client.list_collections()        # a wrong token or database fails here, not halfway through a write
+            return client
+    except HashingError as e:
+        if is_lite(uri):
+            raise
+        text = str(e).lower()
+        if any(w in text for w in ("auth", "token", "password", "credential", "permission", "privilege")):
+            raise HashingError(f"Milvus at {uri} refused the token (set {TOKEN_ENV} to USER:PASSWORD or an API "
+                               f"key): {e}") from None
+        if "database" in text:
+            raise HashingError(f"Milvus at {uri}: the database in the URI's path does not exist ({e})") from None
+        raise HashingError(f"cannot reach Milvus at {uri}; start the server or check the URI") from None
 
 
 def check_collection_name(name: str) -> str:
@@ -233,9 +254,16 @@ def check_collection_name(name: str) -> str:
 class MilvusIndex(BinaryIndex):
     MAX_K = MAX_LIMIT
 
-    def __init__(self, client, uri: str, name: str, info: IndexInfo, version: int | None, data: str, count: int):
+    def __init__(self, client, uri: str, name: str, info: IndexInfo, version: int | None, data: str, count: int,
+                 next_id: int | None = None, removing: list[int] | None = None, created: str | None = None,
+                 updated: str | None = None, stamped: bool = True):
         self.client, self.uri, self.name, self.info = client, uri, name, info
         self.version, self.data, self._count = version, data, count   # committed version (None: new)
+        self._count_committed = count
+        self.next_id = self._next_committed = count if next_id is None else next_id
+        self._removing = list(removing or [])    # the committed version's removed ids whose rows may remain
+        self._pending: list[int] = []             # removed since the last commit
+        self.created, self.updated, self.stamped = created, updated, stamped
         self._entities: dict[int, tuple[int, str]] = {}
 
     # ---- versions ----------------------------------------------------------------------------
@@ -260,15 +288,52 @@ class MilvusIndex(BinaryIndex):
         return int(row["id"]), info
 
     def _commit(self) -> None:
+        """Commit what add() and remove() did: removals part by part (see the module's docstring), the
+        last part with the additions."""
+        from datetime import datetime
+
+        self._forget_removed()                          # a committed list's rows are deleted before it goes
+        pending, self._pending = self._pending, []
+        parts = _split_removals(pending)
+        self.updated = datetime.now().astimezone().isoformat(timespec="seconds")
+        self.created = self.created or self.updated
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1                  # the additions become visible with the last part
+            self._count_committed -= len(part)
+            count, next_id = (self._count, self.next_id) if last else (self._count_committed, self._next_committed)
+            self._insert_manifest_row(part, count, next_id)
+            if part:
+                self._forget_removed()
+                self._insert_manifest_row([], count, next_id)
+        self._count_committed, self._next_committed = self._count, self.next_id
+        self._housekeeping()
+
+    def _insert_manifest_row(self, removing: list[int], count: int, next_id: int) -> None:
         """Insert the manifest row of the next version: the one atomic step."""
         version = 0 if self.version is None else self.version + 1
-        row = {**self.info.to_dict(), "collection": self.data, "count": self._count}
+        row = {**self.info.to_dict(), "collection": self.data, "count": count, "next_id": next_id,
+               "created": self.created, "updated": self.updated}
+        if removing:
+            row["removing"] = pack_ids(removing)
         _check_room(self.uri, 4096)
         with _milvus("committing", self.uri):
             self.client.insert(self.name + "_meta", [{"id": version, "v": b"\0", "info": json.dumps(row)}])
             self.client.flush(self.name + "_meta")
         crashpoint("committed manifest row")
-        self.version = version
+        self.version, self._removing = version, list(removing)
+
+    def _forget_removed(self) -> None:
+        """Delete the rows that the committed version lists as removed (they are already invisible)."""
+        if not self._removing:
+            return
+        with _milvus("deleting removed items", self.uri):
+            for s in range(0, len(self._removing), INSERT_BATCH):
+                self.client.delete(self.data, filter=f"id in {self._removing[s:s + INSERT_BATCH]}")
+            self.client.flush(self.data)
+        crashpoint("deleted removed rows")
+
+    def _housekeeping(self) -> None:
+        version = self.version
         try:        # committed: clearing the old version is housekeeping, which the next writer redoes
             with _milvus("removing the old version", self.uri):
                 self.client.delete(self.name + "_meta", filter=f"id < {version}")
@@ -330,6 +395,7 @@ class MilvusIndex(BinaryIndex):
             s.add_field("code", DataType.BINARY_VECTOR, dim=info.bits)
             s.add_field("label", DataType.INT64)
             s.add_field("source", DataType.VARCHAR, max_length=MAX_SOURCE)
+            s.add_field("stamp", DataType.VARCHAR, max_length=MAX_STAMP)
             _create_collection(client, data, s, ip)
             crashpoint(f"created {data}")
             if not client.has_collection(name + "_meta"):
@@ -341,7 +407,8 @@ class MilvusIndex(BinaryIndex):
                 mip.add_index(field_name="v", index_type="BIN_FLAT", metric_type="HAMMING")
                 _create_collection(client, name + "_meta", meta, mip)
                 crashpoint("created the manifest collection")
-        return cls(client, uri, name, info, version, data, 0)
+        return cls(client, uri, name, info, version, data, 0, created=None if current is None else
+                   current[1].get("created"))
 
     @classmethod
     def open(cls, uri: str, collection: str | None = None) -> "MilvusIndex":
@@ -357,6 +424,11 @@ class MilvusIndex(BinaryIndex):
         version, row = current
         data = row.pop("collection", name)       # version 0 of the first layout kept its data in NAME
         count = row.pop("count", None)
+        next_id, created, updated = row.pop("next_id", None), row.pop("created", None), row.pop("updated", None)
+        try:
+            removing = unpack_ids(row.pop("removing", ""))
+        except ValueError:
+            raise HashingError(f"collection {name!r} at {uri} has a damaged manifest (removing); rebuild it") from None
         try:
             info = IndexInfo(**row)
         except (HashingError, TypeError) as e:
@@ -366,9 +438,13 @@ class MilvusIndex(BinaryIndex):
                 raise HashingError(f"collection {name!r} at {uri}: its data collection {data!r} is missing; rebuild it")
             if count is None:
                 count = int(client.query(data, filter="", output_fields=["count(*)"])[0]["count(*)"])
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise HashingError(f"collection {name!r} at {uri} has a damaged manifest (count {count!r}); rebuild it")
-        return cls(client, uri, name, info, version, data, count)
+            stamped = any(f.get("name") == "stamp" for f in client.describe_collection(data).get("fields", []))
+        next_id = count if next_id is None else next_id
+        for what, value, least in (("count", count, 0), ("next_id", next_id, count)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise HashingError(f"collection {name!r} at {uri} has a damaged manifest ({what} {value!r}); "
+                                   f"rebuild it")
+        return cls(client, uri, name, info, version, data, count, next_id, removing, created, updated, stamped)
 
     def save(self) -> None:
         self._commit()
@@ -404,35 +480,91 @@ class MilvusIndex(BinaryIndex):
     def count(self) -> int:
         return self._count
 
-    def add(self, xb, labels, sources):
+    def add(self, xb, labels, sources, stamps=None):
         xb = self.check_codes(xb)
         n = len(xb)
         labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+        stamps = [""] * n if stamps is None else [str(t)[:MAX_STAMP] for t in stamps]
         # Milvus stores UTF-8 text: an undecodable byte of a file name is kept as \xNN.
         sources = [str(s).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for s in sources]
         too_long = next((s for s in sources if len(s.encode()) > MAX_SOURCE), None)
         if too_long is not None:
             raise HashingError(f"a source is longer than Milvus's {MAX_SOURCE} bytes: {too_long[:80]}...")
-        start = self._count
+        start = self.next_id
         ids = np.arange(start, start + n, dtype=np.int64)
         _check_room(self.uri, n * (xb.shape[1] + 64) + sum(len(s) for s in sources))
         with _milvus("adding items", self.uri):
             self.client.delete(self.data, filter=f"id >= {start}")   # rows of an interrupted append, never committed
             for s in range(0, n, INSERT_BATCH):   # batches: one round trip per 5,000 rows, not per row
-                rows = [{"id": int(ids[i]), "code": xb[i].tobytes(), "label": int(labels[i]), "source": sources[i]}
+                rows = [{"id": int(ids[i]), "code": xb[i].tobytes(), "label": int(labels[i]), "source": sources[i],
+                         **({"stamp": stamps[i]} if self.stamped else {})}
                         for i in range(s, min(n, s + INSERT_BATCH))]
                 self.client.insert(self.data, rows)
                 crashpoint("inserted a batch")
             self.client.flush(self.data)
-        self._count = start + n
+        self._count += n
+        self.next_id = start + n
+        self._seen = False
         return ids
+
+    _seen = False               # whether a search of this version has already waited for all of its data
+
+    def _consistency(self) -> str:
+        """Strong for the first search of a version (on a server it waits for the data of every insert before
+        its manifest row, some hundreds of milliseconds); Bounded after that, which answers at once: a
+        version's visible rows never change (later rows are hidden by the filter until their commit). With
+        several query replicas in a cluster, a replica may then lag by up to Milvus's bound (5 s)."""
+        return "Bounded" if self._seen and not is_lite(self.uri) else "Strong"
+
+    def _filter(self) -> str:
+        """The rows of this version: below next_id, and not listed as removed."""
+        gone = self._removing + self._pending
+        return f"id < {self.next_id}" + (f" and id not in {gone}" if gone else "")
+
+    def missing(self, ids) -> list[int]:
+        ids = [int(i) for i in np.asarray(ids, np.int64)]
+        found = set()
+        with _milvus("looking up items", self.uri):
+            for s in range(0, len(ids), INSERT_BATCH):
+                rows = self.client.query(self.data, filter=f"({self._filter()}) and id in {ids[s:s + INSERT_BATCH]}",
+                                         output_fields=["id"], consistency_level="Strong")
+                found.update(int(r["id"]) for r in rows)
+        return [i for i in ids if i not in found]
+
+    def remove(self, ids) -> int:
+        ids = sorted(set(int(i) for i in np.asarray(ids, np.int64)))
+        self.check_ids(ids)
+        self._pending += ids
+        self._count -= len(ids)
+        self._seen = False
+        self._entities = {}
+        return len(ids)
+
+    def items(self):
+        fields = ["id", "label", "source"] + (["stamp"] if self.stamped else [])
+        rows = []
+        with _milvus("listing items", self.uri):
+            for s in range(0, self.next_id, PAGE):
+                rows += self.client.query(self.data, filter=f"({self._filter()}) and id >= {s} and id < {s + PAGE}",
+                                          output_fields=fields, consistency_level="Strong", limit=PAGE)
+        rows.sort(key=lambda r: int(r["id"]))
+        return (np.array([int(r["id"]) for r in rows], np.int64), np.array([int(r["label"]) for r in rows], np.int64),
+                [r["source"] for r in rows], [r.get("stamp", "") for r in rows])
+
+    def disk_bytes(self) -> int | None:
+        if not is_lite(self.uri):
+            return None
+        with contextlib.suppress(OSError):
+            return Path(self.uri).stat().st_size
+        return None
 
     def _search(self, xq: np.ndarray, limit: int, params: dict):
         with _milvus("searching", self.uri):
             res = self.client.search(self.data, data=[q.tobytes() for q in xq], anns_field="code", limit=limit,
-                                     filter=f"id < {self._count}",
+                                     filter=self._filter(),
                                      search_params={"metric_type": "HAMMING", "params": params},
-                                     output_fields=["label", "source"], consistency_level="Strong")
+                                     output_fields=["label", "source"], consistency_level=self._consistency())
+        self._seen = True
         self._entities = {}
         out = []
         for hits in res:
@@ -473,3 +605,42 @@ class MilvusIndex(BinaryIndex):
             self._entities.update({int(r["id"]): (int(r["label"]), r["source"]) for r in rows})
         labels = np.array([self._entities[i][0] for i in ids], np.int64)
         return labels, [self._entities[i][1] for i in ids]
+
+
+def pack_ids(ids: list[int]) -> str:
+    """Sorted ids as one short string (zlib-packed differences, base64): a manifest row holds ~20,000."""
+    import base64
+    import zlib
+
+    deltas = np.diff(np.asarray(sorted(ids), np.int64), prepend=0)
+    return base64.b64encode(zlib.compress(deltas.astype("<i8").tobytes(), 9)).decode()
+
+
+def unpack_ids(text: str) -> list[int]:
+    import base64
+    import binascii
+    import zlib
+
+    if not text:
+        return []
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    try:
+        raw = zlib.decompress(base64.b64decode(text, validate=True))
+    except (binascii.Error, zlib.error) as e:
+        raise ValueError(str(e)) from None
+    return np.cumsum(np.frombuffer(raw, "<i8")).astype(np.int64).tolist()
+
+
+def _split_removals(ids: list[int]) -> list[list[int]]:
+    """The removals in parts whose packed list fits one manifest row; [[]] when there are none."""
+    if not ids:
+        return [[]]
+    parts, todo = [], sorted(ids)
+    while todo:
+        n = len(todo)
+        while len(pack_ids(todo[:n])) > MAX_REMOVING:
+            n //= 2
+        parts.append(todo[:n])
+        todo = todo[n:]
+    return parts

@@ -154,3 +154,26 @@ class Server:
 @pytest.fixture
 def serve_process():
     return Server
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server (PyPI `milvus`, the milvus-server extra) on free ports in a temporary
+    folder, started once for the session (about 10 s) and killed, process group and all, at its end. Skips,
+    saying why, only where it cannot start (not installed, or it fails here)."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("pymilvus")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from milvus_server import MilvusServer
+
+    if MilvusServer.executable() is None:
+        pytest.skip("no milvus-server: pip install '.[milvus-server]' to run the Milvus server tests")
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"))
+    try:
+        server.start()
+    except RuntimeError as e:
+        pytest.skip(f"the Milvus server cannot start here: {e}")
+    yield server
+    server.stop()

@@ -1,6 +1,6 @@
-"""SIGKILL `hashing index` (FAISS, Milvus Lite; rebuild and append) and `hashing train` right after
-every file-system change of their commit, and at a delay: the artefact is always wholly the old
-version or wholly the new one (benchmarks/crash.py does the work)."""
+"""SIGKILL `hashing index` (FAISS, Milvus Lite; rebuild and append), `hashing remove` and `hashing train`
+right after every file-system change of their commit, and at a delay: the artefact is always wholly the
+old version or wholly the new one (benchmarks/crash.py does the work)."""
 
 import json
 import os

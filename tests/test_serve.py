@@ -175,7 +175,7 @@ def test_a_file_name_cannot_choose_where_an_upload_is_stored(app_client, pngs):
 
 @pytest.mark.parametrize("options, words", [({"read_only": True, "token": TOKEN}, "read-only"),
                                             ({}, "additions are off")])
-def test_additions_can_be_switched_off(digits_index, pngs, options, words):
+def test_additions_and_removals_can_be_switched_off(digits_index, pngs, options, words):
     from fastapi.testclient import TestClient
 
     from hashing.engine import Engine
@@ -186,6 +186,8 @@ def test_additions_can_be_switched_off(digits_index, pngs, options, words):
         with TestClient(create_app(engine, **options)) as client:
             r = client.post("/items", files=files(pngs[0]), headers={"Authorization": f"Bearer {TOKEN}"})
             assert words in error_of(r, 403)
+            r = client.delete("/items/3", headers={"Authorization": f"Bearer {TOKEN}"})   # removals too
+            assert words.replace("additions", "removals") in error_of(r, 403)
     finally:
         engine.close()
 
