@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "hashing"]
-SCENARIOS = ("faiss", "append", "remove", "sync", "milvus", "milvus-append", "milvus-remove", "milvus-sync", "train")
+# Each `hashing index` scenario: where its index lives under the work folder, and what the killed run does.
+INDEX_SCENARIOS = {"faiss": ("idx", {}), "append": ("idx_append", {"append": True}),
+                   "remove": ("idx_remove", {"remove": True}), "sync": ("idx_sync", {"sync": True}),
+                   "milvus": ("m.db", {}), "milvus-append": ("ma.db", {"append": True}),
+                   "milvus-remove": ("mr.db", {"remove": True}), "milvus-sync": ("ms.db", {"sync": True})}
+SCENARIOS = (*INDEX_SCENARIOS, "train")
 REMOVED = list(range(50))          # the ids a removal scenario removes (the queries' nearest among them)
 
 
@@ -217,27 +222,9 @@ def run_all(work: Path, delays: list[float], only: set[str] | None = None) -> li
     images = query_images_of(work)
     wanted = only or set(SCENARIOS)
     results = []
-    if "faiss" in wanted:
-        results.append(index_scenario("faiss", work, run_a, run_b, images, delays, str(work / "idx")))
-    if "append" in wanted:
-        results.append(index_scenario("append", work, run_a, run_b, images, delays, str(work / "idx_append"),
-                                      append=True))
-    if "remove" in wanted:
-        results.append(index_scenario("remove", work, run_a, run_b, images, delays, str(work / "idx_remove"),
-                                      remove=True))
-    if "sync" in wanted:
-        results.append(index_scenario("sync", work, run_a, run_b, images, delays, str(work / "idx_sync"), sync=True))
-    if "milvus" in wanted:
-        results.append(index_scenario("milvus", work, run_a, run_b, images, delays, str(work / "m.db")))
-    if "milvus-append" in wanted:
-        results.append(index_scenario("milvus-append", work, run_a, run_b, images, delays, str(work / "ma.db"),
-                                      append=True))
-    if "milvus-remove" in wanted:
-        results.append(index_scenario("milvus-remove", work, run_a, run_b, images, delays, str(work / "mr.db"),
-                                      remove=True))
-    if "milvus-sync" in wanted:
-        results.append(index_scenario("milvus-sync", work, run_a, run_b, images, delays, str(work / "ms.db"),
-                                      sync=True))
+    for name, (where, options) in INDEX_SCENARIOS.items():
+        if name in wanted:
+            results.append(index_scenario(name, work, run_a, run_b, images, delays, str(work / where), **options))
     if "train" in wanted:
         results.append(train_scenario(work, run_a, delays))
     return results

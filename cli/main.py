@@ -11,7 +11,7 @@ import click
 
 from hashing.baselines import BASELINES
 from hashing.copies import COPY_BASELINES
-from hashing.cli.options import (FloatOrAuto, JsonObject, LibraryChoice, source_options, device_option, model_option,
+from hashing.cli.options import (FloatOrAuto, IntOrAuto, JsonObject, LibraryChoice, source_options, device_option, model_option,
                                  quiet_option, setting, wait_option)
 from hashing.data import SPLITS
 from hashing.edits import DEFAULT_EDITS, EDITS
@@ -352,20 +352,6 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
             click.echo(f"  {rank:>4}  {h.id:>8}  {h.distance:>8}  {label:>5}  {h.source}")
     if grid:
         click.echo(f"wrote {grid}")
-
-
-class IntOrAuto(click.ParamType):
-    """A whole number, or the word auto."""
-
-    name = "integer|auto"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) or value == "auto":
-            return value
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is neither a whole number nor auto", param, ctx)
 
 
 @cli.command()

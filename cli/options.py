@@ -40,15 +40,21 @@ class LibraryChoice(click.Choice):
 class FloatOrAuto(click.ParamType):
     """A number, or the word auto (the library decides, e.g. by code length)."""
 
-    name = "float|auto"
+    name, kind, noun = "float|auto", float, "a number"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, float) or value == "auto":
+        if isinstance(value, self.kind) or value == "auto":
             return value
         try:
-            return float(value)
+            return self.kind(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+            self.fail(f"{value!r} is neither {self.noun} nor auto", param, ctx)
+
+
+class IntOrAuto(FloatOrAuto):
+    """A whole number, or the word auto."""
+
+    name, kind, noun = "integer|auto", int, "a whole number"
 
 
 class JsonObject(click.ParamType):
