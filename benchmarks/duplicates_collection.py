@@ -1,10 +1,14 @@
 """A duplicate-finding benchmark collection from real pictures nobody here drew, with its truth.
 
     python benchmarks/duplicates_collection.py --out /work/bench-dups [--pictures 3000] [--sources 1000] [--seed 0]
+                                               [--flatten]
 
 Reads Debian's openclipart-png (/usr/share/openclipart/png: 8,121 clip-art PNGs, many transparent,
 1,221 of them symlinks to others), keeps one file per distinct picture (symlinks resolved, identical
-bytes dropped, then identical pixels at 16 x 16 on white dropped, and the 15 over 4 megapixels left out), and draws --pictures of them with
+bytes dropped, then identical pixels at 16 x 16 on white dropped, and the 15 over 4 megapixels left out)
+and, to keep look-alike families (openclipart has hundreds of generated stars that differ by a point or
+two) from counting as distinct pictures, a picture within pHash distance 4 (on white) of one already kept
+is left out too; that can only flatter pHash, an anchor., and draws --pictures of them with
 --seed. --sources of those get --copies edited copies each, every copy by a different edit:
 
   jpeg        flattened on white, re-encoded as JPEG at quality 30..80
@@ -16,6 +20,9 @@ bytes dropped, then identical pixels at 16 x 16 on white dropped, and the 15 ove
   rotate      rotated 3..10 degrees either way about the centre, no expansion (PNG, corners transparent)
   caption     a band of 12..20 % of the height at the top or bottom with 6..14 random characters (PNG)
   combo       downscale to 50..80 % then flattened on white and saved as JPEG at quality 50..80
+
+--flatten: every original is first composited on white and saved as an opaque PNG, the way it looks
+in a viewer (the copies are made from that), for readers that composite transparency on black.
 
 Every file (originals and copies) goes flat into OUT/images/ under a shuffled name (pic-NNNNN.png or
 .jpg), so neither a name nor a folder gives a copy away. OUT/truth.json records, per file, its group
@@ -46,8 +53,11 @@ def distinct_pictures(root: Path) -> list[Path]:
     """One real path per distinct picture, sorted."""
     from PIL import Image
 
+    import imagehash
+
     real = sorted({p.resolve() for p in root.rglob("*.png") if p.is_file()})
     by_bytes, by_pixels, out = set(), set(), []
+    hashes = np.zeros((len(real), 64), dtype=bool)
     for p in real:
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
         if digest in by_bytes:
@@ -64,7 +74,11 @@ def distinct_pictures(root: Path) -> list[Path]:
         key = (np.asarray(small) // 8).tobytes()
         if key in by_pixels:
             continue
+        h = np.asarray(imagehash.phash(small.resize((64, 64))).hash, dtype=bool).ravel()
+        if out and (hashes[:len(out)] != h).sum(axis=1).min() <= 4:
+            continue
         by_pixels.add(key)
+        hashes[len(out)] = h
         out.append(p)
     return out
 
@@ -142,7 +156,7 @@ def save(im, fmt: str, **kw) -> tuple[bytes, str]:
     return out.getvalue(), ".jpg" if fmt == "JPEG" else ".png"
 
 
-def build(out: Path, pictures: int, sources: int, copies: int, seed: int) -> dict:
+def build(out: Path, pictures: int, sources: int, copies: int, seed: int, flatten: bool = False) -> dict:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -153,10 +167,14 @@ def build(out: Path, pictures: int, sources: int, copies: int, seed: int) -> dic
     with_copies = set(rng.choice(pictures, sources, replace=False).tolist())
     files = []                                   # (bytes, suffix, group, edit, original)
     for g, path in enumerate(chosen):
-        files.append((path.read_bytes(), ".png", g, "original", str(path)))
-        if g in with_copies:
-            with Image.open(path) as im:
-                im.load()
+        with Image.open(path) as im:
+            im.load()
+            if flatten:
+                im = on_white(im)
+                files.append((save(im, "PNG")[0], ".png", g, "original", str(path)))
+            else:
+                files.append((path.read_bytes(), ".png", g, "original", str(path)))
+            if g in with_copies:
                 for name in rng.choice(EDITS, copies, replace=False):
                     data, suffix = edit(im, str(name), np.random.default_rng((seed, g, EDITS.index(name))))
                     files.append((data, suffix, g, str(name), str(path)))
@@ -171,7 +189,7 @@ def build(out: Path, pictures: int, sources: int, copies: int, seed: int) -> dic
         fname = f"pic-{n:05d}{suffix}"
         (images / fname).write_bytes(data)
         truth[fname] = {"group": g, "edit": name, "original": original}
-    meta = {"source": str(CLIPART), "distinct_pictures_found": len(found), "pictures": pictures,
+    meta = {"source": str(CLIPART), "distinct_pictures_found": len(found), "pictures": pictures, "flatten": flatten,
             "sources_with_copies": sources, "copies_per_source": copies, "seed": seed, "edits": list(EDITS),
             "files": len(truth), "truth": truth}
     tmp = out / ".truth.json.tmp"
@@ -187,8 +205,9 @@ def main() -> None:
     p.add_argument("--sources", type=int, default=1000)
     p.add_argument("--copies", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flatten", action="store_true", help="Originals composited on white (opaque), copies made from them.")
     a = p.parse_args()
-    meta = build(a.out, a.pictures, a.sources, a.copies, a.seed)
+    meta = build(a.out, a.pictures, a.sources, a.copies, a.seed, a.flatten)
     print(f"{meta['files']} files in {a.out / 'images'} ({a.pictures} pictures, {a.sources} with {a.copies} copies "
           f"each; {meta['distinct_pictures_found']} distinct pictures found); truth in {a.out / 'truth.json'}")
 

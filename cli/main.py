@@ -436,6 +436,8 @@ def duplicates(folders, run_dir, threshold, hash_name, keep, json_out, csv_out, 
         for src, dst in job.moves:
             click.echo(f"would move {src} -> {dst}")
         click.echo(f"would move {len(job.moves)} files to {move_to} (dry run: nothing moved)")
+    elif move_to is not None and not job.moves:
+        click.echo("nothing to move: no group has a file besides the kept one")
     elif job.moved is not None:
         click.echo(f"moved {len(job.moved.moved)} files to {move_to}; undo with: "
                    f"hashing duplicates --undo {job.moved.log}")
