@@ -4,7 +4,7 @@ from PIL import Image
 
 from hashing.data import load_dataset
 from hashing.folders import find_images
-from hashing.images import read_image
+from hashing.images import ImageSpec, read_image
 from hashing.errors import HashingError
 
 
@@ -23,12 +23,13 @@ def test_read_image_any_size_and_mode(tmp_path):
     rgb[20:70, 25:35] = 255
     Image.fromarray(rgb).save(tmp_path / "a.jpg")
     rgba = np.zeros((28, 28, 4), np.uint8)
-    rgba[..., 3] = 0            # fully transparent -> black background
+    rgba[..., 3] = 0            # fully transparent -> white background (black for models from before the rule)
     Image.fromarray(rgba).save(tmp_path / "b.png")
     a = read_image(tmp_path / "a.jpg")
     assert a.shape == (28, 28) and a.dtype == np.uint8 and a.max() > 200
-    assert read_image(tmp_path / "b.png").max() == 0
-    assert read_image(tmp_path / "b.png", invert=True).min() == 255
+    assert read_image(tmp_path / "b.png").min() == 255
+    assert read_image(tmp_path / "b.png", invert=True).max() == 0
+    assert read_image(tmp_path / "b.png", ImageSpec(28, background="black", exif=False)).max() == 0
 
 
 def test_bad_images(tmp_path):
