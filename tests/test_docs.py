@@ -291,11 +291,13 @@ def test_every_guide_opens_with_what_its_reader_can_do_after_it():
 
 def test_the_readme_keeps_the_set_up_commands_that_ci_runs():
     readme = (ROOT / "README.md").read_text()
-    assert ("python3 -m pip install torch==2.14.1 torchvision==0.29.1 -e '.[dev,milvus,serve,copies]' && "
+    extras = "'.[dev,milvus,milvus-server,serve,copies]'"
+    assert (f"python3 -m pip install torch==2.14.1 torchvision==0.29.1 -e {extras} && "
             "hashing train --dataset mnist --data-dir ../shared/data/mnist --out runs/mnist\n"
             "python3 -m pytest -q\n") in readme
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == "python3 -m pytest -q"
+    assert any(line.startswith("python3 -m pip install") and line.endswith(f"-e {extras}") for line in ci)
     assert len(readme.splitlines()) <= 300
 
 
