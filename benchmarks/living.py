@@ -203,6 +203,7 @@ def sync_part(files: int, work: Path) -> list[str]:
     if not (run / "config.json").exists():
         train_on("default", run, "digits", progress=False, bits=64, epochs=1, seed=0)
     os.environ["HASHING_CACHE"] = tempfile.mkdtemp(prefix="living-cache-")     # the full build decodes everything
+    shutil.rmtree(work / "idx", ignore_errors=True)
     t0 = time.perf_counter()
     r = build_index(run, str(work / "idx"), images=folder, progress=False)
     full = time.perf_counter() - t0
@@ -227,6 +228,27 @@ def sync_part(files: int, work: Path) -> list[str]:
     return rows
 
 
+def run_line(args: str) -> str:
+    load = os.getloadavg()[0]
+    return (f"`python benchmarks/living.py {args}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')} "
+            f"(load average {load:.1f} at the start; compare the rows of one run).")
+
+
+def kept_sections(out: Path) -> dict[str, list[str]]:
+    """The sections ('store', 'sync') of an earlier result file, each as its lines."""
+    if not out.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    name = None
+    for line in out.read_text().splitlines():
+        if line.startswith("## "):
+            name = "sync" if line.startswith("## Sync") else "store"
+            sections[name] = []
+        if name:
+            sections[name].append(line)
+    return sections
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["store", "sync", "both"], default="both")
@@ -240,26 +262,30 @@ def main() -> None:
     work = Path(a.work)
     shutil.rmtree(work / "faiss-flat", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    lines = ["# Living index: store, search, remove, sync", "",
-             f"`python benchmarks/living.py --part {a.part} --n {a.n} --files {a.files}` on {os.cpu_count()} cores "
-             f"({time.strftime('%Y-%m-%d')}; a shared machine under load from other work: compare rows of one run).",
-             ""]
+    lines = ["# Living index: store, search, remove, sync", ""]
+    kept = kept_sections(Path(a.out))              # a part not run keeps its section from the last run
     if a.part in ("store", "both"):
         for d in ("faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus"):
             shutil.rmtree(work / d, ignore_errors=True)
         lines += [f"## {a.n:,} 64-bit codes ({a.queries} queries, k = 10; then {a.removals:,} removed)", "",
+                  run_line(f"--part store --n {a.n}"), "",
                   "| store | build s | 1 client p50 / p99 ms | 8 clients p50 / p99 ms | recall@10 | memory MB | "
                   "disk MB | remove s | after: 1 client p50 / p99 ms | recall@10 after |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += store_part(a.n, a.queries, a.removals, work)
-        lines.append("")
+        lines += ["", f"peak RSS of the benchmark process: "
+                      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", ""]
+    else:
+        lines += kept.get("store", [])
     if a.part in ("sync", "both"):
         lines += ["## Sync against a full build (1% of the files changed)", "",
+                  run_line(f"--part sync --files {a.files}"), "",
                   "| folder | indexed | full build s | sync found | sync s | sync / full | sync, nothing changed s |",
                   "|---|---|---|---|---|---|---|"]
         lines += sync_part(a.files, work)
         lines.append("")
-    lines.append(f"peak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    else:
+        lines += kept.get("sync", [])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}")

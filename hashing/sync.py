@@ -59,18 +59,18 @@ class Plan:
     stamps: dict[str, str]               # resolved path -> its stamp now (new and changed files)
 
 
-def resolved_keys(paths: list[Path], top: Path) -> list[str]:
-    """str(p.resolve()) of every file under `top` (how builds name sources), without resolving each path
-    (40,000 resolves cost seconds): the folder is resolved once; a file that is a symlink by itself."""
+def resolved_keys(files: list[str], top: Path) -> list[str]:
+    """str(Path(f).resolve()) of every file under `top` (how builds name sources), without resolving each
+    path (40,000 resolves cost seconds): the folder is resolved once; a file that is a link by itself."""
     import os
 
     base = os.path.realpath(top)
     prefix = str(top).rstrip("/") + "/"
-    return [str(p.resolve()) if p.is_symlink() or not str(p).startswith(prefix) else base + "/" + str(p)[len(prefix):]
-            for p in paths]
+    return [os.path.realpath(f) if not f.startswith(prefix) or os.path.islink(f) else base + "/" + f[len(prefix):]
+            for f in files]
 
 
-def plan_sync(index, paths: list[Path], keys: list[str], root: Path, progress: bool = False) -> Plan:
+def plan_sync(index, files: list[str], keys: list[str], root: Path, progress: bool = False) -> Plan:
     """Compare the folder's files (`keys`: their resolved paths) with the index's items under `root`."""
     from tqdm import tqdm
 
@@ -87,18 +87,18 @@ def plan_sync(index, paths: list[Path], keys: list[str], root: Path, progress: b
                 under[source] = (i, stamp)
     new, changed, now, unchanged = [], [], {}, 0
     seen = set()
-    for p, key in tqdm(zip(paths, keys), total=len(paths), desc="comparing files", unit="file", leave=False,
+    for p, key in tqdm(zip(files, keys), total=len(files), desc="comparing files", unit="file", leave=False,
                        disable=not progress, dynamic_ncols=True):
         seen.add(key)
         if key not in under:
-            new.append(p)
+            new.append(Path(p))
             now[key] = file_stamp(p)
             continue
         same, stamp = same_file(p, under[key][1])
         if same:
             unchanged += 1
         else:
-            changed.append(p)
+            changed.append(Path(p))
             now[key] = stamp
     gone += [i for source, (i, _) in under.items() if source not in seen]
     return Plan(new, changed, unchanged, sorted(gone), {s: i for s, (i, _) in under.items()}, now)
@@ -113,8 +113,10 @@ def sync_index(run_dir: str | Path, location: str, images: str | Path, split: st
 
     lay = folders.layout(images)
     chosen = folders.choose_split(lay, split, "train")
-    paths, labels = folders.labelled_files(lay, chosen)     # an empty folder is refused here, never emptied
-    keys = resolved_keys(paths, lay.split_root(chosen))
+    top = lay.split_root(chosen)
+    files = folders.image_files(top)                # an empty folder is refused here, never emptied
+    labels = folders.class_labels(files, top, lay.classes)
+    keys = resolved_keys(files, top)
     label_of = dict(zip(keys, labels.tolist()))
     ckpt = checkpoint.load(run_dir, resolve_device(device))
     with holding(writer_lock(location, collection), wait):
@@ -124,7 +126,7 @@ def sync_index(run_dir: str | Path, location: str, images: str | Path, split: st
                 index.info.check_model(ckpt.record())
             except HashingError as e:
                 raise HashingError(f"{location}: {e}") from None
-            plan = plan_sync(index, paths, keys, lay.split_root(chosen), progress)
+            plan = plan_sync(index, files, keys, top, progress)
             todo = plan.new + plan.changed
             codes, kept, skipped = np.zeros((0, index.bits // 8), np.uint8), [], ""
             failed: set[str] = set()
