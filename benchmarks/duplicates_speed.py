@@ -21,6 +21,7 @@ best: a model's codes are less even, and their buckets fuller.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import machine  # noqa: E402
+
+
+LOAD = os.getloadavg()[0]
 
 
 def make_codes(n: int, seed: int = 0) -> np.ndarray:
@@ -89,7 +93,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     lines = [f"# Grouping speed, {a.n:,} codes of 64 bits", "",
              f"`python benchmarks/duplicates_speed.py --n {a.n} --thresholds {a.thresholds} --sample {a.sample}` on "
-             f"`{machine()}` (2 cores shared with other sessions' work: times under load, compare them within a row).",
+             f"`{machine()}`, {time.strftime('%Y-%m-%d')}, load average {LOAD:.1f} at the start (compare times within a row).",
              "", "| T | ours: method | pairs | groups | ours: pairs s | ours: pairs + groups s | brute force "
              "(faiss IndexBinaryFlat range search) s | faiss IndexBinaryMultiHash s | speed-up over brute force | "
              "recall vs brute force |", "|---|---|---|---|---|---|---|---|---|---|"]

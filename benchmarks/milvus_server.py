@@ -33,10 +33,13 @@ def free_port() -> int:
 
 
 class MilvusServer:
-    """One milvus-server process group with its data in `data` (a temporary folder by default)."""
+    """One milvus-server process group with its data in `data` (a temporary folder by default). With
+    `auth`, the server requires a user: its built-in root (`token`: "root:Milvus")."""
 
-    def __init__(self, data: str | os.PathLike | None = None):
+    def __init__(self, data: str | os.PathLike | None = None, auth: bool = False):
         self.own_data = data is None
+        self.auth = auth
+        self.token = "root:Milvus" if auth else ""
         self.data = Path(tempfile.mkdtemp(prefix="milvus-")) if data is None else Path(data)
         self.ports = {name: free_port() for name in PORTS}
         self.uri = f"http://127.0.0.1:{self.ports['proxy-port']}"
@@ -57,6 +60,8 @@ class MilvusServer:
             raise RuntimeError("milvus-server is not installed (pip install '.[milvus-server]')")
         self.data.mkdir(parents=True, exist_ok=True)
         args = [exe, "--data", str(self.data)] + [a for k, v in self.ports.items() for a in (f"--{k}", str(v))]
+        if self.auth:
+            args += ["--authorization-enabled", "true"]
         self.log = self.data / "server.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -79,7 +84,7 @@ class MilvusServer:
         try:
             from pymilvus import MilvusClient
 
-            client = MilvusClient(uri=self.uri, timeout=2)
+            client = MilvusClient(uri=self.uri, timeout=2, token=self.token)
             client.list_collections()
             client.close()
             return True

@@ -247,13 +247,22 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
                 p_single: float = 0.5, single_weights: Mapping[str, float] = SINGLE_WEIGHTS,
                 rescale: tuple[float, float] = (0.3, 0.6), blur: tuple[float, float] = (0.5, 1.5),
                 brightness: tuple[float, float] = (0.6, 1.4), contrast: tuple[float, float] = (0.6, 1.4),
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                gamma: tuple[float, float] = (1.0, 1.0), p_border: float = 0.0, p_grey: float = 0.0,
+                p_caption: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): each image edited as a copy of it might be (see above).
 
     `single_weights` weighs the families of the single-edit views ({} = all equally likely);
     `rescale` is the (low, high) range of the downscaled side's fraction, `blur` that of the
     Gaussian's sigma (pixels per 64 px of the shorter side, at least that many pixels), and
-    `brightness` and `contrast` those of the two factors of a brightness edit."""
+    `brightness` and `contrast` those of the two factors of a brightness edit, `gamma` that of
+    its gamma (pixels ** gamma; (1, 1): none).
+
+    Three edits of real collections, off unless set (the `copies` recipe sets them for image
+    folders: recipes.py), each on its own, beside the plan: `p_border` a solid frame of 5-15 % of
+    the side on every edge in one random colour (the picture shrunk inside it), `p_grey` to grey
+    (colour images), `p_caption` a band of 12-20 % of the height at the top or bottom in one colour
+    with a row of random marks (text) in another. Their random draws are made only when set, so a
+    config without them trains exactly as before."""
     background = _background(mean, std)
     b, c, h, w = x.shape
     dev = x.device
@@ -277,6 +286,8 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
     p = F.grid_sample((x - background).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     p = ((p + background) * std + mean).clamp(0, 1)                            # (B, C, H, W) pixels in [0, 1]
 
+    if p_border > 0:
+        p = _border(p, u(0, 1) < p_border, u(0.05, 0.15), generator)
     f = float(u(*rescale)[0])                                                  # one factor per batch: interpolate
     small = F.interpolate(p, size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear", antialias=True)
     p = torch.where(chosen("rescale"), F.interpolate(small, size=(h, w), mode="bilinear"), p)
@@ -285,7 +296,12 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
     edited = (p * u(*brightness)[:, None, None, None]).clamp(0, 1)
     grey = edited.mean((1, 2, 3), keepdim=True)
     edited = ((edited - grey) * u(*contrast)[:, None, None, None] + grey).clamp(0, 1)
+    if gamma != (1.0, 1.0):
+        edited = edited.clamp_min(1e-6) ** u(*gamma)[:, None, None, None]
     p = torch.where(chosen("brightness"), edited, p)
+    if p_grey > 0 and c == 3:
+        luma = (p * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        p = torch.where((u(0, 1) < p_grey)[:, None, None, None], luma.expand_as(p), p)
     pa = u(0.04, 0.12)
     pr = torch.exp(u(math.log(1 / 2), math.log(2)))
     pw, ph = (pa * pr).sqrt().clamp(max=1.0), (pa / pr).sqrt().clamp(max=1.0)  # fractions of the side
@@ -296,10 +312,50 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
               & (xs[None, None, :] >= left[:, None, None]) & (xs[None, None, :] < (left + pw)[:, None, None]))
     colour = torch.rand(b, c, 1, 1, device=dev, generator=generator)
     p = torch.where(chosen("overlay") & inside[:, None], colour, p)
+    if p_caption > 0:
+        p = _caption(p, u(0, 1) < p_caption, u, generator)
     noise = torch.randn(p.shape, device=dev, generator=generator) * (u(5, 20) / 255)[:, None, None, None]
     p = torch.where(chosen("noise"), (p + noise).clamp(0, 1), p)
     p = torch.where(chosen("jpeg"), jpeg(p, u(20, 70)), p)
     return ((p - mean) / std).to(x.dtype)
+
+
+def _border(p: torch.Tensor, on: torch.Tensor, frac: torch.Tensor, generator) -> torch.Tensor:
+    """Pixels (B, C, H, W) in [0, 1] -> the images where `on` (B,) shrunk to 1 - 2 `frac` (B,) of
+    each side inside a frame of one random colour per image."""
+    b, c = p.shape[:2]
+    z = (1 / (1 - 2 * frac)).view(b)
+    zero = torch.zeros_like(z)
+    theta = torch.stack([torch.stack([z, zero, zero], 1), torch.stack([zero, z, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(p.shape), align_corners=False)
+    inside = (grid.abs() <= 1).all(-1)[:, None]                               # (B, 1, H, W)
+    framed = F.grid_sample(p, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    colour = torch.rand(b, c, 1, 1, device=p.device, generator=generator)
+    framed = torch.where(inside, framed, colour)
+    return torch.where(on[:, None, None, None], framed, p)
+
+
+def _caption(p: torch.Tensor, on: torch.Tensor, u, generator) -> torch.Tensor:
+    """Pixels (B, C, H, W) in [0, 1] -> the images where `on` (B,) with a caption band: 12-20 % of
+    the height at the top or bottom in one colour, its middle half holding a row of random marks
+    (a line of text at this size) over 30-90 % of the width in another colour."""
+    b, c, h, w = p.shape
+    dev = p.device
+    height = u(0.12, 0.20)
+    top = torch.where(u(0, 1) < 0.5, torch.zeros_like(height), 1 - height)    # (B,) band's top, a fraction
+    ys = ((torch.arange(h, device=dev) + 0.5) / h)[None, :, None]
+    xs = ((torch.arange(w, device=dev) + 0.5) / w)[None, None, :]
+    rel = (ys - top[:, None, None]) / height[:, None, None]                   # 0..1 inside the band
+    band = (rel >= 0) & (rel < 1)                                              # (B, H, 1)
+    span = u(0.3, 0.9)
+    start = u(0, 1) * (1 - span)
+    line = band & (rel >= 0.25) & (rel < 0.75) & (xs >= start[:, None, None]) & (xs < (start + span)[:, None, None])
+    marks = torch.rand(b, h, w, device=dev, generator=generator) < 0.5
+    paper = torch.rand(b, c, 1, 1, device=dev, generator=generator)
+    ink = torch.rand(b, c, 1, 1, device=dev, generator=generator)
+    out = torch.where(band[:, None].expand(b, 1, h, w), paper, p)
+    out = torch.where((line & marks)[:, None], ink, out)
+    return torch.where(on[:, None, None, None], out, p)
 
 
 VIEWS = {"affine": random_affine, "crop": random_crop, "photo": random_photo, "copies": random_copy}

@@ -101,6 +101,14 @@ _COLOUR_FOLDER = {"standardise": True, "views": "photo", "epochs": "auto",
                   "view_options": {"hue": 0.5, "p_gray": 0.5, "p_shuffle": 0.5, "p_invert": 0.5}}
 
 
+# The copies recipe on image folders (`hashing train --images F --recipe copies`, what `hashing
+# duplicates` wants): the edits people make to real pictures beyond the protocol's, as views
+# (augment.random_copy): a solid border, greyscale, a caption band, gamma; and about
+# FOLDER_SAMPLES images seen instead of 64 epochs (a few thousand files train in minutes).
+_COPIES_FOLDER = {"epochs": "auto", "view_options": {"p_border": 0.2, "p_grey": 0.2, "p_caption": 0.2,
+                                                     "gamma": [0.6, 1.6]}}
+
+
 def auto_epochs(n_images: int) -> int:
     """Passes over a folder of `n_images` for about FOLDER_SAMPLES images seen, 5 to 60."""
     return int(min(60, max(5, round(FOLDER_SAMPLES / max(n_images, 1)))))
@@ -172,7 +180,8 @@ RECIPES: dict[str, Recipe] = {
                      objective={"contrastive": 1.0, "reconstruction": 0.0, "views": "copies", "temperature": 0.1,
                                 "asymmetric": True, "view_options": {"rescale": [0.2, 0.6], "brightness": [0.6, 2.2],
                                                                      "contrast": [0.6, 1.8], "blur": [0.5, 2.0]}},
-                     train={"epochs": 64, "schedule": "cosine"}, batch=512),
+                     train={"epochs": 64, "schedule": "cosine"}, batch=512,
+                     datasets={"images": _COPIES_FOLDER, COLOUR_FOLDER: _COPIES_FOLDER}),
     "autoencoder": Recipe("pixel reconstruction only, BatchNorm head", objective={"reconstruction": 1.0}),
     # On clothing the crops that suit unsupervised codes (35-100 % of the area) cost labelled
     # codes: Fashion-MNIST 64 bits, all 60,000 / 10,000, mAP 0.8705 at 15 epochs, 0.894 with

@@ -159,7 +159,8 @@ def serve_process():
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """A real Milvus standalone server (PyPI `milvus`, the milvus-server extra) on free ports in a temporary
-    folder, started once for the session (about 10 s) and killed, process group and all, at its end. Skips,
+    folder, with authentication on (a client needs `server.token`, root:Milvus, in HASHING_MILVUS_TOKEN),
+    started once for the session (about 10 s) and killed, process group and all, at its end. Skips,
     saying why, only where it cannot start (not installed, or it fails here)."""
     import sys
     from pathlib import Path
@@ -170,7 +171,7 @@ def milvus_server(tmp_path_factory):
 
     if MilvusServer.executable() is None:
         pytest.skip("no milvus-server: pip install '.[milvus-server]' to run the Milvus server tests")
-    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"))
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"), auth=True)
     try:
         server.start()
     except RuntimeError as e:

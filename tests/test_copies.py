@@ -165,6 +165,35 @@ def test_copy_views_are_random_edits_of_the_right_shape():
     assert not torch.allclose(a, x, atol=0.05)
 
 
+def test_folder_copy_views_add_a_border_grey_a_caption_and_gamma_only_when_set():
+    from hashing.augment import random_copy
+
+    x = torch.rand(256, 3, 32, 32) * 2 - 1
+    plain = random_copy(x, 0.5, 0.5, generator=torch.Generator().manual_seed(0))
+    unset = random_copy(x, 0.5, 0.5, gamma=(1.0, 1.0), p_border=0.0, p_grey=0.0, p_caption=0.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, unset)                       # a config without them trains as before
+    off = {"p_single": 1.0, "single_weights": {"brightness": 1e9}, "brightness": (1.0, 1.0),
+           "contrast": (1.0, 1.0)}                         # every view a brightness edit that changes nothing
+    g = torch.Generator().manual_seed(1)
+    framed = random_copy(x, 0.5, 0.5, p_border=1.0, generator=g, **off) * 0.5 + 0.5
+    edge = torch.cat([framed[..., 0, :], framed[..., -1, :], framed[..., :, 0], framed[..., :, -1]], -1)
+    assert (edge.std(-1) < 1e-5).all()                     # every edge of every image one solid colour
+    assert not torch.allclose(framed, x * 0.5 + 0.5, atol=0.05)
+    grey = random_copy(x, 0.5, 0.5, p_grey=1.0, generator=g, **off)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    caption = random_copy(x, 0.5, 0.5, p_caption=1.0, generator=g, **off)
+    moved = ((caption - x).abs() > 1e-3).any(1).any(-1).float()    # (B, H): rows the caption changed
+    changed = moved.mean(0)                                        # (H,): share of images with the row changed
+    assert changed[:2].min() > 0.3 and changed[-2:].min() > 0.3 and changed[14:18].max() == 0   # top or bottom only
+    rows = moved.sum(1) / 32                                       # each image's band height
+    assert rows.min() >= 0.09 and rows.max() <= 0.22
+    flat = torch.zeros(2000, 1, 4, 4)                      # mid-grey: a gamma edit alone moves it to 0.5 ** gamma
+    p = random_copy(flat, 0.5, 0.5, gamma=(0.6, 1.6), generator=g, **off) * 0.5 + 0.5
+    gammas = torch.log(p.mean((1, 2, 3))) / np.log(0.5)
+    assert gammas.min() >= 0.6 - 1e-3 and gammas.max() <= 1.6 + 1e-3 and gammas.max() - gammas.min() > 0.9
+
+
 def test_copy_plan_gives_single_views_one_edit_and_composites_their_probabilities():
     from hashing.augment import COPY_EDITS, _uniform, copy_plan
 

@@ -25,6 +25,13 @@ def info(location, collection=None):
     return d, [(it["id"], it["source"], it["label"]) for it in d["items"]]
 
 
+@pytest.fixture(autouse=True)
+def token(monkeypatch, milvus_server):
+    """The server requires a user: every command here (and the processes it starts) gets root's token."""
+    monkeypatch.setenv("HASHING_MILVUS_TOKEN", milvus_server.token)
+    return milvus_server.token
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """30 digits in class folders, and 6 of the query images as files."""
@@ -114,3 +121,31 @@ def test_a_server_that_is_down_or_wrong_is_one_line_and_changes_nothing(milvus_s
     assert "no item 7" in line
     line = one_line_error(*run_hashing("info", uri, "--collection", "missing")[::2])
     assert "missing" in line and uri in line
+
+
+def test_a_wrong_or_missing_token_is_one_line_naming_the_uri_and_writes_nothing(milvus_server, digits_run, folder,
+                                                                                 monkeypatch):
+    from pymilvus import MilvusClient
+
+    files, _ = folder
+    uri = milvus_server.uri
+    for token in ("root:wrong-password", "nobody:Milvus", None):
+        if token is None:
+            monkeypatch.delenv("HASHING_MILVUS_TOKEN")
+        else:
+            monkeypatch.setenv("HASHING_MILVUS_TOKEN", token)
+        for args in (("info", uri), ("index", "--model", digits_run, "--images", files, "--out", uri,
+                                     "--collection", "tokens", "--quiet")):
+            line = one_line_error(*run_hashing(*args)[::2])
+            assert uri in line and "HASHING_MILVUS_TOKEN" in line, (token, line)
+            if token:
+                assert token not in line, line                   # a password is never printed
+    client = MilvusClient(uri=uri, token=milvus_server.token)
+    try:
+        assert "tokens" not in client.list_collections()        # nothing was written with a refused token
+    finally:
+        client.close()
+    monkeypatch.setenv("HASHING_MILVUS_TOKEN", milvus_server.token)
+    code, out, err = run_hashing("index", "--model", digits_run, "--images", files, "--out", uri,
+                                 "--collection", "tokens", "--quiet")
+    assert code == 0, err
