@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from itertools import combinations
@@ -33,6 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import machine  # noqa: E402
+
+
+LOAD = os.getloadavg()[0]
 
 
 def truth_pairs(truth: dict) -> tuple[set, dict]:
@@ -166,7 +170,8 @@ def main() -> None:
     edits = meta["edits"]
     lines = [f"# Duplicates on openclipart ({meta['files']} files)", "",
              f"`python benchmarks/duplicates.py --collection {a.collection} --model {a.model}` on `{machine()}` "
-             "(2 cores shared with other sessions' work: timings under load).", "",
+             f"({time.strftime('%Y-%m-%d')}, load average {LOAD:.1f} at the start; notes: {'; '.join(notes) or 'none'}).",
+             "",
              f"Collection: `python benchmarks/duplicates_collection.py --out {a.collection}` (seed {meta['seed']}): "
              f"{meta['pictures']} distinct openclipart pictures, {meta['sources_with_copies']} of them with "
              f"{meta['copies_per_source']} edited copies each ({len(tpairs)} true pairs of "

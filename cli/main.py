@@ -141,6 +141,9 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @click.option("--standardise/--no-standardise", default=None,
               help="Bring each image to zero mean and unit variance before the encoder, in training and search "
                    "alike: codes that ignore brightness and contrast.")
+@click.option("--trim/--no-trim", default=None,
+              help="Cut each image's plain margins (a frame, the empty page around clip art) before the resize, in "
+                   "training and search alike.  [default: on for --recipe copies on --images, else off]")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).  [default: off]")
 @click.option("--image-size", type=int, default=None,
               help="Images are resized to N x N, N from 16 to 256.  [default: 28 for a dataset; for --images the "

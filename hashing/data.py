@@ -179,7 +179,7 @@ def _make_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def folder_spec(images: str | os.PathLike, size: int | None = None, channels: int | None = None,
-                resize: str | None = None) -> ImageSpec:
+                resize: str | None = None, trim: bool = False) -> ImageSpec:
     """The ImageSpec to train on a folder with: what was given, the rest chosen from the folder's
     training files (hashing.folders.inspect: median shorter side up to 64, colour or not), crop."""
     from hashing import folders
@@ -197,7 +197,7 @@ def folder_spec(images: str | os.PathLike, size: int | None = None, channels: in
         paths, _ = folders.labelled_files(lay, folders.choose_split(lay, None, "train"))
         auto_size, auto_channels = folders.inspect(paths)
         size, channels = size or auto_size, channels or auto_channels
-    return ImageSpec(size, channels, resize or "crop")
+    return ImageSpec(size, channels, resize or "crop", trim=trim)
 
 
 def load_source(source: str, datasets: dict[str, str | None], spec: ImageSpec = ImageSpec()) -> np.ndarray:

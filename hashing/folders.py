@@ -148,10 +148,33 @@ def choose_split(lay: Layout, split: str | None, default: str | None) -> str | N
 
 def labelled_files(lay: Layout, split: str | None) -> tuple[list[Path], np.ndarray]:
     """(image files of the split, their labels (N,) int64: class index, -1 for files in the root)."""
+    files, _, labels = split_files(lay, split)
+    return [Path(f) for f in files], labels
+
+
+def split_files(lay: Layout, split: str | None) -> tuple[list[str], list[str], np.ndarray]:
+    """(the split's image files, their resolved paths, their labels), a file reached twice (a link
+    to another file of the split) once: at its own path (else its first link in sorted order)."""
     top = lay.split_root(split)
     files = image_files(top)
-    paths, labels = [Path(f) for f in files], class_labels(files, top, lay.classes)
-    return paths, labels
+    keys = resolved_paths(files, top)
+    if len(set(keys)) < len(keys):
+        chosen: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in chosen or os.path.islink(files[chosen[k]]) and not os.path.islink(files[i]):
+                chosen[k] = i
+        kept = sorted(chosen.values())
+        files, keys = [files[i] for i in kept], [keys[i] for i in kept]
+    return files, keys, class_labels(files, top, lay.classes)
+
+
+def resolved_paths(files: list[str], top: str | os.PathLike) -> list[str]:
+    """os.path.realpath of every file under `top` (how indexes name sources), without resolving each
+    path (40,000 resolves cost seconds): `top` is resolved once; a file that is a link by itself."""
+    base = os.path.realpath(top)
+    prefix = os.fspath(top).rstrip(os.sep) + os.sep
+    return [os.path.realpath(f) if not f.startswith(prefix) or os.path.islink(f) else base + os.sep + f[len(prefix):]
+            for f in files]
 
 
 @dataclass

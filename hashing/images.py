@@ -26,6 +26,9 @@ mode uniform:
   [0, 1] are scaled to 0..255, palette/CMYK/YCbCr are converted, and grayscale is replicated
   for an RGB model (an RGB image is converted with ITU-R 601 luma for a grayscale one).
 - Animated GIF/WebP/PNG files give their first frame (`is_animated` tells; folders count them).
+- `trim` (off unless a config sets it; the copies recipe does on folders): plain margins are cut
+  before the resize (`trimmed`), so a frame put around a picture, or the empty page around clip
+  art, does not change what the model sees.
 
 Everything is Pillow (not torchvision.io): one decoder for every format, mode and tag above,
 with its decompression-bomb check, and reduced-scale JPEG decoding (`Image.draft`).
@@ -57,6 +60,7 @@ class ImageSpec:
     resize: str = "stretch"
     background: str = "white"
     exif: bool = True
+    trim: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -69,6 +73,8 @@ def fit_image(im, spec: ImageSpec, invert: bool = False) -> np.ndarray:
     from PIL import Image
 
     im = to_rgb(im, spec.background) if spec.channels == 3 else to_gray(im, spec.background)
+    if spec.trim:
+        im = trimmed(im)
     w, h, s = im.width, im.height, spec.size
     if (w, h) != (s, s):
         if spec.resize == "stretch":
@@ -85,6 +91,47 @@ def fit_image(im, spec: ImageSpec, invert: bool = False) -> np.ndarray:
             im = canvas
     arr = np.asarray(im, dtype=np.uint8)
     return 255 - arr if invert else arr
+
+
+TRIM_LEVELS = 24          # grey levels: a row or column whose pixels (2nd..98th percentile) span at most this is plain
+TRIM_SIDE = 256           # the plain margins are found on a copy at most this many pixels on its longer side
+
+
+def trimmed(im):
+    """The picture without its plain margins (`trim`): from each side, the rows or columns that are
+    one flat colour (a frame added around a picture, the empty page around clip art) are cut, up to
+    the first row or column with something in it. A picture that is plain all over is kept whole.
+    The margins are found on a reduced copy of a large picture, so this costs about as much on a
+    photo as on an icon."""
+    from PIL import Image
+
+    w, h = im.size
+    f = min(1.0, TRIM_SIDE / max(w, h))
+    small = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR) if f < 1 else im
+    a = np.asarray(small, dtype=np.int16)
+    a = a[..., None] if a.ndim == 2 else a
+
+    def busy(b: np.ndarray, axis: int) -> np.ndarray:   # indices of the rows or columns not one flat colour
+        lo, hi = np.percentile(b, [2, 98], axis=axis)   # (n, C)
+        return np.flatnonzero((hi - lo).max(-1) > TRIM_LEVELS)
+
+    top, bottom, left, right = 0, a.shape[0], 0, a.shape[1]
+    for _ in range(4):          # a frame's side columns make its rows look busy: cut rows, then columns, again
+        b = a[top:bottom, left:right]
+        rows, cols = busy(b, 1), busy(b, 0)
+        if len(rows) == 0 or len(cols) == 0:
+            if (top, bottom, left, right) == (0, a.shape[0], 0, a.shape[1]):
+                return im                               # plain all over: kept whole
+            break
+        box = (top + rows[0], top + rows[-1] + 1, left + cols[0], left + cols[-1] + 1)
+        if box == (top, bottom, left, right):
+            break
+        top, bottom, left, right = box
+    if (top, bottom, left, right) == (0, a.shape[0], 0, a.shape[1]):
+        return im
+    sx, sy = w / a.shape[1], h / a.shape[0]             # back to the picture's own pixels
+    return im.crop((round(left * sx), round(top * sy), max(round(right * sx), round(left * sx) + 1),
+                    max(round(bottom * sy), round(top * sy) + 1)))
 
 
 def read_image(path: str | os.PathLike, spec: ImageSpec | int = ImageSpec(), invert: bool = False) -> np.ndarray:
@@ -286,7 +333,7 @@ def conform(images: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """uint8 (N, H, W) or (N, H, W, C) already in memory (a built-in dataset) -> (N, *spec.shape)."""
     from PIL import Image
 
-    if images.shape[1:] == spec.shape:
+    if images.shape[1:] == spec.shape and not spec.trim:
         return images
     out = np.empty((len(images), *spec.shape), np.uint8)
     for i, im in enumerate(images):

@@ -63,6 +63,7 @@ class HashConfig:
     resize: str = "crop"             # how another shape becomes square: hashing.images.RESIZE
     background: str = "white"        # what transparency is composited on: hashing.images.BACKGROUNDS
     exif: bool = True                # apply a photo's EXIF orientation before anything else
+    trim: bool = False               # cut plain margins before the resize (hashing.images.trimmed)
     mean: float | list = 0.5         # preprocessing: x/255 -> (x - mean) / std, per channel when a list
     std: float | list = 0.5
     dataset: str = "mnist"           # what it was trained on (a built-in dataset's name, or "images")
@@ -82,8 +83,9 @@ class HashConfig:
         V.choice("channels", self.channels, (1, 3))
         V.choice("resize", self.resize, RESIZE)
         V.choice("background", self.background, BACKGROUNDS)
-        if not isinstance(self.exif, bool):
-            raise HashingError(f"exif must be true or false, got {self.exif!r}")
+        for name in ("exif", "trim"):
+            if not isinstance(getattr(self, name), bool):
+                raise HashingError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
@@ -111,7 +113,7 @@ class HashConfig:
     @property
     def spec(self) -> ImageSpec:
         """How an image file becomes this model's uint8 input (hashing.images)."""
-        return ImageSpec(self.image_size, self.channels, self.resize, self.background, self.exif)
+        return ImageSpec(self.image_size, self.channels, self.resize, self.background, self.exif, self.trim)
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashConfig":

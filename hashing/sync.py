@@ -59,17 +59,6 @@ class Plan:
     stamps: dict[str, str]               # resolved path -> its stamp now (new and changed files)
 
 
-def resolved_keys(files: list[str], top: Path) -> list[str]:
-    """str(Path(f).resolve()) of every file under `top` (how builds name sources), without resolving each
-    path (40,000 resolves cost seconds): the folder is resolved once; a file that is a link by itself."""
-    import os
-
-    base = os.path.realpath(top)
-    prefix = str(top).rstrip("/") + "/"
-    return [os.path.realpath(f) if not f.startswith(prefix) or os.path.islink(f) else base + "/" + f[len(prefix):]
-            for f in files]
-
-
 def plan_sync(index, files: list[str], keys: list[str], root: Path, progress: bool = False) -> Plan:
     """Compare the folder's files (`keys`: their resolved paths) with the index's items under `root`."""
     from tqdm import tqdm
@@ -114,9 +103,7 @@ def sync_index(run_dir: str | Path, location: str, images: str | Path, split: st
     lay = folders.layout(images)
     chosen = folders.choose_split(lay, split, "train")
     top = lay.split_root(chosen)
-    files = folders.image_files(top)                # an empty folder is refused here, never emptied
-    labels = folders.class_labels(files, top, lay.classes)
-    keys = resolved_keys(files, top)
+    files, keys, labels = folders.split_files(lay, chosen)     # an empty folder is refused here, never emptied
     label_of = dict(zip(keys, labels.tolist()))
     ckpt = checkpoint.load(run_dir, resolve_device(device))
     with holding(writer_lock(location, collection), wait):

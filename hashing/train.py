@@ -299,14 +299,18 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
               progress: bool, group: Group, settings: dict) -> TrainResult:
     from hashing.data import folder_spec, load_split
     from hashing.images import ImageSpec
+    from hashing.recipes import get as get_recipe
     from hashing.recipes import resolve
 
     if images is not None:
-        spec = group.main_first(lambda: folder_spec(images, settings.get("image_size"), settings.get("channels"),
-                                                    settings.get("resize")))
-    elif any(settings.get(k) is not None for k in ("image_size", "channels")):
+        folder = get_recipe(recipe).folder
+        channels = settings.get("channels") or folder.get("channels")
+        trim = settings.get("trim") if settings.get("trim") is not None else folder.get("trim", False)
+        resize = settings.get("resize") or folder.get("resize")
+        spec = group.main_first(lambda: folder_spec(images, settings.get("image_size"), channels, resize, trim))
+    elif any(settings.get(k) is not None for k in ("image_size", "channels")) or settings.get("trim"):
         spec = ImageSpec(settings.get("image_size") or 28, settings.get("channels") or 1,
-                         settings.get("resize") or "crop")
+                         settings.get("resize") or "crop", trim=bool(settings.get("trim")))
     else:
         spec = None                                        # the dataset as it is: 28x28 grayscale
     # Rank 0 first: it decodes an image folder into the cache, the other ranks then read the cache.
@@ -315,7 +319,7 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
     if images is not None:
         mean, std = channel_stats(data.images)
         settings = {**settings, "image_size": spec.size, "channels": spec.channels, "resize": spec.resize,
-                    "mean": mean, "std": std}
+                    "trim": spec.trim, "mean": mean, "std": std}
     name = dataset if dataset is not None else "images"
     cfg, tcfg = resolve(recipe, name, len(data), data_dir=data.data_dir if images is not None else data_dir,
                         **settings)

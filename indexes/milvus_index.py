@@ -81,7 +81,11 @@ def _milvus(what: str, uri: str):
         if _disk_full(uri):
             raise HashingError(f"no space left on device for {uri}: {what} failed; free some space and run "
                                f"again (the last committed version is unchanged)") from None
-        text = str(getattr(e, "message", None) or e).strip()
+        details = getattr(e, "details", None)                # a grpc error: its status and details, not its repr
+        if callable(details) and callable(getattr(e, "code", None)):
+            text = f"{getattr(e.code(), 'name', e.code())}: {details()}"
+        else:
+            text = str(getattr(e, "message", None) or e).strip()
         message = text.splitlines()[0][:160] if text else "no details"
         raise HashingError(f"Milvus at {uri}: {what} failed ({type(e).__name__}: {message})") from None
     finally:
@@ -237,7 +241,10 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None):
             raise
         text = str(e).lower()
         if any(w in text for w in ("auth", "token", "password", "credential", "permission", "privilege")):
-            raise HashingError(f"Milvus at {uri} refused the token (set {TOKEN_ENV} to USER:PASSWORD or an API "
+            if not os.environ.get(TOKEN_ENV):
+                raise HashingError(f"Milvus at {uri} requires a user: set {TOKEN_ENV} to USER:PASSWORD or an API "
+                                   f"key") from None
+            raise HashingError(f"Milvus at {uri} refused the token in {TOKEN_ENV} (USER:PASSWORD or an API "
                                f"key): {e}") from None
         if "database" in text:
             raise HashingError(f"Milvus at {uri}: the database in the URI's path does not exist ({e})") from None

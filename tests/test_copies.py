@@ -302,3 +302,29 @@ def test_copies_command_writes_the_documented_json_and_pictures(copies_run, tmp_
 def test_copies_errors_are_one_line(digits_run, args, message):
     code, _, err = run_hashing("evaluate", "--model", str(digits_run), "--dataset", "digits", *args, "--quiet")
     assert message in one_line_error(code, err)
+
+
+def test_the_copies_recipe_reads_a_colour_folder_in_grey_with_the_folder_edits(tmp_path):
+    import json
+
+    from conftest import write_digit_folder
+
+    from hashing.recipes import resolve
+    from hashing.train import train_on
+
+    root = write_digit_folder(tmp_path / "colour", colour=True, limit=60)
+    out = tmp_path / "run"
+    train_on("copies", out, images=root, progress=False, bits=16, epochs=1, image_size=16, seed=0)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["channels"] == 1 and cfg["model"]["trim"] and cfg["model"]["resize"] == "stretch"
+    views = cfg["train"]["objective"]["view_options"]
+    assert views["p_border"] > 0 and views["p_caption"] > 0 and views["gamma"] == [0.6, 1.6]
+    mine = tmp_path / "mine"                                 # what the user says wins
+    train_on("copies", mine, images=root, progress=False, bits=16, epochs=1, image_size=16, seed=0,
+             channels=3, trim=False, resize="crop")
+    model = json.loads((mine / "config.json").read_text())["model"]
+    assert (model["channels"], model["trim"], model["resize"]) == (3, False, "crop")
+    _, colour = resolve("copies", "images", 60, channels=3, bits=16)    # --channels 3: colour, same edits
+    assert colour.objective.view_options["p_grey"] > 0 and colour.epochs == 60
+    _, digits = resolve("copies", "digits", 60, bits=16)                 # a dataset keeps the protocol's views
+    assert "p_border" not in digits.objective.view_options and digits.epochs == 64

@@ -157,6 +157,21 @@ def test_photo_views_keep_shape_and_vary():
     assert resolve_views("auto", "mnist", 1) == "affine"
 
 
+def test_a_file_reached_twice_by_a_link_is_one_file(tmp_path):
+    import os
+
+    root = write_digit_folder(tmp_path / "d", limit=12)
+    before, labels = folders.labelled_files(folders.layout(root), "train")
+    target = before[3]
+    os.symlink(target.resolve(), target.parent.parent / before[0].parent.name / "zz-link.png")
+    os.symlink(tmp_path / "nowhere.png", target.parent / "dangling.png")       # a broken link is no file
+    (target.parent / ".hidden.png").write_bytes(b"")                          # nor a hidden one
+    after, after_labels = folders.labelled_files(folders.layout(root), "train")
+    assert after == before and (after_labels == labels).all()                  # the link is its target, once
+    files, keys, _ = folders.split_files(folders.layout(root), "train")
+    assert keys == [os.path.realpath(f) for f in files] and len(set(keys)) == len(keys)
+
+
 # ---- decode once: the cache and the memory budget -----------------------------------------------
 
 def test_cache_decodes_once_and_notices_changes(tmp_path, monkeypatch):

@@ -114,6 +114,35 @@ def test_config_without_image_rules_reads_the_old_way():
         HashConfig(bits=64, background="pink")
 
 
+def test_trim_cuts_a_frame_and_the_empty_page_and_nothing_else(tmp_path):
+    from PIL import ImageOps
+
+    from hashing.images import trimmed
+
+    rng = np.random.default_rng(0)
+    drawing = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    page = Image.new("RGB", (120, 90), "white")
+    page.paste(drawing, (25, 20))                                  # a drawing on an empty page
+    framed = ImageOps.expand(page, border=12, fill=(30, 90, 200))  # and a frame put around it
+    assert trimmed(page).size == (60, 40) and trimmed(framed).size == (60, 40)
+    assert np.array_equal(np.asarray(trimmed(framed)), np.asarray(drawing))
+    assert trimmed(drawing) is drawing                            # content to the edges: kept whole
+    assert trimmed(_photo()).size == (48, 32 // 3)                # a full-width flat band is a margin too
+    blank = Image.new("L", (50, 30), 255)                         # plain all over: kept whole
+    assert trimmed(blank) is blank
+    big = ImageOps.expand(drawing.resize((600, 400)), border=300, fill="white")    # found on a reduced copy
+    assert abs(trimmed(big).size[0] - 600) <= 12 and abs(trimmed(big).size[1] - 400) <= 12     # a reduced pixel a side
+    spec = ImageSpec(32, 3, "stretch", trim=True)
+    page.save(tmp_path / "page.png")
+    framed.save(tmp_path / "framed.png")
+    a, b = read_image(tmp_path / "page.png", spec), read_image(tmp_path / "framed.png", spec)
+    assert np.abs(a.astype(int) - b).max() <= 2                  # the model sees the same picture
+    assert np.abs(read_image(tmp_path / "framed.png", ImageSpec(32, 3, "stretch")).astype(int) - b).mean() > 20
+    assert HashConfig.from_dict({"bits": 64}).trim is False       # configs without it never trim
+    with pytest.raises(HashingError, match="trim"):
+        HashConfig(bits=64, trim="yes")
+
+
 def test_palette_transparency_la_cmyk_and_wide_modes(tmp_path):
     pal = Image.new("P", (16, 16), 1)
     pal.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)

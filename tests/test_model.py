@@ -173,8 +173,8 @@ def test_a_recipes_settings_for_a_dataset_go_to_their_configs_and_merge_view_opt
 def test_help_shows_a_recipes_settings_for_a_dataset():
     from hashing.recipes import default_text
 
-    assert default_text("epochs") == "5 (default; 8 on fashion-mnist; auto on colour folders), 64 (copies), 15 " \
-                                     "(supervised; 60 on fashion-mnist), else 5"
+    assert default_text("epochs") == "5 (default; 8 on fashion-mnist; auto on colour folders), 64 (copies; auto on " \
+                                     "images; auto on colour folders), 15 (supervised; 60 on fashion-mnist), else 5"
     assert default_text("neighbours") == "20 (default), 20 (kinds), else 0"
     assert default_text("codes") == "layer (default; auto on fashion-mnist), else layer"
     assert default_text("views") == "auto (default; photo on fashion-mnist; photo on colour folders), copies (copies), else auto"
