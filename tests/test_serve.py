@@ -73,7 +73,7 @@ def test_health_says_what_is_served(app_client, digits_run):
     h = app_client.get("/health").json()
     assert h["status"] == "ok" and h["items"] == 1437 and h["bits"] == 64 and h["backend"] == "faiss"
     assert h["model"] == str(digits_run) and h["image"] == {"size": 28, "channels": 1, "resize": "crop",
-                                                              "background": "white", "exif": True}
+                                                              "background": "white", "exif": True, "trim": False}
 
 
 def test_search_answers_as_the_cli_does(app_client, pngs):
