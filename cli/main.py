@@ -288,15 +288,21 @@ def remove(ids, index_location, sources, collection, wait, quiet):
 
 
 @cli.command()
-@click.argument("index_location", metavar="INDEX")
+@click.argument("index_location", metavar="INDEX|RUN")
 @click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
 @click.option("--items", "with_items", is_flag=True, help="List every item: id, label, source.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"count", "bits", "backend", "index_type", "model", "created", "updated", '
-                   '"disk_bytes", ..., "items": [{"id", "source", "label"}]}.')
+                   '"disk_bytes", ..., "items": [{"id", "source", "label"}]}; for a run folder {"bits", "recipe", '
+                   '"image", "duplicate_threshold", "calibration", ...}.')
 def info(index_location, collection, with_items, as_json):
     """What an index holds: backend, index type, bits, the model, item count, when it was created and
-    last updated, its size on disk; --items lists the items."""
+    last updated, its size on disk; --items lists the items. Given a run folder (from `hashing train`):
+    its bits, recipe, how it reads an image, and the threshold `hashing duplicates --threshold auto` uses."""
+    from pathlib import Path
+
+    if (Path(index_location) / "config.json").is_file() and not (Path(index_location) / "meta.json").exists():
+        return _run_info(index_location, as_json)
     from hashing.inventory import describe
 
     d = describe(index_location, collection, with_items)
@@ -319,6 +325,29 @@ def info(index_location, collection, with_items, as_json):
             label = "-" if it["label"] is None else (d["classes"][it["label"]] if it["label"] < len(d["classes"])
                                                      else str(it["label"]))
             click.echo(f"  {it['id']:>8}  {label:>5}  {it['source']}")
+
+
+def _run_info(run_dir: str, as_json: bool) -> None:
+    from hashing.calibration import line
+    from hashing.checkpoint import describe_run
+
+    d = describe_run(run_dir)
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    im = d["image"]
+    cal = d["calibration"]
+    rows = [("run", d["run"]), ("fingerprint", d["fingerprint"]), ("bits", d["bits"]),
+            ("trained on", d["dataset"] + (f" ({d['data_dir']})" if d["data_dir"] else "")),
+            ("recipe", f"{d['recipe']}, {d['epochs']} epochs"),
+            ("image", f"{im['size']}x{im['size']}, {im['channels']} channel{'s' if im['channels'] > 1 else ''}, "
+                      f"{im['resize']}, transparency on {im['background']}, EXIF {'on' if im['exif'] else 'off'}, "
+                      f"margins {'trimmed' if im['trim'] else 'kept'}"),
+            ("codes", d["codes"]),
+            ("duplicates", line(cal) if cal else f"no calibration: `hashing duplicates --threshold auto` uses bits/8 "
+                                                 f"= {d['duplicate_threshold']} (train with --recipe copies for one)")]
+    for name, value in rows:
+        click.echo(f"{name:<11} {value}")
 
 
 @cli.command()

@@ -257,3 +257,15 @@ def test_against_an_index_finds_the_files_already_there(copies_run, collection, 
     # the copies of set0's digits (k = 0, 3, 6, 9 edited by JPEG, brightness, rescale) are mostly found
     copies_found = {Path(f["path"]).name for g in found["groups"] for f in g["files"][1:]}
     assert len(copies_found & {"copy-000.jpg", "copy-003.jpg", "copy-006.jpg", "copy-009.jpg"}) >= 2
+
+
+def test_info_on_a_run_folder_says_its_duplicate_threshold(copies_run, digits_run):
+    code, out, err = run_hashing("info", copies_run, "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    cal = json.loads((copies_run / "config.json").read_text())["calibration"]
+    assert d["duplicate_threshold"] == cal["threshold"] == d["calibration"]["threshold"] and d["recipe"] == "copies"
+    code, out, _ = run_hashing("info", copies_run)
+    assert code == 0 and f"duplicate threshold: {cal['threshold']}" in out and "margins" in out
+    code, out, _ = run_hashing("info", digits_run)               # no calibration: bits/8, and how to get one
+    assert code == 0 and "bits/8 = 8" in out and "--recipe copies" in out
