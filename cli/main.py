@@ -328,8 +328,7 @@ def info(index_location, collection, with_items, as_json):
 
 
 def _run_info(run_dir: str, as_json: bool) -> None:
-    from hashing.calibration import line
-    from hashing.checkpoint import describe_run
+    from hashing.calibration import describe_run, line
 
     d = describe_run(run_dir)
     if as_json:

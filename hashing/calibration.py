@@ -132,3 +132,28 @@ def line(cal: dict) -> str:
     """A calibration record in one line."""
     return (f"duplicate threshold: {cal['threshold']} (false-positive rate {cal['fpr']:g} per pair of different "
             f"training images; {100 * cal['copy_pairs_within']:.1f} % of {cal['copy_pairs']} edited copies within it)")
+
+
+def describe_run(run_dir: str | Path) -> dict:
+    """What `hashing info RUN` prints of a run folder: its model, how it reads an image, how it was
+    trained and, for `hashing duplicates`, its threshold (the calibration record, or bits/8 without one)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from hashing.checkpoint import CONFIG, read_config
+    from hashing.errors import HashingError
+    from hashing.model import HashConfig
+
+    config = read_config(run_dir)
+    try:
+        cfg = HashConfig.from_dict(config.get("model", {}))
+    except (HashingError, TypeError, ValueError) as e:
+        raise HashingError(f"{Path(run_dir) / CONFIG}: its model settings are invalid ({e}); retrain the model") from None
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    cal = recorded(config, config.get("fingerprint"))
+    keep = ("threshold", "fpr", "copy_pairs", "copy_pairs_within")
+    return {"run": str(run_dir), "fingerprint": config.get("fingerprint"), "bits": cfg.bits, "dataset": cfg.dataset,
+            "data_dir": train.get("data_dir"), "recipe": train.get("recipe"), "epochs": train.get("epochs"),
+            "image": asdict(cfg.spec), "codes": cfg.codes,
+            "duplicate_threshold": cal["threshold"] if cal else fallback(cfg.bits),
+            "calibration": {k: cal[k] for k in keep if k in cal} if cal else None}

@@ -158,25 +158,3 @@ def _load(run_dir: Path, device) -> Checkpoint:
         raise HashingError(f"{weights} does not match its config or is corrupt ({first})") from None
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     return Checkpoint(model.to(device).eval(), cfg, train, recorded, run_dir)
-
-
-def describe_run(run_dir: str | Path) -> dict:
-    """What `hashing info RUN` prints of a run folder: its model, how it reads an image, how it was
-    trained and, for `hashing duplicates`, its threshold (the calibration record, or bits/8 without one)."""
-    from dataclasses import asdict
-
-    from hashing.calibration import fallback, recorded
-
-    config = read_config(run_dir)
-    try:
-        cfg = HashConfig.from_dict(config.get("model", {}))
-    except (HashingError, TypeError, ValueError) as e:
-        raise HashingError(f"{Path(run_dir) / CONFIG}: its model settings are invalid ({e}); retrain the model") from None
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    cal = recorded(config, config.get("fingerprint"))
-    keep = ("threshold", "fpr", "copy_pairs", "copy_pairs_within")
-    return {"run": str(run_dir), "fingerprint": config.get("fingerprint"), "bits": cfg.bits, "dataset": cfg.dataset,
-            "data_dir": train.get("data_dir"), "recipe": train.get("recipe"), "epochs": train.get("epochs"),
-            "image": asdict(cfg.spec), "codes": cfg.codes,
-            "duplicate_threshold": cal["threshold"] if cal else fallback(cfg.bits),
-            "calibration": {k: cal[k] for k in keep if k in cal} if cal else None}
