@@ -57,6 +57,7 @@ class Plan:
     gone: list[int]                      # ids of items whose file is gone (or indexed twice)
     old_ids: dict[str, int]              # resolved path -> the id of its item
     stamps: dict[str, str]               # resolved path -> its stamp now (new and changed files)
+    key_of: dict[Path, str]              # new and changed files -> their resolved paths
 
 
 def plan_sync(index, files: list[str], keys: list[str], root: Path, progress: bool = False) -> Plan:
@@ -74,13 +75,14 @@ def plan_sync(index, files: list[str], keys: list[str], root: Path, progress: bo
                 gone.append(i)                       # a file indexed twice keeps its first item
             else:
                 under[source] = (i, stamp)
-    new, changed, now, unchanged = [], [], {}, 0
+    new, changed, now, key_of, unchanged = [], [], {}, {}, 0
     seen = set()
     for p, key in tqdm(zip(files, keys), total=len(files), desc="comparing files", unit="file", leave=False,
                        disable=not progress, dynamic_ncols=True):
         seen.add(key)
         if key not in under:
             new.append(Path(p))
+            key_of[new[-1]] = key
             now[key] = file_stamp(p)
             continue
         same, stamp = same_file(p, under[key][1])
@@ -88,9 +90,10 @@ def plan_sync(index, files: list[str], keys: list[str], root: Path, progress: bo
             unchanged += 1
         else:
             changed.append(Path(p))
+            key_of[changed[-1]] = key
             now[key] = stamp
     gone += [i for source, (i, _) in under.items() if source not in seen]
-    return Plan(new, changed, unchanged, sorted(gone), {s: i for s, (i, _) in under.items()}, now)
+    return Plan(new, changed, unchanged, sorted(gone), {s: i for s, (i, _) in under.items()}, now, key_of)
 
 
 def sync_index(run_dir: str | Path, location: str, images: str | Path, split: str | None = None,
@@ -120,10 +123,10 @@ def sync_index(run_dir: str | Path, location: str, images: str | Path, split: st
             if todo:
                 batches, read = folders.iter_image_batches(todo, batch_size, ckpt.model.cfg.spec, progress=False)
                 codes = encode_batches(ckpt.model, batches, len(todo), progress, desc="encoding changes").codes
-                kept = [str(p.resolve()) for p in read.kept]
-                skipped, failed = read.summary(), {str(p.resolve()) for p, _ in read.skipped}
-            changed_ok = [str(p.resolve()) for p in plan.changed if str(p.resolve()) not in failed]
-            kept_old = [str(p) for p in plan.changed if str(p.resolve()) in failed]
+                kept = [plan.key_of[p] for p in read.kept]
+                skipped, failed = read.summary(), {plan.key_of[p] for p, _ in read.skipped}
+            changed_ok = [plan.key_of[p] for p in plan.changed if plan.key_of[p] not in failed]
+            kept_old = [str(p) for p in plan.changed if plan.key_of[p] in failed]
             removed = plan.gone + [plan.old_ids[s] for s in changed_ok]
             if removed or kept:
                 if removed:
