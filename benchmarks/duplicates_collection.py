@@ -8,7 +8,13 @@ Reads Debian's openclipart-png (/usr/share/openclipart/png: 8,121 clip-art PNGs,
 bytes dropped, then identical pixels at 16 x 16 on white dropped, and the 15 over 4 megapixels left out)
 and, to keep look-alike families (openclipart has hundreds of generated stars that differ by a point or
 two) from counting as distinct pictures, a picture within pHash distance 4 (on white) of one already kept
-is left out too; that can only flatter pHash, an anchor., and draws --pictures of them with
+is left out too; so is, since the benchmark's second version (--lookalike, default 10), a picture
+whose margins-trimmed grey version is within pHash distance 10 (the usual threshold: imagededup's
+default) of a kept one's. openclipart holds one drawing many times: the same icon in two themes at
+two sizes, one card in two card sets, one shape in two colours, a picture and the same picture in a
+frame, dozens of generated circles that differ by a hair; version 1 (--lookalike -1: the 16 x 16
+rule alone) counted those as distinct pictures, so any finder that grouped them lost precision for
+being right. Both rules can only flatter pHash, an anchor. Then --pictures of them are drawn with
 --seed. --sources of those get --copies edited copies each, every copy by a different edit:
 
   jpeg        flattened on white, re-encoded as JPEG at quality 30..80
@@ -49,15 +55,18 @@ MAX_PIXELS = 4_000_000          # 15 of the pictures are larger (up to 623 megap
 EDITS = ("jpeg", "downscale", "crop", "border", "tone", "greyscale", "rotate", "caption", "combo")
 
 
-def distinct_pictures(root: Path) -> list[Path]:
+def distinct_pictures(root: Path, lookalike: int = 10) -> list[Path]:
     """One real path per distinct picture, sorted."""
     from PIL import Image
 
     import imagehash
 
+    from hashing.images import trimmed
+
     real = sorted({p.resolve() for p in root.rglob("*.png") if p.is_file()})
     by_bytes, by_pixels, out = set(), set(), []
     hashes = np.zeros((len(real), 64), dtype=bool)
+    trims = np.zeros((len(real), 64), dtype=bool)
     for p in real:
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
         if digest in by_bytes:
@@ -68,7 +77,9 @@ def distinct_pictures(root: Path) -> list[Path]:
                 if im.width * im.height > MAX_PIXELS:
                     continue
                 im.load()
-                small = on_white(im).convert("L").resize((16, 16), Image.BILINEAR)
+                grey = on_white(im).convert("L")
+                small = grey.resize((16, 16), Image.BILINEAR)
+                t = np.asarray(imagehash.phash(trimmed(grey)).hash, dtype=bool).ravel()
         except Exception:          # noqa: BLE001  a file Pillow cannot read is no picture for the benchmark
             continue
         key = (np.asarray(small) // 8).tobytes()
@@ -77,8 +88,11 @@ def distinct_pictures(root: Path) -> list[Path]:
         h = np.asarray(imagehash.phash(small.resize((64, 64))).hash, dtype=bool).ravel()
         if out and (hashes[:len(out)] != h).sum(axis=1).min() <= 4:
             continue
+        if out and lookalike >= 0 and (trims[:len(out)] != t).sum(axis=1).min() <= lookalike:
+            continue
         by_pixels.add(key)
         hashes[len(out)] = h
+        trims[len(out)] = t
         out.append(p)
     return out
 
@@ -156,11 +170,12 @@ def save(im, fmt: str, **kw) -> tuple[bytes, str]:
     return out.getvalue(), ".jpg" if fmt == "JPEG" else ".png"
 
 
-def build(out: Path, pictures: int, sources: int, copies: int, seed: int, flatten: bool = False) -> dict:
+def build(out: Path, pictures: int, sources: int, copies: int, seed: int, flatten: bool = False,
+          lookalike: int = 10) -> dict:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    found = distinct_pictures(CLIPART)
+    found = distinct_pictures(CLIPART, lookalike)
     if pictures > len(found):
         sys.exit(f"only {len(found)} distinct pictures in {CLIPART}")
     chosen = [found[i] for i in np.sort(rng.choice(len(found), pictures, replace=False))]
@@ -190,6 +205,7 @@ def build(out: Path, pictures: int, sources: int, copies: int, seed: int, flatte
         (images / fname).write_bytes(data)
         truth[fname] = {"group": g, "edit": name, "original": original}
     meta = {"source": str(CLIPART), "distinct_pictures_found": len(found), "pictures": pictures, "flatten": flatten,
+            "lookalike": lookalike,
             "sources_with_copies": sources, "copies_per_source": copies, "seed": seed, "edits": list(EDITS),
             "files": len(truth), "truth": truth}
     tmp = out / ".truth.json.tmp"
@@ -206,8 +222,10 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flatten", action="store_true", help="Originals composited on white (opaque), copies made from them.")
+    p.add_argument("--lookalike", type=int, default=10,
+                   help="Leave out a picture within this pHash distance of a kept one, both trimmed (-1: off, version 1).")
     a = p.parse_args()
-    meta = build(a.out, a.pictures, a.sources, a.copies, a.seed, a.flatten)
+    meta = build(a.out, a.pictures, a.sources, a.copies, a.seed, a.flatten, a.lookalike)
     print(f"{meta['files']} files in {a.out / 'images'} ({a.pictures} pictures, {a.sources} with {a.copies} copies "
           f"each; {meta['distinct_pictures_found']} distinct pictures found); truth in {a.out / 'truth.json'}")
 

@@ -391,8 +391,12 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
               help="Run folder of a model trained with the copies recipe (`hashing train --images FOLDER --recipe "
                    "copies`); needed for --hash model.")
 @click.option("--threshold", default="auto", show_default=True, type=IntOrAuto(),
-              help="Largest Hamming distance between copies. auto: the model's calibrated operating point "
-                   "(config.json, shown by `hashing train`), 10 for phash and dhash, 31 for pdq.")
+              help="Largest Hamming distance between copies. auto: with the pixel check, 3/16 of the bits (12 "
+                   "of 64; each file's 20 nearest codes within it are checked); with --no-verify, the model's "
+                   "calibrated operating point (`hashing info RUN`), 10 for phash and dhash, 31 for pdq.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Keep a pair only when the two pictures' pixels match once aligned (rotation, scale, crop, a "
+                   "caption allowed: OpenCV, the copies extra); --no-verify trusts the codes alone.")
 @click.option("--hash", "hash_name", default="model", show_default=True,
               type=click.Choice(["model", "phash", "dhash", "pdq"]),
               help="model: the codes of --model; phash, dhash (imagehash, 64 bits), pdq (256 bits): a perceptual "
@@ -420,13 +424,14 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
 @device_option
 @quiet_option
-def duplicates(folders, run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run, against,
-               undo_log, batch_size, device, quiet):
+def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, csv_out, report, move_to, dry_run,
+               against, undo_log, batch_size, device, quiet):
     """Find the files in FOLDERS that are copies of each other (re-saved, resized, cropped, recoloured,
     captioned): groups, largest first, each file with its distance to the group's kept file.
 
-    A group is a star: every member within the threshold of one centre (the file with the most copies),
-    so look-alikes never chain into one group. Unreadable files are listed as skipped; a file reached
+    Codes propose, pixels decide: each file's nearest codes are checked by aligning the two pictures
+    (--no-verify: the codes alone). A group is a star: every member a checked copy of one centre (the
+    file with the most copies), so look-alikes never chain into one group. Unreadable files are listed as skipped; a file reached
     twice counts once. Nothing is ever deleted: --move-to moves, --undo LOG moves back.
     """
     if undo_log is not None:
@@ -446,7 +451,7 @@ def duplicates(folders, run_dir, threshold, hash_name, keep, json_out, csv_out, 
     from hashing.duplicates import run
 
     job = run(list(folders), run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run,
-              batch_size, device, progress=not quiet, against=against)
+              batch_size, device, progress=not quiet, against=against, verify=verify)
     found = job.found
     if not found.files and not found.skipped:
         click.echo(f"no images ({', '.join(('.png', '.jpg', '.webp', '...'))}) under {', '.join(folders)}: "

@@ -113,6 +113,38 @@ def _flat(codes: np.ndarray, threshold: int, progress: bool, chunk: int, desc: s
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_d)
 
 
+def neighbours_within(codes: np.ndarray, radius: int, k: int, progress: bool = False, chunk: int = 8192,
+                      desc: str = "candidates") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, d): each row's k nearest other rows at Hamming distance d <= radius, as pairs i < j (each
+    once, though it is among the k nearest of one or of both): the candidates `hashing duplicates`
+    checks (hashing.verify). faiss's brute-force k-NN search of the codes against themselves."""
+    import faiss
+    from tqdm import tqdm
+
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n, width = codes.shape
+    radius = check_threshold(radius, 8 * width)
+    if n < 2 or k < 1:
+        return (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.int32),)
+    index = faiss.IndexBinaryFlat(8 * width)
+    index.add(codes)
+    kk = min(n, k + 1)                                                              # itself among them
+    found_i, found_j, found_d = [], [], []
+    with tqdm(total=n, desc=desc, unit="file", disable=not progress, dynamic_ncols=True, leave=False) as bar:
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            D, I = index.search(codes[start:stop], kk)                              # (q, kk) each
+            q = np.repeat(np.arange(start, stop, dtype=np.int64), kk).reshape(-1, kk)
+            ok = (I >= 0) & (I != q) & (D <= radius)
+            found_i.append(np.minimum(q, I)[ok])
+            found_j.append(np.maximum(q, I)[ok].astype(np.int64))
+            found_d.append(D[ok].astype(np.int32))
+            bar.update(stop - start)
+    i, j, d = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_d)
+    _, first = np.unique(i * n + j, return_index=True)
+    return i[first], j[first], d[first]
+
+
 def _masks(b: int, r: int) -> np.ndarray:
     """Every b-bit pattern with at most r ones, as int64, 0 first."""
     from itertools import combinations
