@@ -11,7 +11,7 @@ method at its default threshold and at the threshold of its best F1 over a sweep
 
 - model: `hashing duplicates --model RUN` (the codes encoded once; the command's grouping at each T):
   with its pixel check (the default: each file's 20 nearest codes within T checked by
-  hashing.verify, computed once at the widest T; "auto" = 3/16 of the bits) and `--no-verify`
+  hashing.verify, computed once at the widest T; "auto" = a quarter of the bits) and `--no-verify`
   (the codes alone; "auto" = the model's calibrated threshold from its config.json);
 - phash, dhash, pdq: `hashing duplicates --hash NAME`, the same two ways;
 - imagededup PHash (its own encoder and find_duplicates; default max_distance_threshold 10);
@@ -179,7 +179,7 @@ def main() -> None:
         bits = codes.shape[1] * 8
         wide = round(CANDIDATE_FRACTION * bits)
         default = auto if name == "model" else HASH_THRESHOLDS[name]
-        radii = sorted({max(wide, default), *range(bits // 16, bits // 4 + 1, max(1, bits // 32))})
+        radii = sorted({max(wide, default), *range(bits // 16, 5 * bits // 16 + 1, max(1, bits // 32))})
         runs, check_secs = ours_checked(codes, files, paths, radii, order)
         add(f"hashing duplicates --hash {name}", runs, max(wide, default), secs + check_secs)
         ts = list(range(0, 25)) if name != "pdq" else list(range(0, 81, 2))

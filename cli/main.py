@@ -188,7 +188,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     if r.calibration:
         from hashing.calibration import line
 
-        click.echo(f"{line(r.calibration)}: `hashing duplicates --threshold auto` uses it")
+        click.echo(f"{line(r.calibration)}: `hashing duplicates --no-verify` uses it")
     click.echo(f"saved {out}: config.json, its weights and history, {r.picture}")
 
 
@@ -298,7 +298,7 @@ def remove(ids, index_location, sources, collection, wait, quiet):
 def info(index_location, collection, with_items, as_json):
     """What an index holds: backend, index type, bits, the model, item count, when it was created and
     last updated, its size on disk; --items lists the items. Given a run folder (from `hashing train`):
-    its bits, recipe, how it reads an image, and the threshold `hashing duplicates --threshold auto` uses."""
+    its bits, recipe, how it reads an image, and the threshold `hashing duplicates --no-verify` uses."""
     from pathlib import Path
 
     if (Path(index_location) / "config.json").is_file() and not (Path(index_location) / "meta.json").exists():
@@ -328,7 +328,7 @@ def info(index_location, collection, with_items, as_json):
 
 
 def _run_info(run_dir: str, as_json: bool) -> None:
-    from hashing.calibration import describe_run, line
+    from hashing.calibration import CANDIDATES, describe_run, line
 
     d = describe_run(run_dir)
     if as_json:
@@ -343,8 +343,10 @@ def _run_info(run_dir: str, as_json: bool) -> None:
                       f"{im['resize']}, transparency on {im['background']}, EXIF {'on' if im['exif'] else 'off'}, "
                       f"margins {'trimmed' if im['trim'] else 'kept'}"),
             ("codes", d["codes"]),
-            ("duplicates", line(cal) if cal else f"no calibration: `hashing duplicates --threshold auto` uses bits/8 "
-                                                 f"= {d['duplicate_threshold']} (train with --recipe copies for one)")]
+            ("duplicates", (f"{line(cal)}: `hashing duplicates --no-verify` uses it" if cal else
+                            f"no calibration: `hashing duplicates --no-verify` uses bits/8 = {d['duplicate_threshold']} "
+                            f"(train with --recipe copies for one)")
+             + f"; checked pairs (the default) start from each file's {CANDIDATES} nearest codes within {d['candidate_radius']}")]
     for name, value in rows:
         click.echo(f"{name:<11} {value}")
 
@@ -391,7 +393,7 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
               help="Run folder of a model trained with the copies recipe (`hashing train --images FOLDER --recipe "
                    "copies`); needed for --hash model.")
 @click.option("--threshold", default="auto", show_default=True, type=IntOrAuto(),
-              help="Largest Hamming distance between copies. auto: with the pixel check, 3/16 of the bits (12 "
+              help="Largest Hamming distance between copies. auto: with the pixel check, a quarter of the bits (16 "
                    "of 64; each file's 20 nearest codes within it are checked); with --no-verify, the model's "
                    "calibrated operating point (`hashing info RUN`), 10 for phash and dhash, 31 for pdq.")
 @click.option("--verify/--no-verify", default=True, show_default=True,

@@ -9,7 +9,7 @@ to keep (`KEEP` rules), write JSON / CSV / an HTML report, and move the others (
 Checked pairs (the default; `verify=False`, `--no-verify`, trusts the codes alone). The codes only
 propose: the candidates are each file's `CANDIDATES` nearest codes within the threshold, and a pair
 is kept when its pixels match after aligning the two pictures (hashing.verify). Then `auto` is the
-wider `CANDIDATE_FRACTION` of the code length (12 of 64 bits), or the hash's own threshold if wider.
+wider `CANDIDATE_FRACTION` of the code length (16 of 64 bits), or the hash's own threshold if wider.
 
 Thresholds without the check. For a model, `auto` is its calibrated operating point from config.json
 (hashing.calibration), else bits/8, said in the result's note. For a perceptual hash, its users'
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hashing.calibration import CANDIDATE_FRACTION, CANDIDATES, candidate_radius as _radius  # noqa: F401
 from hashing.errors import HashingError
 
 HASHES = ("model", "phash", "dhash", "pdq")
@@ -33,11 +34,6 @@ HASHES = ("model", "phash", "dhash", "pdq")
 # hashes (10), and the PDQ paper's recommended 31 of 256 bits.
 HASH_THRESHOLDS = {"phash": 10, "dhash": 10, "pdq": 31}
 KEEP = ("largest", "oldest", "newest", "shortest-path", "first")
-# Checked pairs: each file's 20 nearest codes within 3/16 of the bits are candidates. On the openclipart
-# benchmark (64 bits) the original was among a rotated copy's 20 nearest codes for 91 % of them, within
-# 12 bits for most; the calibrated threshold (2) held 14 %.
-CANDIDATES = 20
-CANDIDATE_FRACTION = 3 / 16
 
 
 @dataclass
@@ -186,10 +182,10 @@ def candidate_radius(threshold, hash_name: str, bits: int, config: dict | None, 
     t, note = resolve_threshold(threshold, hash_name, bits, config, fingerprint)
     if threshold not in (None, "auto"):
         return t, note
-    wide = round(CANDIDATE_FRACTION * bits)
+    wide = _radius(bits, t)
     if wide <= t:
         return t, note
-    return wide, f"candidates within 3/16 of the bits, each file's {CANDIDATES} nearest"
+    return wide, f"candidates: each file's {CANDIDATES} nearest within a quarter of the bits"
 
 
 def keep_order(paths: list[str], rule: str) -> np.ndarray:
@@ -225,7 +221,7 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
                     keep: str = "largest", batch_size: int = 256, device: str = "auto",
                     progress: bool = True, exclude: str | None = None, verify: bool = True) -> Found:
     """Every group of copies among the images under `folders` (see the module's docstring)."""
-    from hashing.grouping import distances_to, neighbours_within, pairs_within, star_groups
+    from hashing.grouping import distances_to, pairs_within, star_groups
 
     if hash_name not in HASHES:
         raise HashingError(f"unknown --hash {hash_name!r}: choose from {', '.join(HASHES)}")

@@ -39,10 +39,11 @@ import numpy as np
 
 from hashing.errors import HashingError
 
-SIDE = 256               # the longer side of the trimmed picture, in pixels
+SIDE = 256               # the longer side of the trimmed picture, in pixels, where keypoints are found
+KEEP_SIDE = 128          # ... and of the copy kept for comparing pixels (16 KB a file, not 64)
 FEATURES = 500           # ORB keypoints per picture at most
 RATIO = 0.8              # Lowe's ratio test on the two nearest descriptors
-RANSAC_PIXELS = 4.0      # a match agrees with the transform when it lands within this many pixels
+RANSAC_PIXELS = 2.0      # a match agrees with the transform when it lands within this many (kept) pixels
 MIN_INLIERS = 8          # agreeing matches before the alignment is trusted
 MANY_INLIERS = 40        # ... before a quarter of the picture may disagree (tiles)
 ROTATIONS = (-10, -8, -6, -4, -2, 2, 4, 6, 8, 10)   # degrees tried when keypoints do not align a pair
@@ -50,15 +51,16 @@ ROTATION_SIDE = 128      # ... at this longer side
 ROTATED_MATCH = 0.95     # ... and the similarity a turned picture must reach (a turn fits look-alikes too)
 TRIM_LEVEL = 8           # grey levels below white that count as something
 BANDS = (0.125, 0.25, 0.33)   # the widths of an edge band that may differ, as fractions of the side
-MATCH = 0.9              # similarity from which a pair is a copy
+MATCH = 0.92             # similarity from which a pair is a copy
+FLAT, FLAT_LEVELS = 2.0, 8.0   # a picture whose grey levels vary less is blank; two blanks this close match
 
 
 @dataclass
 class View:
     """One file as the check sees it."""
 
-    pixels: np.ndarray | None          # (h, w) uint8, longer side SIDE; None: the file could not be read
-    points: np.ndarray                 # (n, 2) float32 keypoint positions
+    pixels: np.ndarray | None          # (h, w) uint8, longer side KEEP_SIDE; None: the file could not be read
+    points: np.ndarray                 # (n, 2) float32 keypoint positions, in the pixels' coordinates
     descriptors: np.ndarray | None     # (n, 32) uint8 ORB descriptors, None when there are none
 
 
@@ -86,8 +88,10 @@ def describe(path: str) -> View:
     s = SIDE / max(w, h)
     a = np.asarray(im.resize((max(8, round(w * s)), max(8, round(h * s))), Image.BILINEAR))
     keypoints, descriptors = cv2.ORB_create(nfeatures=FEATURES).detectAndCompute(a, None)
-    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
-    return View(a, points, descriptors)
+    f = KEEP_SIDE / SIDE
+    kept = cv2.resize(a, (max(4, round(a.shape[1] * f)), max(4, round(a.shape[0] * f))), interpolation=cv2.INTER_AREA)
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2) * np.float32(f)
+    return View(kept, points, descriptors)
 
 
 def _describe_one(path: str) -> View:
@@ -169,6 +173,10 @@ def similarity(a: View, b: View) -> float:
     if a.pixels is None or b.pixels is None:
         return 0.0
     import cv2
+
+    flat_a, flat_b = float(a.pixels.std()) < FLAT, float(b.pixels.std()) < FLAT
+    if flat_a or flat_b:               # a blank picture: no pattern to correlate; the same blank or not at all
+        return 1.0 if flat_a and flat_b and abs(float(a.pixels.mean()) - float(b.pixels.mean())) < FLAT_LEVELS else 0.0
 
     y = b.pixels.astype(np.float32)
     h, w = y.shape

@@ -142,11 +142,11 @@ def test_training_calibrates_the_threshold_and_auto_uses_it(copies_run, collecti
     found = json.loads(out.read_text())
     assert found["threshold"] == cal["threshold"] and "calibrated" in found["threshold_note"]
     assert found["files"] == len(truth) and found["verified"] is False
-    # with the pixel check (the default) auto is the wider candidate radius, 3/16 of the bits
+    # with the pixel check (the default) auto is the wider candidate radius, a quarter of the bits
     code, stdout, stderr = run_hashing("duplicates", root, "--model", copies_run, "--quiet", "--json", out)
     assert code == 0, stderr
     found = json.loads(out.read_text())
-    assert found["threshold"] == max(12, cal["threshold"]) and found["verified"] is True
+    assert found["threshold"] == max(16, cal["threshold"]) and found["verified"] is True
     # a copy of a retrained model's weights: the record no longer matches, the fallback is said
     config["fingerprint"] = "0" * 16
     assert "not calibrated" in describe(config)

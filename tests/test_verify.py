@@ -120,7 +120,7 @@ def test_duplicates_checks_pairs_by_default_and_finds_copies_the_codes_miss(pict
     code, stdout, stderr = run_hashing("duplicates", root, "--hash", "phash", "--quiet", "--json", auto)
     assert code == 0, stderr
     found = json.loads(auto.read_text())
-    assert found["verified"] is True and found["threshold"] == 12 and "pairs checked by their pixels" in stdout
+    assert found["verified"] is True and found["threshold"] == 16 and "pairs checked by their pixels" in stdout
     assert "20 nearest" in found["threshold_note"]
     # every pair a candidate (18 files, 32 of 64 bits): the check alone must tell the scenes apart
     code, stdout, stderr = run_hashing("duplicates", root, "--hash", "phash", "--quiet", "--json", out,
@@ -159,3 +159,19 @@ def test_a_given_threshold_bounds_the_candidates(pictures, tmp_path):
     assert all(f["distance"] == 0 for g in found["groups"] for f in g["files"])
     code, _, stderr = run_hashing("duplicates", root, "--hash", "dhash", "--threshold", "-1")
     assert "from 0 to 64" in one_line_error(code, stderr)
+
+
+def test_blank_pictures_match_only_the_same_blank(pictures, tmp_path):
+    from PIL import Image
+
+    from hashing.verify import MATCH, describe, similarity
+
+    _, paths = pictures
+    Image.new("L", (40, 30), 255).save(tmp_path / "white.png")
+    Image.new("RGB", (300, 200), "white").save(tmp_path / "white-big.jpg", quality=90)
+    Image.new("RGBA", (50, 50), (0, 0, 0, 0)).save(tmp_path / "clear.png")          # transparent: on white
+    Image.new("L", (40, 30), 0).save(tmp_path / "black.png")
+    v = {p.stem: describe(str(p)) for p in tmp_path.iterdir()}
+    assert similarity(v["white"], v["white-big"]) >= MATCH and similarity(v["white"], v["clear"]) >= MATCH
+    assert similarity(v["white"], v["black"]) < MATCH
+    assert similarity(v["white"], describe(str(paths[(0, "original")]))) < MATCH
