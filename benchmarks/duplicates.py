@@ -82,7 +82,7 @@ def ours(codes: np.ndarray, files: list[str], thresholds, order: np.ndarray) -> 
 def ours_checked(codes: np.ndarray, files: list[str], paths: list[str], radii, order: np.ndarray) -> tuple[dict, float]:
     """({R: predicted pairs} with the command's pixel check of each file's nearest codes within R, check seconds)."""
     from hashing import verify
-    from hashing.duplicates import CANDIDATES
+    from hashing.calibration import CANDIDATES
     from hashing.grouping import neighbours_within, star_groups
 
     t0 = time.perf_counter()
@@ -154,7 +154,8 @@ def main() -> None:
     a = p.parse_args()
     from hashing import checkpoint
     from hashing.calibration import describe, recorded
-    from hashing.duplicates import CANDIDATE_FRACTION, HASH_THRESHOLDS
+    from hashing.calibration import candidate_radius
+    from hashing.duplicates import HASH_THRESHOLDS
 
     meta = json.loads((a.collection / "truth.json").read_text())
     truth = meta["truth"]
@@ -177,11 +178,11 @@ def main() -> None:
     for name in ("model", "phash", "dhash", "pdq"):
         codes, files, order, secs, paths = encode_ours(images, name, a.model)
         bits = codes.shape[1] * 8
-        wide = round(CANDIDATE_FRACTION * bits)
         default = auto if name == "model" else HASH_THRESHOLDS[name]
-        radii = sorted({max(wide, default), *range(bits // 16, 5 * bits // 16 + 1, max(1, bits // 32))})
+        wide = candidate_radius(bits, default)
+        radii = sorted({wide, *range(bits // 16, 5 * bits // 16 + 1, max(1, bits // 32))})
         runs, check_secs = ours_checked(codes, files, paths, radii, order)
-        add(f"hashing duplicates --hash {name}", runs, max(wide, default), secs + check_secs)
+        add(f"hashing duplicates --hash {name}", runs, wide, secs + check_secs)
         ts = list(range(0, 25)) if name != "pdq" else list(range(0, 81, 2))
         ts = sorted(set(ts) | {default})
         add(f"hashing duplicates --hash {name} --no-verify", ours(codes, files, ts, order), default, secs)

@@ -9,7 +9,7 @@ to keep (`KEEP` rules), write JSON / CSV / an HTML report, and move the others (
 Checked pairs (the default; `verify=False`, `--no-verify`, trusts the codes alone). The codes only
 propose: the candidates are each file's `CANDIDATES` nearest codes within the threshold, and a pair
 is kept when its pixels match after aligning the two pictures (hashing.verify). Then `auto` is the
-wider `CANDIDATE_FRACTION` of the code length (16 of 64 bits), or the hash's own threshold if wider.
+wider `calibration.CANDIDATE_FRACTION` of the code length (16 of 64 bits), or the hash's own threshold if wider.
 
 Thresholds without the check. For a model, `auto` is its calibrated operating point from config.json
 (hashing.calibration), else bits/8, said in the result's note. For a perceptual hash, its users'
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashing.calibration import CANDIDATE_FRACTION, CANDIDATES, candidate_radius as _radius  # noqa: F401
+from hashing.calibration import CANDIDATES, candidate_radius
 from hashing.errors import HashingError
 
 HASHES = ("model", "phash", "dhash", "pdq")
@@ -177,15 +177,13 @@ def resolve_threshold(threshold, hash_name: str, bits: int, config: dict | None,
     return fallback(bits), f"bits/8: {why} has no calibrated threshold; give --threshold or retrain"
 
 
-def candidate_radius(threshold, hash_name: str, bits: int, config: dict | None, fingerprint: str | None) -> tuple[int, str]:
-    """The Hamming radius of the candidates that checked pairs start from (the module's docstring)."""
+def resolve_candidate_radius(threshold, hash_name: str, bits: int, config: dict | None,
+                             fingerprint: str | None) -> tuple[int, str]:
+    """(radius, where it came from): the Hamming radius of the candidates that checked pairs start from
+    (the module's docstring); a number the user gives wins."""
     t, note = resolve_threshold(threshold, hash_name, bits, config, fingerprint)
-    if threshold not in (None, "auto"):
-        return t, note
-    wide = _radius(bits, t)
-    if wide <= t:
-        return t, note
-    return wide, f"candidates: each file's {CANDIDATES} nearest within a quarter of the bits"
+    wide = t if threshold not in (None, "auto") else candidate_radius(bits, t)
+    return (t, note) if wide == t else (wide, f"candidates: each file's {CANDIDATES} nearest within a quarter of the bits")
 
 
 def keep_order(paths: list[str], rule: str) -> np.ndarray:
@@ -249,7 +247,7 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
         from hashing.verify import require_cv2
 
         require_cv2()
-        t, note = candidate_radius(threshold, hash_name, bits, config, fingerprint)
+        t, note = resolve_candidate_radius(threshold, hash_name, bits, config, fingerprint)
     else:
         t, note = resolve_threshold(threshold, hash_name, bits, config, fingerprint)
     paths, aliases = collect(folders, exclude)

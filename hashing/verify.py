@@ -52,7 +52,7 @@ FEATURES = 500           # ORB keypoints per picture at most
 RATIO = 0.8              # Lowe's ratio test on the two nearest descriptors
 RANSAC_PIXELS = 2.0      # a match agrees with the transform when it lands within this many (kept) pixels
 MIN_INLIERS = 8          # agreeing matches before the alignment is trusted
-MANY_INLIERS = 40        # ... before a quarter of the picture may disagree (tiles)
+MANY_INLIERS = 40        # ... before a band along one edge may differ (a caption)
 ROTATIONS = (-10, -8, -6, -4, -2, 2, 4, 6, 8, 10)   # degrees tried when keypoints do not align a pair
 ROTATION_SIDE = 128      # ... at this longer side
 ROTATED_MATCH = 0.95     # ... and the similarity a turned picture must reach (a turn fits look-alikes too)
@@ -166,6 +166,8 @@ def _rotated_ncc(a: np.ndarray, b: np.ndarray) -> float:
     import cv2
 
     def small(x: np.ndarray) -> np.ndarray:
+        if max(x.shape) == ROTATION_SIDE:              # the kept pixels already are (KEEP_SIDE)
+            return x
         f = ROTATION_SIDE / max(x.shape)
         return cv2.resize(x, (max(4, round(x.shape[1] * f)), max(4, round(x.shape[0] * f))), interpolation=cv2.INTER_AREA)
 
