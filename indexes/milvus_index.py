@@ -33,12 +33,16 @@ Needs the optional group `pip install .[milvus]`: pymilvus 2.5 with milvus-lite 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -213,6 +217,80 @@ def _in_use(uri: str, grace: float = 3.0) -> bool:
         time.sleep(0.05)
 
 
+SCRATCH_PREFIX = "hashing-milvus-lite-"
+_scratch: dict[str, str] = {}        # a running Milvus Lite server's file -> its scratch $HOME
+_environ_lock = threading.Lock()
+
+
+def _start_lite(uri: str) -> None:
+    """Start the Milvus Lite server of `uri` in this process, with a scratch $HOME of its own.
+
+    Milvus Lite's server keeps its mmap scratch folder in $HOME/.cache/milvus, creates it when it
+    starts and deletes it, with all it holds, when it exits. Servers of other processes share that
+    folder: started together, one fails with "create dir:~/.cache/milvus failed ... Mmap manager
+    has not been init" (seen in CI with four at once), as does every start where ~/.cache is not
+    writable. So each server gets a fresh folder under the temporary directory, named after this
+    process so that folders left by a killed process are swept at the next start. The server reads
+    its environment when it is spawned; $HOME is changed for that moment only, under a lock."""
+    path = str(Path(uri).absolute().resolve())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                         # milvus-lite's pkg_resources deprecation
+        from milvus_lite.server_manager import server_manager_instance
+    if path in server_manager_instance._servers:
+        return
+    _sweep_scratch()
+    home = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    with _environ_lock:
+        before = os.environ.get("HOME")
+        os.environ["HOME"] = home
+        try:
+            started = server_manager_instance.start_and_get_uri(path)
+        finally:
+            if before is None:
+                del os.environ["HOME"]
+            else:
+                os.environ["HOME"] = before
+    if started is None:
+        shutil.rmtree(home, ignore_errors=True)
+        raise HashingError(f"Milvus Lite could not start a server for {uri}")
+    _scratch[path] = home
+
+
+def _stop_lite(uri: str) -> None:
+    """Stop the Milvus Lite server of `uri` (so that another process may open the file) and remove
+    its scratch folder."""
+    path = str(Path(uri).absolute().resolve())
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+        server_manager_instance.release_server(path)
+    except (ImportError, AttributeError):
+        pass
+    home = _scratch.pop(path, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@atexit.register
+def _stop_all_lite() -> None:
+    """At exit, the servers an error path left running: stopped, their scratch folders removed."""
+    for path in list(_scratch):
+        _stop_lite(path)
+
+
+def _sweep_scratch() -> None:
+    """Remove the scratch folders of processes that are gone (killed before they could)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass                                                # alive, another user's
+
+
 def connect(uri: str, creating: bool = False, timeout: float | None = None):
     """A MilvusClient for `uri`; `timeout` bounds the wait for its channel (None: 5 s for a
     server, 60 s for a Milvus Lite file, whose server this process starts first: on a busy
@@ -230,6 +308,8 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None):
                            f"stop it, or use a Milvus server")
     try:
         with _milvus("connecting", uri):
+            if is_lite(uri):
+                _start_lite(uri)
             from pymilvus import MilvusClient
             token = "" if is_lite(uri) else os.environ.get(TOKEN_ENV, "")
             client = MilvusClient(uri=uri, timeout=timeout, token=token)
@@ -474,12 +554,8 @@ class MilvusIndex(BinaryIndex):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-        if is_lite(self.uri):  # stop the embedded server so that another process may open the file
-            try:
-                from milvus_lite.server_manager import server_manager_instance
-                server_manager_instance.release_server(self.uri)
-            except (ImportError, AttributeError):
-                pass
+        if is_lite(self.uri):
+            _stop_lite(self.uri)
 
     # ---- data ---------------------------------------------------------------------------------
 

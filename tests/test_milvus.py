@@ -159,3 +159,36 @@ def test_a_collection_is_created_again_while_milvus_lite_is_not_ready_and_other_
     with pytest.raises(RuntimeError, match="Mmap"):
         _create_collection(stuck, "c__v0", None, None, wait=1.0)          # not forever
     assert 2 <= stuck.calls <= 4
+
+
+def test_milvus_lite_servers_started_together_each_have_their_own_scratch_folder(tmp_path):
+    """Milvus Lite's server keeps scratch files in $HOME/.cache/milvus and deletes that folder when it
+    exits, so servers started together used to fail ("create dir ... failed"; CI, four at once), and
+    every start failed where $HOME/.cache cannot be made. Here $HOME is a plain file: no server can
+    make a folder under it, and four writers start at once. A scratch folder left by a killed process
+    is swept by the next start; ours are removed when the index closes."""
+    import tempfile
+    from pathlib import Path
+
+    home = tmp_path / "home-is-a-file"
+    home.write_text("")
+    dead = Path(tempfile.gettempdir()) / "hashing-milvus-lite-999999999-left"   # no such process
+    (dead / ".cache" / "milvus").mkdir(parents=True, exist_ok=True)
+    code = (
+        "import sys, numpy as np\n"
+        "from hashing.indexes import IndexInfo, create, open_index\n"
+        f"ix = create(sys.argv[1], IndexInfo(bits=64, model={MODEL!r}))\n"
+        "ix.add(np.full((5, 8), 7, np.uint8), None, ['a'] * 5)\n"
+        "ix.save(); ix.close()\n"
+        "print(open_index(sys.argv[1]).count)\n"
+    )
+    env = {**__import__("os").environ, "HOME": str(home)}
+    jobs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"w{i}.db")], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
+    for job in jobs:
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-2000:]
+        assert out.split()[-1] == "5"
+    assert not dead.exists()
+    pids = {str(job.pid) for job in jobs}
+    assert not [p for p in Path(tempfile.gettempdir()).glob("hashing-milvus-lite-*") if p.name.split("-")[3] in pids]
