@@ -295,6 +295,7 @@ def is_gray(im, tolerance: int = 8) -> bool:
     """Whether a loaded image carries no colour: a gray mode, or RGB whose channels agree."""
     if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;"):
         return True
+    im = im.convert("RGBA") if im.mode in ("P", "PA") else im    # a palette's transparency: Pillow warns on P -> RGB
     small = np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.int16)     # (32, 32, 3), any other mode
     return int(np.abs(small - small.mean(2, keepdims=True)).max()) <= tolerance
 

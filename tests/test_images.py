@@ -2,6 +2,7 @@
 JPEG and decompression bombs, read the same way by every command; and what old models keep."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 
 from hashing import folders
 from hashing.errors import HashingError, TooLarge
-from hashing.images import ImageSpec, read_image, thumbnail_png
+from hashing.images import ImageSpec, is_gray, read_image, thumbnail_png
 from hashing.model import HashConfig
 
 from conftest import one_line_error
@@ -150,6 +151,10 @@ def test_palette_transparency_la_cmyk_and_wide_modes(tmp_path):
     pal.save(tmp_path / "pal.png", transparency=0)
     a = read_image(tmp_path / "pal.png", ImageSpec(16, 3))
     assert (a[:, :8] == 255).all() and tuple(a[8, 12]) == (200, 0, 0)
+    pal.save(tmp_path / "palb.png", transparency=bytes([0, 128]))      # transparency as bytes: Pillow
+    with warnings.catch_warnings(), Image.open(tmp_path / "palb.png") as im:  # warns on P -> RGB
+        warnings.simplefilter("error")
+        assert not is_gray(im)
     la = Image.new("LA", (16, 16), (0, 0))
     la.paste((30, 255), (4, 4, 12, 12))
     la.save(tmp_path / "la.png")
