@@ -263,7 +263,8 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
     t2 = time.perf_counter()
     files = [paths[i] for i in kept]
     if verify:
-        i, j = _checked_pairs(codes, files, t, progress)
+        i, j, unread = _checked_pairs(codes, files, t, progress)
+        skipped = skipped + unread
     else:
         i, j, _ = pairs_within(codes, t, progress)
     paired = np.unique(np.concatenate([i, j]))                # only files with a copy need ranking
@@ -283,19 +284,24 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
     return found
 
 
-def _checked_pairs(codes: np.ndarray, files: list[str], radius: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (each file's CANDIDATES nearest within radius) whose pixels match."""
+def _checked_pairs(codes: np.ndarray, files: list[str], radius: int,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """The candidate pairs (each file's CANDIDATES nearest within radius) whose pixels match, and
+    the files that could not be read again for the check (changed or removed since they were
+    encoded), with the reason: they are in no pair."""
     from hashing import verify
     from hashing.grouping import neighbours_within
 
     i, j, _ = neighbours_within(codes, radius, CANDIDATES, progress)
     if not len(i):
-        return i, j
+        return i, j, []
     seen = np.unique(np.concatenate([i, j]))                  # only files with a candidate are looked at
     views = dict(zip(seen.tolist(), verify.describe_all([files[k] for k in seen], progress)))
     score = verify.check_pairs([views[a] for a in i], [views[b] for b in j], progress)
     ok = score >= verify.MATCH
-    return i[ok], j[ok]
+    unread = [(files[k], f"unreadable at the pixel check, after it was encoded: {v.unread}")
+              for k, v in views.items() if v.unread is not None]
+    return i[ok], j[ok], unread
 
 
 def find_in_index(folders: list[str], index_location: str, threshold="auto", collection: str | None = None,

@@ -70,6 +70,7 @@ class View:
     pixels: np.ndarray | None          # (h, w) uint8, longer side KEEP_SIDE; None: the file could not be read
     points: np.ndarray                 # (n, 2) float32 keypoint positions, in the pixels' coordinates
     descriptors: np.ndarray | None     # (n, 32) uint8 ORB descriptors, None when there are none
+    unread: str | None = None          # why the file could not be read (then pixels is None)
 
 
 def require_cv2():
@@ -88,8 +89,8 @@ def describe(path: str) -> View:
 
     try:
         im = trimmed(to_gray(load_picture(path)))
-    except HashingError:
-        return View(None, np.zeros((0, 2), np.float32), None)
+    except HashingError as e:
+        return View(None, np.zeros((0, 2), np.float32), None, str(e))
     from PIL import Image
 
     w, h = im.size

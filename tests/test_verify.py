@@ -90,6 +90,15 @@ def test_a_file_that_broke_since_it_was_encoded_matches_nothing(pictures, tmp_pa
     assert gone.pixels is None
     assert similarity(gone, describe(str(paths[(0, "original")]))) == 0.0
     assert describe(str(tmp_path / "vanished.png")).pixels is None
+    # in `hashing duplicates`: a candidate that broke or vanished between encoding and the check is
+    # in no group and is listed as skipped, with the reason
+    from hashing.duplicates import _checked_pairs
+
+    files = [str(paths[(0, "original")]), str(paths[(0, "grey")]), str(broken), str(tmp_path / "vanished.png")]
+    i, j, unread = _checked_pairs(np.zeros((4, 8), np.uint8), files, 4, progress=False)
+    assert {(int(a), int(b)) for a, b in zip(i, j)} == {(0, 1)}
+    assert sorted(p for p, _ in unread) == sorted(files[2:])
+    assert all("unreadable at the pixel check" in why for _, why in unread)
 
 
 def test_candidates_are_each_rows_nearest_within_the_radius(rng):
