@@ -202,11 +202,13 @@ def main() -> None:
              f"`python benchmarks/duplicates.py --collection {a.collection} --model {a.model}` on `{machine()}` "
              f"({time.strftime('%Y-%m-%d')}, load average {LOAD:.1f} at the start; notes: {'; '.join(notes) or 'none'}).",
              "",
-             f"Collection: `python benchmarks/duplicates_collection.py --out {a.collection}` (seed {meta['seed']}): "
+             f"Collection: `python benchmarks/duplicates_collection.py --out {a.collection}"
+             f"{' --flatten' if meta.get('flatten') else ''} --seed {meta['seed']}"
+             f"{'' if meta.get('lookalike', 10) == 10 else ' --lookalike ' + str(meta['lookalike'])}`: "
              f"{meta['pictures']} distinct openclipart pictures, {meta['sources_with_copies']} of them with "
              f"{meta['copies_per_source']} edited copies each ({len(tpairs)} true pairs of "
              f"{meta['files'] * (meta['files'] - 1) // 2} pairs).", "",
-             f"Model: {a.model}; {describe(config)}." + (f" Trained by `{a.train_command}` in {a.train_seconds:.0f} s."
+             f"Model: {a.model}; {describe(config)}." + (f" Trained{f' by `{a.train_command}`' if a.train_command else ''} in {a.train_seconds:.0f} s."
                                                         if a.train_seconds else ""), "",
              "| method | threshold | precision | recall | F1 | predicted pairs | encode (+ check) s |", "|---|---|---|---|---|---|---|"]
     for method, label, s, secs in rows:

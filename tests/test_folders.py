@@ -333,3 +333,18 @@ def test_unwritable_cache_is_one_line(tmp_path, gray_folder, hashing_cli):
     code, out, err = hashing_cli("train", "--images", gray_folder, "--out", tmp_path / "r", "--quiet",
                                  env={**__import__("os").environ, "HASHING_CACHE": str(blocker / "sub")})
     assert "HASHING_CACHE" in one_line_error(code, err)
+
+
+def _blas_threads(_job) -> int:
+    from threadpoolctl import threadpool_info
+
+    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1)
+
+
+def test_fork_map_workers_run_one_blas_thread_each():
+    # OpenBLAS's pool inherited across fork made each np.dot in a worker ~20x slower than in the
+    # parent: the pixel check of `hashing duplicates` spent 95 % of its time there (463 s of 481).
+    from hashing import folders
+
+    jobs = list(range(folders.PARALLEL_FROM))
+    assert set(folders.fork_map(_blas_threads, jobs, progress=False)) == {1}
