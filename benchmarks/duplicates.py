@@ -103,7 +103,7 @@ def encode_ours(images: Path, name: str, run: str | None):
     from hashing import checkpoint
     from hashing.duplicates import collect, encode_model, encode_perceptual, keep_order
 
-    paths, _ = collect([str(images)])
+    paths, _, _ = collect([str(images)])
     t0 = time.perf_counter()
     if name == "model":
         model = checkpoint.load(run).model

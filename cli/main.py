@@ -416,7 +416,7 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
 @click.option("--move-to", type=click.Path(), default=None,
               help="Move every file but the kept one of each group into this folder (relative paths kept, nothing "
                    "overwritten, nothing deleted), with an undo log there.")
-@click.option("--dry-run", is_flag=True, help="With --move-to: print what would move, move nothing.")
+@click.option("--dry-run", is_flag=True, help="With --move-to or --undo: print what would move, move nothing.")
 @click.option("--against", default=None,
               help="An index (folder, Milvus Lite .db or URI) built by a copies model: list the files of FOLDERS "
                    "that already have a copy in it, grouped under that copy (nothing is added to the index); "
@@ -441,8 +441,12 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
             raise click.UsageError("--undo LOG takes no folders and no --move-to")
         from hashing.moves import undo
 
-        r = undo(undo_log)
-        click.echo(f"moved back {len(r.moved)} files from {undo_log}")
+        r = undo(undo_log, dry_run=dry_run)
+        if dry_run:
+            for dst, src in r.moved:
+                click.echo(f"would move back {dst} -> {src}")
+        click.echo(f"{'would move' if dry_run else 'moved'} back {len(r.moved)} files from {undo_log}"
+                   + (" (dry run: nothing moved)" if dry_run else ""))
         for line in r.problems:
             click.echo(f"not moved back: {line}")
         if r.problems:
@@ -467,6 +471,8 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
             click.echo(f"  {'keep' if m.keep else '    '}  {m.distance:>4}  {m.path}")
     if found.aliases:
         click.echo(f"{found.aliases} path(s) led to a file already seen (symlinks, folders given twice): counted once")
+    for line in job.notes:
+        click.echo(line)
     click.echo(found.summary())
     for path in job.written:
         click.echo(f"wrote {path}")

@@ -75,21 +75,22 @@ class Found:
                 f"{'; pairs checked by their pixels' if self.verified else ''})")
 
 
-def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], int]:
+def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], int, list[tuple[str, str]]]:
     """(every image file under the folders, as given and in walk order, each real file once, by a path that is
-    not a symlink when it has one; the number of other paths to a file already seen). Files under `exclude`
-    (the --move-to folder) are left out."""
+    not a symlink when it has one; the number of other paths to a file already seen; (path, why) of what
+    was left out: broken links, link loops, folders that cannot be read). Files under `exclude` (the
+    --move-to folder) are left out."""
     from hashing.folders import find_images
 
     seen: dict = {}
-    out, aliases = [], 0
+    out, aliases, dropped = [], 0, []
     skip = None if exclude is None else os.path.abspath(exclude).rstrip(os.sep) + os.sep
     for folder in folders:
         p = Path(folder)
         if not p.is_dir():
             raise HashingError(f"not a folder: {folder}" if not p.exists() else f"{folder} is a file, not a folder")
         try:
-            paths = find_images(p)
+            paths = find_images(p, dropped)
         except HashingError:
             continue                                  # a folder without images: nothing to add
         for path in paths:
@@ -97,7 +98,8 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
                 continue
             try:
                 st = path.stat()
-            except OSError:
+            except OSError as e:
+                dropped.append((str(path), f"cannot be read ({e.strerror or e})"))
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen:
@@ -108,7 +110,19 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
                 continue
             seen[key] = len(out)
             out.append(str(path))
-    return out, aliases
+    return out, aliases, [(path, f"{path}: {why}") for path, why in dict(dropped).items()]
+
+
+def check_move_target(folders: list[str], move_to: str) -> None:
+    """--move-to must not be one of the scanned folders or hold one (its files would be moved into
+    themselves); inside one it is left out of the scan."""
+    target = os.path.realpath(move_to)
+    for folder in folders:
+        real = os.path.realpath(folder)
+        if os.path.commonpath([target, real]) == target:
+            what = "is" if real == target else "holds"
+            raise HashingError(f"--move-to {move_to} {what} the folder {folder} you are scanning: give a folder "
+                               f"outside it (or inside it: that folder is then left out of the scan)")
 
 
 def _perceptual_one(job) -> tuple[np.ndarray | None, str]:
@@ -250,8 +264,8 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
         t, note = resolve_candidate_radius(threshold, hash_name, bits, config, fingerprint)
     else:
         t, note = resolve_threshold(threshold, hash_name, bits, config, fingerprint)
-    paths, aliases = collect(folders, exclude)
-    found = Found(t, note, hash_name, bits, [], [], verified=verify, aliases=aliases)
+    paths, aliases, dropped = collect(folders, exclude)
+    found = Found(t, note, hash_name, bits, [], [], skipped=dropped, verified=verify, aliases=aliases)
     if not paths:
         found.seconds = {"total": time.perf_counter() - t0}
         return found
@@ -278,7 +292,7 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
         rank = np.lexsort((order[members], d))
         out.append([Member(files[m], int(d[r]), bool(m == kept_row)) for r, m in zip(rank, members[rank])])
     out.sort(key=lambda g: (-len(g), g[0].path))
-    found.files, found.groups, found.skipped = files, out, skipped
+    found.files, found.groups, found.skipped = files, out, dropped + skipped
     found.seconds = {"encode": round(t2 - t1, 2), "group": round(time.perf_counter() - t2, 2),
                      "total": round(time.perf_counter() - t0, 2)}
     return found
@@ -323,8 +337,8 @@ def find_in_index(folders: list[str], index_location: str, threshold="auto", col
         bits = model.cfg.bits
         t, note = resolve_threshold(threshold, "model", bits, config, fingerprint)
         index.check_searchable(min(2, index.count), t)
-        paths, aliases = collect(folders, exclude)
-        found = Found(t, note, "model", bits, [], [], aliases=aliases)
+        paths, aliases, dropped = collect(folders, exclude)
+        found = Found(t, note, "model", bits, [], [], skipped=dropped, aliases=aliases)
         if not paths:
             return found
         codes, kept, skipped = encode_model(model, paths, batch_size, progress)
@@ -341,7 +355,7 @@ def find_in_index(folders: list[str], index_location: str, threshold="auto", col
     groups = [[Member(members[0], 0, True), *sorted(members[1:], key=lambda m: (m.distance, m.path))]
               for members in by_item.values()]
     groups.sort(key=lambda g: (-len(g), g[0].path))
-    found.files, found.groups, found.skipped = files, groups, skipped
+    found.files, found.groups, found.skipped = files, groups, dropped + skipped
     found.seconds = {"encode": round(t1 - t0, 2), "total": round(time.perf_counter() - t0, 2)}
     return found
 
@@ -366,6 +380,7 @@ class Job:
     moves: list[tuple[str, str]] = field(default_factory=list)      # (from, to) planned
     moved: object = None                                            # hashing.moves.Moved, when files moved
     written: list[str] = field(default_factory=list)                # the output files written
+    notes: list[str] = field(default_factory=list)                  # one line each, for the user
 
 
 def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
@@ -381,6 +396,7 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
     if dry_run and move_to is None:
         raise HashingError("--dry-run shows what --move-to DIR would move: give --move-to too")
     if move_to is not None:
+        check_move_target(folders, move_to)
         moves.check_target([], move_to)
     if against is not None:
         if hash_name != "model":
@@ -390,6 +406,11 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
         found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress, move_to,
                                 verify)
     job = Job(found)
+    if move_to is not None and os.path.isdir(move_to):
+        inside = [f for f in folders
+                  if os.path.commonpath([os.path.realpath(move_to), os.path.realpath(f)]) == os.path.realpath(f)]
+        if inside:
+            job.notes.append(f"left out of the scan: {move_to} (the --move-to folder, inside {inside[0]})")
     if json_out is not None:
         write_json(json_out, found.to_json())
         job.written.append(str(json_out))

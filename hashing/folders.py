@@ -69,33 +69,44 @@ def memory_budget() -> int:
     return int(value)
 
 
-def find_images(folder: str | os.PathLike) -> list[Path]:
+def find_images(folder: str | os.PathLike, dropped: list | None = None) -> list[Path]:
     """Every image file (by suffix) under `folder`, recursively, in a stable (sorted) order.
 
-    Hidden files and folders (a leading dot) are skipped, as are links to folders and broken links."""
-    return [Path(f) for f in image_files(folder)]
+    Hidden files and folders (a leading dot) are skipped, as are links to folders; broken links,
+    link loops and folders that cannot be listed are left out and, with `dropped`, added to it as
+    (path, why)."""
+    return [Path(f) for f in image_files(folder, dropped)]
 
 
-def image_files(folder: str | os.PathLike) -> list[str]:
+def image_files(folder: str | os.PathLike, dropped: list | None = None) -> list[str]:
     """find_images as strings (40,000 Path objects cost a tenth of a second: sync lists whole folders)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise HashingError(f"not a folder: {folder}" if not os.path.exists(folder) else f"{folder} is a file, not a folder")
     found: list[str] = []
+    drop = dropped if dropped is not None else []
     stack = [folder]
     while stack:                                    # os.scandir: one stat per file at most
         top = stack.pop()
         try:
             entries = list(os.scandir(top))
-        except OSError:
+        except OSError as e:
+            if top != folder:
+                drop.append((top, f"a folder that cannot be read ({e.strerror or e}): its files were not looked at"))
             continue
         for e in entries:
             if e.name.startswith("."):
                 continue
             if e.is_dir(follow_symlinks=False):
                 stack.append(e.path)
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
-                found.append(e.path)
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                try:
+                    if e.is_file():
+                        found.append(e.path)
+                    elif not os.path.exists(e.path):
+                        drop.append((e.path, "a broken link (its target does not exist)"))
+                except OSError as err:
+                    drop.append((e.path, f"cannot be read ({err.strerror or err})"))
     if not found:
         raise HashingError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     found.sort(key=lambda f: f.split(os.sep))       # the order of sorted Paths: part by part

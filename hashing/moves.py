@@ -1,17 +1,27 @@
 """Moving files into a folder with an undo log, and moving them back: nothing is ever deleted.
 
+One run at a time moves files into (or back out of) a folder: it holds an OS lock on
+`DIR/.hashing-moves.lock` (`fcntl.flock`, released by the kernel however the run ends, kill -9
+included); a second run is refused in one line before it moves anything.
+
 The log (JSON lines) is written and fsynced in full before the first file moves: a header, then one
-line per planned move {"n", "from", "to"} (absolute paths). After each move a line {"done": n}
-follows. So at any moment, a kill -9 included, the log names every file this run may have moved,
-and where each one is can be read off the disk:
+line per planned move {"n", "from", "to"} (absolute paths). Moves run in order, and after each one a
+line {"done": n} follows. So at any moment, a kill -9 included, the log names every file this run
+may have moved, and only one move can have been under way: the first one not done.
 
-- on one file system a move is one rename(2): the file is at "from" or at "to", never neither;
-- across file systems the file is copied to a hidden part-file beside "to", fsynced, renamed to
-  "to", and only then is "from" unlinked: it is at "from", at both (same bytes), or at "to".
+- on one file system a move is link(2) then unlink(2): the file is at "from", at both (one inode),
+  or at "to", never neither;
+- across file systems the file is copied to a hidden part-file beside "to" named after the log,
+  fsynced, logged {"copied": n}, renamed to "to", and only then is "from" unlinked: it is at "from",
+  at both (same bytes), or at "to".
 
-`undo` walks the log backwards and puts each file back by the same two steps; a file found at both
-places with the same bytes loses the second copy, one whose "from" was taken by another file since
-is left where it is and reported. Running `undo` twice, or after an interrupted `undo`, is safe.
+`undo` walks the log backwards. A move that was done is put back by the same steps (a file found at
+both places with the same bytes loses the second copy; one whose "from" was taken by another file
+since is left where it is and reported). The one move under way is finished backwards from what the
+disk shows (the second name of one inode, or a renamed copy the log says was made, is removed; its
+part-file too). A planned move that never started is not touched: its "to" may belong to another
+run by now. Running `undo` twice, or after an interrupted `undo`, is safe; `undo` refuses a log
+whose destinations are not in the log's own folder (an edited log).
 Destinations never overwrite: a name already there (or planned) gets "-2", "-3", ... before its suffix.
 """
 
@@ -29,8 +39,10 @@ from pathlib import Path
 from hashing.atomic import crashpoint
 from hashing.errors import HashingError
 
-FORMAT = "hashing-moves/1"
+FORMAT = "hashing-moves/2"          # /2: part-files named after the log, {"copied": n} records
+FORMATS = ("hashing-moves/1", FORMAT)
 PART = ".hashing-part"
+LOCK = ".hashing-moves.lock"
 
 
 @dataclass
@@ -56,13 +68,32 @@ def plan(files: list[tuple[str, str]], target: str | os.PathLike) -> list[tuple[
     taken, out = set(), []
     for path, root in files:
         rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
-        dst = target / (Path(names[root]) / rel if len(roots) > 1 else rel)
-        stem, suffix, k = dst.stem, dst.suffix, 2
-        while str(dst) in taken or os.path.lexists(dst):
-            dst, k = dst.with_name(f"{stem}-{k}{suffix}"), k + 1
-        taken.add(str(dst))
+        dst = _free_name(target / (Path(names[root]) / rel if len(roots) > 1 else rel), taken)
         out.append((path, str(dst)))
     return out
+
+
+def _free_name(dst: Path, taken: set) -> Path:
+    """dst, or dst with "-2", "-3", ... before its suffix: a name neither on disk nor in `taken` (added to it)."""
+    stem, suffix, k = dst.stem, dst.suffix, 2
+    while str(dst) in taken or os.path.lexists(dst):
+        dst, k = dst.with_name(f"{stem}-{k}{suffix}"), k + 1
+    taken.add(str(dst))
+    return dst
+
+
+def _lock(folder: Path, doing: str):
+    """The one-mover lock of `folder` (held until released or the process ends)."""
+    from hashing.indexes.lock import WriterLock
+
+    return WriterLock(folder / LOCK, f"--move-to {folder}",
+                      busy=f"{folder}: another `hashing duplicates` is moving files there or back ({{holder}}); "
+                           f"run again when it has finished; nothing was {doing}").acquire()
+
+
+def _part(dst: Path, tag: str | None) -> Path:
+    """The hidden part-file beside dst that a copy across file systems is written to (`tag`: the log's name)."""
+    return dst.with_name(f".{dst.name}.{tag}{PART}" if tag else f".{dst.name}{PART}")
 
 
 def check_target(moves: list[tuple[str, str]], target: str | os.PathLike) -> None:
@@ -108,11 +139,23 @@ def _append(f, record: dict) -> None:
 
 
 def move_files(moves: list[tuple[str, str]], target: str | os.PathLike) -> Moved:
-    """Move each (from, to), writing the undo log in `target` first (the module's protocol)."""
+    """Move each (from, to), writing the undo log in `target` first (the module's protocol). A
+    destination taken since it was planned gets the next free name."""
     target = Path(target)
     check_target(moves, target)
     target.mkdir(parents=True, exist_ok=True)
+    lock = _lock(target, "moved")
+    try:
+        return _move_all(moves, target)
+    finally:
+        lock.release()
+
+
+def _move_all(moves: list[tuple[str, str]], target: Path) -> Moved:
+    taken: set = set()
+    moves = [(src, str(_free_name(Path(dst), taken))) for src, dst in moves]
     log = new_log_path(target)
+    tag = log.stem
     done = Moved(log)
     try:
         f = open(log, "x")
@@ -130,70 +173,112 @@ def move_files(moves: list[tuple[str, str]], target: str | os.PathLike) -> Moved
             log.unlink(missing_ok=True)
             raise HashingError(f"cannot write the undo log {log} ({e.strerror}); nothing was moved") from None
         crashpoint("wrote the move log")
-        for n, (src, dst) in enumerate(moves):
-            try:
-                _move(Path(src), Path(dst))
-            except OSError as e:
-                done.problems.append(f"{src}: {e.strerror or e} (left in place; moves after it not tried)")
-                break
-            crashpoint(f"moved {n}")
-            done.moved.append((src, dst))
-            _append(f, {"done": n})
+        try:
+            for n, (src, dst) in enumerate(moves):
+                try:
+                    _move(Path(src), Path(dst), tag, lambda: _append(f, {"copied": n}))
+                    crashpoint(f"moved {n}")
+                    _append(f, {"done": n})
+                except OSError as e:
+                    done.problems.append(f"{src}: {e.strerror or e} (moves from here on not tried)")
+                    break
+                done.moved.append((src, dst))
+        except KeyboardInterrupt:
+            raise HashingError(f"interrupted after {len(done.moved)} of {len(moves)} moves: every file is in its old "
+                               f"place or in {target}; put them back with: hashing duplicates --undo {log}") from None
     return done
 
 
-def _move(src: Path, dst: Path) -> None:
-    """src -> dst, never overwriting dst, never leaving the file nowhere."""
+def _move(src: Path, dst: Path, tag: str | None, copied=lambda: None) -> None:
+    """src -> dst, never overwriting dst, never leaving the file nowhere; `copied()` is called once a
+    copy across file systems is complete, before it takes dst's name."""
     if os.path.lexists(dst):
         raise OSError(errno.EEXIST, f"{dst} exists")
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)              # same file system: dst appears atomically, src still there
+        os.link(src, dst, follow_symlinks=False)   # same file system: dst appears atomically, src still there
         crashpoint("linked")
         os.unlink(src)
         return
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-    part = dst.with_name(f".{dst.name}{PART}")
-    shutil.copy2(src, part)
-    with open(part, "rb") as f:
-        os.fsync(f.fileno())
+    part = _part(dst, tag)
+    shutil.copy2(src, part, follow_symlinks=False)
+    if not part.is_symlink():
+        with open(part, "rb") as f:
+            os.fsync(f.fileno())
     crashpoint("copied")
+    copied()
+    if os.path.lexists(dst):                       # rename(2) would replace it
+        part.unlink()
+        raise OSError(errno.EEXIST, f"{dst} exists")
     os.rename(part, dst)
     crashpoint("renamed copy")
     os.unlink(src)
 
 
-def read_log(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """The planned (from, to) moves of a log; one line on a file that is not one."""
+@dataclass
+class Log:
+    path: Path
+    format: str
+    moves: list[tuple[str, str]]
+    done: set[int]
+    copied: set[int]
+
+    @property
+    def tag(self) -> str | None:
+        return self.path.stem if self.format != "hashing-moves/1" else None
+
+
+def read_log(path: str | os.PathLike) -> Log:
+    """A log: its planned (from, to) moves and what it says was done; one line on a file that is not
+    one, or whose destinations are not all in its own folder (edited)."""
     path = Path(path)
+    not_a_log = f"{path} is not a move log of `hashing duplicates --move-to`"
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
-        raise HashingError(f"{path} is not a move log of `hashing duplicates --move-to`") from None
+        raise HashingError(not_a_log) from None
     except OSError as e:
         raise HashingError(f"cannot read the move log {path} ({e.strerror or type(e).__name__})") from None
+    done, copied = set(), set()
     try:
         head = json.loads(lines[0]) if lines else None
-        if not isinstance(head, dict) or head.get("format") != FORMAT:
+        if not isinstance(head, dict) or head.get("format") not in FORMATS:
             raise ValueError
         moves = {}
         for line in lines[1:]:
             try:
                 rec = json.loads(line)
             except ValueError:
-                continue                        # a line torn by a kill: only ever a "done" line, which undo does not need
-            if isinstance(rec, dict) and "from" in rec:
+                continue                        # a line torn by a kill: only ever the last one
+            if not isinstance(rec, dict):
+                raise ValueError
+            if "from" in rec:
                 moves[int(rec["n"])] = (str(rec["from"]), str(rec["to"]))
+            elif "done" in rec:
+                done.add(int(rec["done"]))
+            elif "copied" in rec:
+                copied.add(int(rec["copied"]))
     except (ValueError, KeyError, TypeError, IndexError):
-        raise HashingError(f"{path} is not a move log of `hashing duplicates --move-to`") from None
-    if len(moves) != head.get("moves"):
+        raise HashingError(not_a_log) from None
+    if len(moves) != head.get("moves") or sorted(moves) != list(range(len(moves))):
         raise HashingError(f"{path} names {len(moves)} of its {head.get('moves')} moves: it was cut short or edited")
-    return [moves[n] for n in sorted(moves)]
+    folder = os.path.realpath(path.parent)
+    for n in sorted(moves):
+        src, dst = moves[n]
+        where = os.path.realpath(os.path.dirname(dst))
+        if not (os.path.isabs(src) and os.path.isabs(dst)) or os.path.commonpath([folder, where]) != folder \
+                or os.path.abspath(src) == os.path.abspath(dst):
+            raise HashingError(f"{path}: move {n} ({src} -> {dst}) does not lead into the log's folder {path.parent}: "
+                               f"an edited log; nothing was moved back")
+    return Log(path, head["format"], [moves[n] for n in sorted(moves)], done, copied)
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
+    if a.is_symlink() or b.is_symlink():
+        return a.is_symlink() and b.is_symlink() and os.readlink(a) == os.readlink(b)
     if a.stat().st_size != b.stat().st_size:
         return False
     digests = []
@@ -206,29 +291,68 @@ def _same_bytes(a: Path, b: Path) -> bool:
     return digests[0] == digests[1]
 
 
-def undo(log: str | os.PathLike) -> Moved:
-    """Put back every file the log's run moved (the module's protocol)."""
-    log = Path(log)
-    out = Moved(log)
-    for src, dst in reversed(read_log(log)):
+def _same_file(a: Path, b: Path) -> bool:
+    x, y = os.lstat(a), os.lstat(b)
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
+def undo(log: str | os.PathLike, dry_run: bool = False) -> Moved:
+    """Put back every file the log's run moved (the module's protocol); `dry_run`: say what would
+    move back, change nothing."""
+    record = read_log(log)
+    lock = None if dry_run else _lock(Path(log).parent, "moved back")
+    try:
+        return _undo(record, dry_run)
+    except KeyboardInterrupt:
+        raise HashingError(f"interrupted: run `hashing duplicates --undo {log}` again to put back the rest "
+                           f"(every file is in its old place or still in {Path(log).parent})") from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _undo(record: Log, dry_run: bool) -> Moved:
+    out = Moved(record.path)
+    pending = [n for n in range(len(record.moves)) if n not in record.done]
+    under_way = pending[0] if pending else None      # the one move a kill can have caught half done
+    tag = record.tag
+    for n in reversed(range(len(record.moves))):
+        if n not in record.done and n != under_way:
+            continue                                 # never started: its "to" is not this run's
+        src, dst = record.moves[n]
         s, d = Path(src), Path(dst)
-        part = d.with_name(f".{d.name}{PART}")
-        if part.exists():
-            part.unlink()                      # a copy interrupted before it became the file: the file is at src
+        ours = n in record.done
+        part = _part(d, tag)
+        if os.path.lexists(part):                    # a copy not yet renamed: the file is still at src
+            if not dry_run:
+                part.unlink()
+            ours = False
+        elif n in record.copied:
+            ours = True                              # the copy was renamed to dst
+        back = _part(s, f"{tag}.undo" if tag else None)
+        if os.path.lexists(back) and not dry_run:
+            back.unlink()                            # an interrupted undo's copy: the file is still at dst
         if not os.path.lexists(d):
-            if not os.path.lexists(s):
+            if not os.path.lexists(s) and n in record.done:
                 out.problems.append(f"{src}: in neither place (moved or removed by something else since)")
             continue
         if os.path.lexists(s):
-            if s.samefile(d):
-                d.unlink()                     # the hard link of an interrupted move: src is the file
-            elif _same_bytes(s, d):
-                d.unlink()                     # an interrupted copy across disks: src still has the same bytes
-            else:
+            if _same_file(s, d):
+                if not dry_run:
+                    d.unlink()                       # the second name of one file (a move or undo cut short)
+            elif ours and _same_bytes(s, d):
+                if not dry_run:
+                    d.unlink()                       # a copy across disks cut short: src has the same bytes
+            elif ours:
                 out.problems.append(f"{src}: another file is there now; its copy stays at {dst}")
             continue
+        if not ours and n != under_way:
+            continue
+        if dry_run:
+            out.moved.append((dst, src))
+            continue
         try:
-            _move(d, s)
+            _move(d, s, f"{tag}.undo" if tag else None)
         except OSError as e:
             out.problems.append(f"{dst}: {e.strerror or e} (left there)")
             continue

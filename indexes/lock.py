@@ -73,8 +73,9 @@ def command_line(argv: list[str] | None = None) -> str:
 class WriterLock:
     """An exclusive, non-blocking (or bounded-wait) lock on `path`, naming its holder in the file."""
 
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path, self.what = Path(path), what
+    def __init__(self, path: str | os.PathLike, what: str, busy: str | None = None):
+        """`busy`: the one-line refusal when another process holds it ({holder} names it)."""
+        self.path, self.what, self.busy = Path(path), what, busy
         self._fd: int | None = None
 
     @property
@@ -102,6 +103,8 @@ class WriterLock:
                     holder = self.holder()
                     os.close(fd)
                     waited = f" (waited {wait:g} s)" if wait else ""
+                    if self.busy:
+                        raise HashingError(self.busy.format(holder=holder)) from None
                     raise HashingError(f"{self.what} is being written by {holder}{waited}; only one writer at a "
                                        f"time: wait for it, stop it, or add --wait SECONDS") from None
                 time.sleep(0.05)

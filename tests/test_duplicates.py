@@ -179,7 +179,7 @@ def test_a_kill_during_moves_loses_nothing_and_undo_restores(collection, tmp_pat
         assert code == 0, stderr
         after = {p.relative_to(work): p.read_bytes() for p in work.rglob("*") if p.is_file()}
         assert after == before
-        assert not [p for p in target.rglob("*") if p.is_file() and p.suffix != ".jsonl"]
+        assert not [p for p in target.rglob("*") if p.is_file() and p.suffix not in (".jsonl", ".lock")]
     code, stdout, _ = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
                                   "--move-to", tmp_path / "all")
     assert code == 0 and f"moved {len(planned)} files" in stdout
@@ -275,3 +275,40 @@ def test_info_on_a_run_folder_says_its_duplicate_threshold(copies_run, digits_ru
     assert code == 0 and f"duplicate threshold: {cal['threshold']}" in out and "margins" in out
     code, out, _ = run_hashing("info", digits_run)               # no calibration: bits/8, and how to get one
     assert code == 0 and "bits/8 = 8" in out and "--recipe copies" in out
+
+
+def test_links_that_lead_nowhere_are_skipped_and_move_to_must_not_hold_the_folder(collection, tmp_path):
+    import shutil
+
+    root, _ = collection
+    work = tmp_path / "pics"
+    shutil.copytree(root / "set0", work / "set0")
+    shutil.copytree(root / "copies", work / "copies")
+    os.symlink("loop-b.png", work / "loop-a.png")                 # a link loop and a broken link
+    os.symlink("loop-a.png", work / "loop-b.png")
+    os.symlink("gone.png", work / "broken.png")
+    out = tmp_path / "d.json"
+    code, stdout, stderr = run_hashing("duplicates", work, "--hash", "phash", "--quiet", "--json", out)
+    assert code == 0, stderr
+    reasons = {Path(s["path"]).name: s["reason"] for s in json.loads(out.read_text())["skipped"]}
+    assert {"loop-a.png", "loop-b.png", "broken.png"} <= set(reasons) and "broken link" in reasons["broken.png"]
+    for target in (work, tmp_path, work / ".."):
+        code, stdout, stderr = run_hashing("duplicates", work, "--hash", "phash", "--move-to", target)
+        assert "give a folder outside it" in one_line_error(code, stderr), target
+    (work / "old-dups").mkdir()                                   # inside the folder: left out, and said
+    code, stdout, stderr = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
+                                       "--move-to", work / "old-dups", "--dry-run")
+    assert code == 0 and f"left out of the scan: {work / 'old-dups'}" in stdout, stderr
+    code, stdout, stderr = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
+                                       "--move-to", tmp_path / "dups")
+    assert code == 0 and "moved " in stdout, stderr
+    (log,) = (tmp_path / "dups").glob("hashing-moves-*.jsonl")
+    def pictures():
+        return sorted(p for p in (tmp_path / "dups").rglob("*") if p.is_file() and p.suffix in (".png", ".jpg"))
+
+    moved = pictures()
+    code, stdout, stderr = run_hashing("duplicates", "--undo", log, "--dry-run")
+    assert code == 0 and f"would move back {len(moved)} files" in stdout, stderr
+    assert moved and pictures() == moved                                              # nothing moved back
+    code, stdout, stderr = run_hashing("duplicates", "--undo", log)
+    assert code == 0 and f"moved back {len(moved)} files" in stdout and not pictures()
