@@ -387,6 +387,12 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
         click.echo(f"wrote {grid}")
 
 
+def _shown(text: str) -> str:
+    """A path (or a line naming one) on one line: control characters, a newline in a file name
+    included, written as escapes (JSON and CSV outputs keep the name as it is)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @cli.command()
 @click.argument("folders", nargs=-1, type=click.Path())
 @click.option("--model", "run_dir", default=None, type=click.Path(),
@@ -405,7 +411,7 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
                    "hash of each file, to compare on your own pictures.")
 @click.option("--keep", default="largest", show_default=True,
               type=click.Choice(["largest", "oldest", "newest", "shortest-path", "first"]),
-              help="The file each group keeps: most pixels (then bytes), oldest or newest modification time, "
+              help="The file each group keeps: most pixels (then lossless over JPEG, then bytes), oldest or newest modification time, "
                    "shortest path, or the first found.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write {threshold, hash, groups: [{files: [{path, distance, keep}]}], skipped} here.")
@@ -444,7 +450,7 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
         r = undo(undo_log, dry_run=dry_run)
         if dry_run:
             for dst, src in r.moved:
-                click.echo(f"would move back {dst} -> {src}")
+                click.echo(f"would move back {_shown(dst)} -> {_shown(src)}")
         click.echo(f"{'would move' if dry_run else 'moved'} back {len(r.moved)} files from {undo_log}"
                    + (" (dry run: nothing moved)" if dry_run else ""))
         for line in r.problems:
@@ -464,11 +470,11 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
                    f"nothing to compare")
         return
     for path, why in found.skipped:
-        click.echo(f"skipped {why}")
+        click.echo(f"skipped {_shown(why)}")
     for n, group in enumerate(found.groups, 1):
         click.echo(f"group {n} ({len(group)} files)")
         for m in group:
-            click.echo(f"  {'keep' if m.keep else '    '}  {m.distance:>4}  {m.path}")
+            click.echo(f"  {'keep' if m.keep else '    '}  {m.distance:>4}  {_shown(m.path)}")
     if found.aliases:
         click.echo(f"{found.aliases} path(s) led to a file already seen (symlinks, folders given twice): counted once")
     for line in job.notes:
@@ -478,7 +484,7 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
         click.echo(f"wrote {path}")
     if dry_run:
         for src, dst in job.moves:
-            click.echo(f"would move {src} -> {dst}")
+            click.echo(f"would move {_shown(src)} -> {_shown(dst)}")
         click.echo(f"would move {len(job.moves)} files to {move_to} (dry run: nothing moved)")
     elif move_to is not None and not job.moves:
         click.echo("nothing to move: no group has a file besides the kept one")

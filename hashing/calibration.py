@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from hashing.errors import HashingError
+
 FPR = 1e-5
 SOURCES = 600
 FORMAT = "hashing-calibration/1"
@@ -106,10 +108,18 @@ def calibrate(model, images: np.ndarray, refs: list, fingerprint: str, seed: int
 def recorded(config: dict, fingerprint: str) -> dict | None:
     """A run's calibration record from its config.json, if it has one for these very weights."""
     cal = config.get("calibration")
-    if isinstance(cal, dict) and cal.get("format") == FORMAT and cal.get("fingerprint") == fingerprint \
-            and isinstance(cal.get("threshold"), int) and not isinstance(cal.get("threshold"), bool):
-        return cal
-    return None
+    if not (isinstance(cal, dict) and cal.get("format") == FORMAT and cal.get("fingerprint") == fingerprint):
+        return None
+    t, bits = cal.get("threshold"), (config.get("model") or {}).get("bits")
+
+    def number(x, whole=False):
+        return isinstance(x, int if whole else (int, float)) and not isinstance(x, bool)
+
+    if not number(t, True) or t < 0 or (number(bits, True) and t > bits) or not number(cal.get("fpr")) \
+            or not number(cal.get("copy_pairs"), True) or not number(cal.get("copy_pairs_within")):
+        raise HashingError(f"config.json's calibration record is damaged (threshold {t!r} for {bits}-bit codes; "
+                           f"edited by hand?): retrain the run, or give --threshold")
+    return cal
 
 
 # Checked pairs: each file's 20 nearest codes within a quarter of the bits are candidates. On the

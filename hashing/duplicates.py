@@ -80,7 +80,7 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
     not a symlink when it has one; the number of other paths to a file already seen; (path, why) of what
     was left out: broken links, link loops, folders that cannot be read). Files under `exclude` (the
     --move-to folder) are left out."""
-    from hashing.folders import find_images
+    from hashing.folders import image_files
 
     seen: dict = {}
     out, aliases, dropped = [], 0, []
@@ -90,26 +90,26 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
         if not p.is_dir():
             raise HashingError(f"not a folder: {folder}" if not p.exists() else f"{folder} is a file, not a folder")
         try:
-            paths = find_images(p, dropped)
+            paths = image_files(folder, dropped)      # strings: "./pics/a.png" stays as given
         except HashingError:
             continue                                  # a folder without images: nothing to add
         for path in paths:
             if skip is not None and os.path.abspath(path).startswith(skip):
                 continue
             try:
-                st = path.stat()
+                st = os.stat(path)
             except OSError as e:
-                dropped.append((str(path), f"cannot be read ({e.strerror or e})"))
+                dropped.append((path, f"cannot be read ({e.strerror or e})"))
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen:
                 aliases += 1
                 k = seen[key]
-                if os.path.islink(out[k]) and not path.is_symlink():
-                    out[k] = str(path)                 # the file itself rather than a link to it
+                if os.path.islink(out[k]) and not os.path.islink(path):
+                    out[k] = path                      # the file itself rather than a link to it
                 continue
             seen[key] = len(out)
-            out.append(str(path))
+            out.append(path)
     return out, aliases, [(path, f"{path}: {why}") for path, why in dict(dropped).items()]
 
 
@@ -212,21 +212,26 @@ def keep_order(paths: list[str], rule: str) -> np.ndarray:
         m = np.array([s.st_mtime_ns for s in stats], dtype=np.float64)
         return np.lexsort((np.arange(n), m if rule == "oldest" else -m)).argsort()
     if rule == "largest":
-        pixels = np.array([_pixels(p) for p in paths], dtype=np.float64)
+        headers = [_header(p) for p in paths]
+        pixels = np.array([h[0] for h in headers], dtype=np.float64)
+        lossless = np.array([h[1] for h in headers], dtype=np.float64)
         size = np.array([s.st_size for s in stats], dtype=np.float64)
-        return np.lexsort((np.arange(n), -size, -pixels)).argsort()
+        return np.lexsort((np.arange(n), -size, -lossless, -pixels)).argsort()
     raise HashingError(f"unknown --keep {rule!r}: choose from {', '.join(KEEP)}")
 
 
-def _pixels(path: str) -> int:
-    """Width x height from the file's header (no decoding); 0 if it cannot be told."""
+LOSSY = ("JPEG", "MPO")          # formats whose re-save loses detail: a lossless file of as many pixels is kept first
+
+
+def _header(path: str) -> tuple[int, bool]:
+    """(width x height, lossless format) from the file's header (no decoding); (0, False) if it cannot be told."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.width * im.height
+            return im.width * im.height, im.format not in LOSSY
     except Exception:       # noqa: BLE001  the file was read a moment ago; a vanished one just ranks last
-        return 0
+        return 0, False
 
 
 def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
@@ -391,8 +396,19 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
     from hashing import moves
     from hashing.atomic import check_output_file, write_json
 
-    for path, what in ((json_out, "--json"), (csv_out, "--csv"), (report, "--report")):
+    from hashing.images import IMAGE_SUFFIXES
+
+    outputs = [(path, what) for path, what in ((json_out, "--json"), (csv_out, "--csv"), (report, "--report"))
+               if path is not None]
+    for path, what in outputs:
         check_output_file(path, what)
+        if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+            raise HashingError(f"{what} {path} is named like a picture ({Path(path).suffix}): writing there could "
+                               f"replace one of your images; give a name ending .{what[2:].replace('report', 'html')}")
+    for k, (path, what) in enumerate(outputs):
+        for other, other_what in outputs[k + 1:]:
+            if os.path.abspath(path) == os.path.abspath(other):
+                raise HashingError(f"{what} and {other_what} are the same file ({path}): give each its own")
     if dry_run and move_to is None:
         raise HashingError("--dry-run shows what --move-to DIR would move: give --move-to too")
     if move_to is not None:

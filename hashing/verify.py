@@ -27,7 +27,8 @@ FAST corners with 256-bit binary descriptors), and its pixels kept at `KEEP_SIDE
   triangle, another face in the same circle) is never left out: dropping the worst quarter of the
   picture's tiles instead let such look-alikes through at similarity 1.00.
 
-Two blank pictures (no pattern to correlate) match when their grey levels agree. Each path's NCC is held to
+Two blank pictures (no pattern to correlate) match when their grey levels agree and both were
+blank before trimming too (a frame around nothing is not a blank page). Each path's NCC is held to
 its worst 3 x 3 tile (that shows something) + `LOCAL_SLACK`, so a shared outline cannot carry
 different insides, and a pair is tried both ways round. A pair is a copy when the similarity is at
 least `MATCH` (0.93). On the openclipart benchmark (docs/duplicates.md, collection v2, a 64-bit
@@ -71,6 +72,7 @@ class View:
     points: np.ndarray                 # (n, 2) float32 keypoint positions, in the pixels' coordinates
     descriptors: np.ndarray | None     # (n, 32) uint8 ORB descriptors, None when there are none
     unread: str | None = None          # why the file could not be read (then pixels is None)
+    plain: bool = False                # blank before its margins were trimmed too (not a frame around nothing)
 
 
 def require_cv2():
@@ -87,11 +89,14 @@ def describe(path: str) -> View:
     cv2 = require_cv2()
     from hashing.images import load_picture, to_gray, trimmed
 
+    from PIL import Image
+
     try:
-        im = trimmed(to_gray(load_picture(path)))
+        grey = to_gray(load_picture(path))
+        im = trimmed(grey)
     except HashingError as e:
         return View(None, np.zeros((0, 2), np.float32), None, str(e))
-    from PIL import Image
+    whole = grey if im.size == grey.size else grey.resize((min(grey.size[0], 64), min(grey.size[1], 64)), Image.BOX)
 
     w, h = im.size
     s = SIDE / max(w, h)
@@ -100,7 +105,8 @@ def describe(path: str) -> View:
     f = KEEP_SIDE / SIDE
     kept = cv2.resize(a, (max(4, round(a.shape[1] * f)), max(4, round(a.shape[0] * f))), interpolation=cv2.INTER_AREA)
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2) * np.float32(f)
-    return View(kept, points, descriptors)
+    plain = float(np.asarray(whole, np.float32).std()) < FLAT if whole is not grey else float(kept.std()) < FLAT
+    return View(kept, points, descriptors, plain=plain)
 
 
 def _describe_one(path: str) -> View:
@@ -231,7 +237,8 @@ def _one_way(a: View, b: View, turn: bool) -> float:
 
     flat_a, flat_b = float(a.pixels.std()) < FLAT, float(b.pixels.std()) < FLAT
     if flat_a or flat_b:               # a blank picture: no pattern to correlate; the same blank or not at all
-        return 1.0 if flat_a and flat_b and abs(float(a.pixels.mean()) - float(b.pixels.mean())) < FLAT_LEVELS else 0.0
+        same = flat_a and flat_b and a.plain == b.plain     # a frame around nothing is not a blank page
+        return 1.0 if same and abs(float(a.pixels.mean()) - float(b.pixels.mean())) < FLAT_LEVELS else 0.0
 
     y = b.pixels.astype(np.float32)
     h, w = y.shape

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import one_line_error, run_hashing
+from hashing.errors import HashingError
 
 EVIL = "<img src=x onerror=window.pwned=1>.png"
 
@@ -147,6 +148,11 @@ def test_training_calibrates_the_threshold_and_auto_uses_it(copies_run, collecti
     assert code == 0, stderr
     found = json.loads(out.read_text())
     assert found["threshold"] == max(16, cal["threshold"]) and found["verified"] is True
+    # a record edited by hand is refused in one line, not used (500 bits of 64) nor taken for none
+    for bad in (500, "abc", -1):
+        damaged = {**config, "calibration": {**cal, "threshold": bad}}
+        with pytest.raises(HashingError, match="calibration record is damaged"):
+            describe(damaged)
     # a copy of a retrained model's weights: the record no longer matches, the fallback is said
     config["fingerprint"] = "0" * 16
     assert "not calibrated" in describe(config)
@@ -312,3 +318,25 @@ def test_links_that_lead_nowhere_are_skipped_and_move_to_must_not_hold_the_folde
     assert moved and pictures() == moved                                              # nothing moved back
     code, stdout, stderr = run_hashing("duplicates", "--undo", log)
     assert code == 0 and f"moved back {len(moved)} files" in stdout and not pictures()
+
+
+def test_keep_rules_rank_the_files_of_a_group(tmp_path):
+    from PIL import Image
+
+    from hashing.duplicates import keep_order
+
+    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    picture = Image.fromarray(np.stack([ramp, ramp.T, ramp // 2], -1))
+    picture.save(tmp_path / "a.png")
+    picture.save(tmp_path / "b.jpg", quality=98)                          # ten times the PNG's bytes, lossy
+    assert os.path.getsize(tmp_path / "b.jpg") > os.path.getsize(tmp_path / "a.png")
+    picture.resize((32, 32)).save(tmp_path / "small.bmp")
+    picture.resize((80, 80)).save(tmp_path / "big.jpg", quality=50)
+    paths = [str(tmp_path / n) for n in ("a.png", "b.jpg", "small.bmp", "big.jpg")]
+    for k, p in enumerate(paths):
+        os.utime(p, ns=(10**18 + k * 10**9, 10**18 + k * 10**9))
+    # most pixels first; at as many pixels a lossless file before a JPEG, whatever their bytes
+    assert list(keep_order(paths, "largest")) == [1, 2, 3, 0]
+    assert list(keep_order(paths, "oldest")) == [0, 1, 2, 3] and list(keep_order(paths, "newest")) == [3, 2, 1, 0]
+    assert list(keep_order(paths, "first")) == [0, 1, 2, 3]
+    assert list(keep_order(paths, "shortest-path")) == [0, 1, 3, 2]       # a tie: the walk order

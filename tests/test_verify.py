@@ -184,3 +184,11 @@ def test_blank_pictures_match_only_the_same_blank(pictures, tmp_path):
     assert similarity(v["white"], v["white-big"]) >= MATCH and similarity(v["white"], v["clear"]) >= MATCH
     assert similarity(v["white"], v["black"]) < MATCH
     assert similarity(v["white"], describe(str(paths[(0, "original")]))) < MATCH
+    # a frame around nothing trims to a blank inside, but is not a blank page
+    from PIL import ImageDraw
+
+    frame = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(frame).rectangle((0, 0, 199, 199), outline=0, width=3)
+    frame.save(tmp_path / "frame.png")
+    assert similarity(describe(str(tmp_path / "frame.png")), v["white"]) < MATCH
+    assert similarity(describe(str(tmp_path / "frame.png")), describe(str(tmp_path / "frame.png"))) >= MATCH
