@@ -84,7 +84,7 @@ def _free_name(dst: Path, taken: set) -> Path:
 
 def _lock(folder: Path, doing: str):
     """The one-mover lock of `folder` (held until released or the process ends)."""
-    from hashing.indexes.lock import WriterLock
+    from hashing.locks import WriterLock
 
     return WriterLock(folder / LOCK, f"--move-to {folder}",
                       busy=f"{folder}: another `hashing duplicates` is moving files there or back ({{holder}}); "

@@ -1,7 +1,7 @@
 """One writer per index: an OS lock on a file that belongs to the index.
 
 Every command that changes an index (`hashing index`, `--append`, and a `hashing serve` that takes
-additions, for its whole life) holds `WriterLock` while it works. The lock is `fcntl.flock` on the
+additions, for its whole life) holds `WriterLock` (`hashing.locks`) while it works. The lock is `fcntl.flock` on the
 lock file: the kernel releases it when the holder exits, however it exits (kill -9 included), so a
 lock is never left stale and the next writer gets it at once. The file itself stays; it only says
 who holds the lock now (pid, command, since), so that a refused writer can name the holder.
@@ -20,17 +20,12 @@ stdlib only (no torch, no faiss).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import sys
-import time
-from datetime import datetime
 from pathlib import Path
 
-from hashing.errors import HashingError
+from hashing.locks import WriterLock, command_line  # noqa: F401  (the lock itself; re-exported)
 
 FOLDER_LOCK = ".writer.lock"
-SECRET_OPTIONS = ("--token",)
 
 
 def cache_folder() -> Path:
@@ -47,103 +42,3 @@ def lock_path(location: str, backend: str, collection: str | None = None) -> Pat
         return path.parent / f".{path.name}.writer.lock"
     key = hashlib.sha256(f"{location}\n{collection or ''}".encode()).hexdigest()[:20]
     return cache_folder() / f"milvus-{key}.lock"
-
-
-def command_line(argv: list[str] | None = None) -> str:
-    """This process's command line as a person would recognise it, secrets masked."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv and Path(argv[0]).name in ("hashing", "__main__.py"):
-        argv[0] = "hashing"
-    out, hide = [], False
-    for a in argv:
-        if hide:
-            out.append("***")
-            hide = False
-        elif a in SECRET_OPTIONS:
-            out.append(a)
-            hide = True
-        elif a.startswith(tuple(o + "=" for o in SECRET_OPTIONS)):
-            out.append(a.split("=", 1)[0] + "=***")
-        else:
-            out.append(a)
-    text = " ".join(out)
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-class WriterLock:
-    """An exclusive, non-blocking (or bounded-wait) lock on `path`, naming its holder in the file."""
-
-    def __init__(self, path: str | os.PathLike, what: str, busy: str | None = None):
-        """`busy`: the one-line refusal when another process holds it ({holder} names it)."""
-        self.path, self.what, self.busy = Path(path), what, busy
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self, wait: float = 0.0) -> "WriterLock":
-        """Take the lock, waiting up to `wait` seconds for its holder; else a one-line error naming it."""
-        import fcntl
-
-        if wait < 0 or wait != wait:
-            raise HashingError(f"--wait must be 0 or more seconds, got {wait}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            raise HashingError(f"{self.what}: cannot open its lock file {self.path} ({e.strerror})") from None
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = self.holder()
-                    os.close(fd)
-                    waited = f" (waited {wait:g} s)" if wait else ""
-                    if self.busy:
-                        raise HashingError(self.busy.format(holder=holder)) from None
-                    raise HashingError(f"{self.what} is being written by {holder}{waited}; only one writer at a "
-                                       f"time: wait for it, stop it, or add --wait SECONDS") from None
-                time.sleep(0.05)
-            except OSError as e:
-                os.close(fd)
-                raise HashingError(f"{self.what}: cannot lock {self.path} ({e.strerror})") from None
-        self._fd = fd
-        record = {"pid": os.getpid(), "command": command_line(),
-                  "since": datetime.now().astimezone().isoformat(timespec="seconds")}
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        except OSError:
-            pass                    # the holder's name is a courtesy; the lock is what counts
-        return self
-
-    def holder(self) -> str:
-        """Who holds the lock, as the holder wrote it."""
-        try:
-            rec = json.loads(self.path.read_text())
-            return f"pid {int(rec['pid'])} (`{rec['command']}`, since {rec['since']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process"
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            os.ftruncate(fd, 0)
-        except OSError:
-            pass
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-    def __enter__(self) -> "WriterLock":
-        return self if self.held else self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
