@@ -301,19 +301,17 @@ def iter_image_batches(paths: list[Path], batch_size: int, spec: ImageSpec, inve
 def inspect(paths: list[Path], sample: int = 64) -> tuple[int, int]:
     """(automatic image size, channels) for a folder from an even sample of its files: the median
     shorter side clipped to 16..32 (AUTO_SIZE_MAX), and 1 channel when no sampled image has colour, else 3."""
-    from PIL import Image
+    from hashing.images import load_picture
 
     step = max(1, len(paths) // sample)
     sides, gray = [], []
     for p in paths[::step][:sample]:
         try:
-            with Image.open(p) as im:
-                im.seek(0)
-                im.load()
-                sides.append(min(im.size))
-                gray.append(is_gray(im))
+            im = load_picture(p)              # the reader's refusals: a decompression bomb is not decoded
         except Exception:       # noqa: BLE001  unreadable files are counted when the folder is decoded
             continue
+        sides.append(min(im.size))
+        gray.append(is_gray(im))
     if not sides:
         raise HashingError(f"none of the {min(len(paths), sample)} sampled images could be read")
     size = int(np.clip(np.median(sides), MIN_SIZE, AUTO_SIZE_MAX))

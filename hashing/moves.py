@@ -302,13 +302,30 @@ def undo(log: str | os.PathLike, dry_run: bool = False) -> Moved:
     record = read_log(log)
     lock = None if dry_run else _lock(Path(log).parent, "moved back")
     try:
-        return _undo(record, dry_run)
+        out = _undo(record, dry_run)
+        if not dry_run:
+            _remove_empty_folders(record)
+        return out
     except KeyboardInterrupt:
         raise HashingError(f"interrupted: run `hashing duplicates --undo {log}` again to put back the rest "
                            f"(every file is in its old place or still in {Path(log).parent})") from None
     finally:
         if lock is not None:
             lock.release()
+
+
+def _remove_empty_folders(record: Log) -> None:
+    """The folders below the log's folder that its moves made and that are empty again (rmdir only
+    ever removes an empty folder; the log's folder itself stays)."""
+    top = os.path.realpath(record.path.parent)
+    folders = {os.path.dirname(dst) for _, dst in record.moves}
+    for folder in sorted(folders, key=len, reverse=True):
+        while os.path.realpath(folder) != top and os.path.commonpath([top, os.path.realpath(folder)]) == top:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
 
 
 def _undo(record: Log, dry_run: bool) -> Moved:

@@ -318,6 +318,7 @@ def test_links_that_lead_nowhere_are_skipped_and_move_to_must_not_hold_the_folde
     assert moved and pictures() == moved                                              # nothing moved back
     code, stdout, stderr = run_hashing("duplicates", "--undo", log)
     assert code == 0 and f"moved back {len(moved)} files" in stdout and not pictures()
+    assert not [p for p in (tmp_path / "dups").iterdir() if p.is_dir()]               # its empty folders gone
 
 
 def test_keep_rules_rank_the_files_of_a_group(tmp_path):

@@ -108,6 +108,14 @@ def test_inspect_detects_gray_colour_and_size(tmp_path, gray_folder, colour_fold
     for i in range(3):
         Image.fromarray(np.full((300, 400, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.jpg")
     assert folders.inspect(sorted(tmp_path.glob("*.jpg"))) == (32, 1)
+    # a decompression bomb in the sample is refused from its header, not decoded (nor warned about)
+    import warnings
+
+    Image.new("1", (10000, 10000)).save(tmp_path / "bomb.png")             # 100 megapixels: over Pillow's 89
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert folders.inspect(sorted(tmp_path.glob("*.*"))) == (32, 1)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 # ---- the model at other sizes and in colour -----------------------------------------------------
