@@ -113,16 +113,21 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
     return out, aliases, [(path, f"{path}: {why}") for path, why in dict(dropped).items()]
 
 
-def check_move_target(folders: list[str], move_to: str) -> None:
+def check_move_target(folders: list[str], move_to: str) -> str | None:
     """--move-to must not be one of the scanned folders or hold one (its files would be moved into
-    themselves); inside one it is left out of the scan."""
+    themselves); inside one it is left out of the scan: that folder is returned (else None)."""
     target = os.path.realpath(move_to)
+    holder = None
     for folder in folders:
         real = os.path.realpath(folder)
-        if os.path.commonpath([target, real]) == target:
+        common = os.path.commonpath([target, real])
+        if common == target:
             what = "is" if real == target else "holds"
             raise HashingError(f"--move-to {move_to} {what} the folder {folder} you are scanning: give a folder "
                                f"outside it (or inside it: that folder is then left out of the scan)")
+        if common == real and holder is None:
+            holder = folder
+    return holder
 
 
 def _perceptual_one(job) -> tuple[np.ndarray | None, str]:
@@ -411,8 +416,9 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
                 raise HashingError(f"{what} and {other_what} are the same file ({path}): give each its own")
     if dry_run and move_to is None:
         raise HashingError("--dry-run shows what --move-to DIR would move: give --move-to too")
+    inside = None
     if move_to is not None:
-        check_move_target(folders, move_to)
+        inside = check_move_target(folders, move_to)
         moves.check_target([], move_to)
     if against is not None:
         if hash_name != "model":
@@ -422,11 +428,8 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
         found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress, move_to,
                                 verify)
     job = Job(found)
-    if move_to is not None and os.path.isdir(move_to):
-        inside = [f for f in folders
-                  if os.path.commonpath([os.path.realpath(move_to), os.path.realpath(f)]) == os.path.realpath(f)]
-        if inside:
-            job.notes.append(f"left out of the scan: {move_to} (the --move-to folder, inside {inside[0]})")
+    if inside is not None and os.path.isdir(move_to):
+        job.notes.append(f"left out of the scan: {move_to} (the --move-to folder, inside {inside})")
     if json_out is not None:
         write_json(json_out, found.to_json())
         job.written.append(str(json_out))

@@ -338,14 +338,11 @@ def _undo(record: Log, dry_run: bool) -> Moved:
             continue                                 # never started: its "to" is not this run's
         src, dst = record.moves[n]
         s, d = Path(src), Path(dst)
-        ours = n in record.done
         part = _part(d, tag)
-        if os.path.lexists(part):                    # a copy not yet renamed: the file is still at src
-            if not dry_run:
-                part.unlink()
-            ours = False
-        elif n in record.copied:
-            ours = True                              # the copy was renamed to dst
+        part_left = os.path.lexists(part)            # a copy not yet renamed: the file is still at src
+        if part_left and not dry_run:
+            part.unlink()
+        ours = n in record.done or (n in record.copied and not part_left)   # dst is this run's file
         back = _part(s, f"{tag}.undo" if tag else None)
         if os.path.lexists(back) and not dry_run:
             back.unlink()                            # an interrupted undo's copy: the file is still at dst
@@ -362,8 +359,6 @@ def _undo(record: Log, dry_run: bool) -> Moved:
                     d.unlink()                       # a copy across disks cut short: src has the same bytes
             elif ours:
                 out.problems.append(f"{src}: another file is there now; its copy stays at {dst}")
-            continue
-        if not ours and n != under_way:
             continue
         if dry_run:
             out.moved.append((dst, src))

@@ -96,7 +96,6 @@ def describe(path: str) -> View:
         im = trimmed(grey)
     except HashingError as e:
         return View(None, np.zeros((0, 2), np.float32), None, str(e))
-    whole = grey if im.size == grey.size else grey.resize((min(grey.size[0], 64), min(grey.size[1], 64)), Image.BOX)
 
     w, h = im.size
     s = SIDE / max(w, h)
@@ -105,7 +104,11 @@ def describe(path: str) -> View:
     f = KEEP_SIDE / SIDE
     kept = cv2.resize(a, (max(4, round(a.shape[1] * f)), max(4, round(a.shape[0] * f))), interpolation=cv2.INTER_AREA)
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2) * np.float32(f)
-    plain = float(np.asarray(whole, np.float32).std()) < FLAT if whole is not grey else float(kept.std()) < FLAT
+    if im.size == grey.size:                       # nothing trimmed: blank now is blank before
+        plain = float(kept.std()) < FLAT
+    else:
+        small = grey.resize((min(grey.size[0], 64), min(grey.size[1], 64)), Image.BOX)
+        plain = float(np.asarray(small, np.float32).std()) < FLAT
     return View(kept, points, descriptors, plain=plain)
 
 
