@@ -293,8 +293,8 @@ def remove(ids, index_location, sources, collection, wait, quiet):
 @click.option("--items", "with_items", is_flag=True, help="List every item: id, label, source.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"count", "bits", "backend", "index_type", "model", "created", "updated", '
-                   '"disk_bytes", ..., "items": [{"id", "source", "label"}]}; for a run folder {"bits", "recipe", '
-                   '"image", "duplicate_threshold", "calibration", ...}.')
+                   '"disk_bytes", ..., "items": [{"id", "source", "label", "class"}]}; for a run folder {"bits", '
+                   '"recipe", "image", "duplicate_threshold", "calibration", ...}.')
 def info(index_location, collection, with_items, as_json):
     """What an index holds: backend, index type, bits, the model, item count, when it was created and
     last updated, its size on disk; --items lists the items. Given a run folder (from `hashing train`):
@@ -322,8 +322,7 @@ def info(index_location, collection, with_items, as_json):
     if with_items:
         click.echo(f"  {'id':>8}  {'label':>5}  source")
         for it in d["items"]:
-            label = "-" if it["label"] is None else (d["classes"][it["label"]] if it["label"] < len(d["classes"])
-                                                     else str(it["label"]))
+            label = "-" if it["label"] is None else it["class"] or str(it["label"])
             click.echo(f"  {it['id']:>8}  {label:>5}  {it['source']}")
 
 
@@ -442,19 +441,24 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
     file with the most copies), so look-alikes never chain into one group. Unreadable files are listed as skipped; a file reached
     twice counts once. Nothing is ever deleted: --move-to moves, --undo LOG moves back.
     """
+    def echo(line: str) -> None:            # every line names files: each as _shown writes it, never a crash
+        click.echo(_shown(line))
+
     if undo_log is not None:
         if folders or move_to:
             raise click.UsageError("--undo LOG takes no folders and no --move-to")
         from hashing.moves import undo
 
         r = undo(undo_log, dry_run=dry_run)
+        for line in r.notes:
+            echo(line)
         if dry_run:
             for dst, src in r.moved:
-                click.echo(f"would move back {_shown(dst)} -> {_shown(src)}")
-        click.echo(f"{'would move' if dry_run else 'moved'} back {len(r.moved)} files from {undo_log}"
-                   + (" (dry run: nothing moved)" if dry_run else ""))
+                echo(f"would move back {_shown(dst)} -> {_shown(src)}")
+        echo(f"{'would move' if dry_run else 'moved'} back {len(r.moved)} files from {undo_log}"
+             + (" (dry run: nothing moved)" if dry_run else ""))
         for line in r.problems:
-            click.echo(f"not moved back: {line}")
+            echo(f"not moved back: {line}")
         if r.problems:
             sys.exit(1)
         return
@@ -466,33 +470,33 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
               batch_size, device, progress=not quiet, against=against, verify=verify)
     found = job.found
     if not found.files and not found.skipped:
-        click.echo(f"no images ({', '.join(('.png', '.jpg', '.webp', '...'))}) under {', '.join(folders)}: "
-                   f"nothing to compare")
+        echo(f"no images ({', '.join(('.png', '.jpg', '.webp', '...'))}) under {', '.join(folders)}: "
+             f"nothing to compare")
         return
     for path, why in found.skipped:
-        click.echo(f"skipped {_shown(why)}")
+        echo(f"skipped {_shown(why)}")
     for n, group in enumerate(found.groups, 1):
-        click.echo(f"group {n} ({len(group)} files)")
+        echo(f"group {n} ({len(group)} files)")
         for m in group:
-            click.echo(f"  {'keep' if m.keep else '    '}  {m.distance:>4}  {_shown(m.path)}")
+            echo(f"  {'keep' if m.keep else '    '}  {m.distance:>4}  {_shown(m.path)}")
     if found.aliases:
-        click.echo(f"{found.aliases} path(s) led to a file already seen (symlinks, folders given twice): counted once")
+        echo(f"{found.aliases} path(s) led to a file already seen (symlinks, folders given twice): counted once")
     for line in job.notes:
-        click.echo(line)
-    click.echo(found.summary())
+        echo(line)
+    echo(found.summary())
     for path in job.written:
-        click.echo(f"wrote {path}")
+        echo(f"wrote {path}")
     if dry_run:
         for src, dst in job.moves:
-            click.echo(f"would move {_shown(src)} -> {_shown(dst)}")
-        click.echo(f"would move {len(job.moves)} files to {move_to} (dry run: nothing moved)")
+            echo(f"would move {_shown(src)} -> {_shown(dst)}")
+        echo(f"would move {len(job.moves)} files to {move_to} (dry run: nothing moved)")
     elif move_to is not None and not job.moves:
-        click.echo("nothing to move: no group has a file besides the kept one")
+        echo("nothing to move: no group has a file besides the kept one")
     elif job.moved is not None:
-        click.echo(f"moved {len(job.moved.moved)} files to {move_to}; undo with: "
-                   f"hashing duplicates --undo {job.moved.log}")
+        echo(f"moved {len(job.moved.moved)} files to {move_to}; undo with: "
+             f"hashing duplicates --undo {job.moved.log}")
         for line in job.moved.problems:
-            click.echo(f"not moved: {line}")
+            echo(f"not moved: {line}")
         if job.moved.problems:
             sys.exit(1)
 

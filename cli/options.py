@@ -14,6 +14,7 @@ from typing import Callable
 
 import click
 
+from hashing import validation as V
 from hashing.data import DATASETS, SPLITS
 from hashing.device import DEVICES
 
@@ -66,7 +67,7 @@ class JsonObject(click.ParamType):
         if isinstance(value, dict):
             return value
         try:
-            parsed = json.loads(value)
+            parsed = V.json_loads(value)
         except json.JSONDecodeError as e:
             self.fail(f"{value!r} is not JSON ({e.msg})", param, ctx)
         if not isinstance(parsed, dict):

@@ -186,7 +186,7 @@ def discard_uncommitted(folder: Path, manifest: str, names: dict) -> None:
     names them (the commit happened and a later step failed). Nothing committed is touched."""
     try:
         committed = set(json.loads((folder / manifest).read_text()).get("files", {}).values())
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         committed = set()
     for name in set(names.values()) - committed:
         with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from hashing.atomic import commit_manifest, discard_uncommitted, file_name, write_bytes, write_json
+from hashing import validation as V
 from hashing.errors import HashingError
 from hashing.indexes.base import ModelRecord
 from hashing.model import HashAutoencoder, HashConfig, upgrade_state_dict
@@ -94,7 +95,7 @@ def read_config(run_dir: str | Path) -> dict:
     if not run_dir.is_dir():
         raise HashingError(f"model not found: {run_dir} is not a folder; train one with `hashing train --out {run_dir}`")
     try:
-        config = json.loads(path.read_text())
+        config = V.json_loads(path.read_text())
     except FileNotFoundError:
         raise HashingError(f"{run_dir} is not a checkpoint (no {CONFIG}); train one with `hashing train`") from None
     except (json.JSONDecodeError, UnicodeDecodeError):

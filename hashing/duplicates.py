@@ -57,18 +57,29 @@ class Found:
     verified: bool = False     # pairs kept only when their pixels matched (hashing.verify)
     aliases: int = 0           # paths that led to a file already seen (symlinks, a folder given twice)
     seconds: dict = field(default_factory=dict)                       # encode, group, total
+    against: str | None = None  # --against INDEX: each group is an indexed item and the files that are its copies
+    indexed: int = 0           # --against: files that are items of the index themselves (never compared, never moved)
 
     @property
     def in_groups(self) -> int:
         return sum(len(g) for g in self.groups)
 
     def to_json(self) -> dict:
-        return {"threshold": self.threshold, "hash": self.hash, "bits": self.bits, "threshold_note": self.threshold_note,
-                "verified": self.verified, "files": len(self.files), "groups": [{"files": [vars(m) for m in g]} for g in self.groups],
-                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+        out = {"threshold": self.threshold, "hash": self.hash, "bits": self.bits, "threshold_note": self.threshold_note,
+               "verified": self.verified, "files": len(self.files), "groups": [{"files": [vars(m) for m in g]} for g in self.groups],
+               "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+        if self.against is not None:
+            out.update(against=self.against, indexed=self.indexed)
+        return out
 
     def summary(self) -> str:
         secs = self.seconds.get("total", 0.0)
+        if self.against is not None:
+            # the indexed item heading a group is usually not one of the files read: count the files only
+            copies = self.in_groups - len(self.groups)
+            return (f"{len(self.files)} files, {copies} with a copy in the index (under {len(self.groups)} of its "
+                    f"items), {self.indexed} items of the index themselves (not compared), {len(self.skipped)} "
+                    f"skipped, {secs:.1f} s ({self.hash}, threshold {self.threshold}: {self.threshold_note}; codes only)")
         return (f"{len(self.files)} files, {len(self.groups)} groups, {self.in_groups} files in groups "
                 f"({self.in_groups - len(self.groups)} copies beside the kept ones), {len(self.skipped)} skipped, "
                 f"{secs:.1f} s ({self.hash}, threshold {self.threshold}: {self.threshold_note}"
@@ -84,7 +95,7 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
 
     seen: dict = {}
     out, aliases, dropped = [], 0, []
-    skip = None if exclude is None else os.path.abspath(exclude).rstrip(os.sep) + os.sep
+    skip = None if exclude is None else os.path.realpath(exclude).rstrip(os.sep) + os.sep
     for folder in folders:
         p = Path(folder)
         if not p.is_dir():
@@ -93,9 +104,9 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
             paths = image_files(folder, dropped)      # strings: "./pics/a.png" stays as given
         except HashingError:
             continue                                  # a folder without images: nothing to add
+        if skip is not None:
+            paths = [path for path, where in zip(paths, located(paths)) if not where.startswith(skip)]
         for path in paths:
-            if skip is not None and os.path.abspath(path).startswith(skip):
-                continue
             try:
                 st = os.stat(path)
             except OSError as e:
@@ -111,6 +122,36 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
             seen[key] = len(out)
             out.append(path)
     return out, aliases, [(path, f"{path}: {why}") for path, why in dict(dropped).items()]
+
+
+def located(paths: list[str]) -> list[str]:
+    """Where each path's directory entry really is: its folder resolved (symlinks, `..`), its own name
+    kept (a link stays the link, not its target). A path and the --move-to folder are compared this
+    way: `--move-to s1link/extra`, s1link a link to a scanned s1, is s1/extra, and s1/extra/x.png is in
+    it. One resolve per folder, not per file."""
+    folders: dict[str, str] = {}
+    out = []
+    for path in paths:
+        head, name = os.path.split(path)
+        if head not in folders:
+            folders[head] = os.path.realpath(head or ".")
+        out.append(os.path.join(folders[head], name))
+    return out
+
+
+def resolved(paths: list[str]) -> list[str]:
+    """os.path.realpath of each path (how an index names its sources), a link's by itself and the
+    others by `located`."""
+    return [os.path.realpath(p) if os.path.islink(p) else where for p, where in zip(paths, located(paths))]
+
+
+def same_file_key(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file a path leads to, None when it leads nowhere."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def check_move_target(folders: list[str], move_to: str) -> str | None:
@@ -206,22 +247,29 @@ def resolve_candidate_radius(threshold, hash_name: str, bits: int, config: dict 
 
 
 def keep_order(paths: list[str], rule: str) -> np.ndarray:
-    """(N,) rank of each file under the keep rule: 0 = the one to keep first."""
+    """(N,) rank of each file under the keep rule: 0 = the one to keep first. A file gone since it was
+    read (another run moved it) ranks last by every rule that looks at the file."""
     n = len(paths)
     if rule == "first":
         return np.arange(n)
     if rule == "shortest-path":
         return np.lexsort((np.arange(n), [len(p) for p in paths])).argsort()
-    stats = [os.stat(p) for p in paths]
+    stats = []
+    for p in paths:
+        try:
+            stats.append(os.stat(p))
+        except OSError:
+            stats.append(None)
+    gone = np.array([st is None for st in stats])
     if rule in ("oldest", "newest"):
-        m = np.array([s.st_mtime_ns for s in stats], dtype=np.float64)
-        return np.lexsort((np.arange(n), m if rule == "oldest" else -m)).argsort()
+        m = np.array([0 if st is None else st.st_mtime_ns for st in stats], dtype=np.float64)
+        return np.lexsort((np.arange(n), m if rule == "oldest" else -m, gone)).argsort()
     if rule == "largest":
         headers = [_header(p) for p in paths]
         pixels = np.array([h[0] for h in headers], dtype=np.float64)
         lossless = np.array([h[1] for h in headers], dtype=np.float64)
-        size = np.array([s.st_size for s in stats], dtype=np.float64)
-        return np.lexsort((np.arange(n), -size, -lossless, -pixels)).argsort()
+        size = np.array([0 if st is None else st.st_size for st in stats], dtype=np.float64)
+        return np.lexsort((np.arange(n), -size, -lossless, -pixels, gone)).argsort()
     raise HashingError(f"unknown --keep {rule!r}: choose from {', '.join(KEEP)}")
 
 
@@ -328,12 +376,23 @@ def _checked_pairs(codes: np.ndarray, files: list[str], radius: int,
     return i[ok], j[ok], unread
 
 
+AGAINST_K = 8       # --against: the nearest items asked for per file (its own item, if any, is one of them)
+
+
 def find_in_index(folders: list[str], index_location: str, threshold="auto", collection: str | None = None,
                   batch_size: int = 256, device: str = "auto", progress: bool = True,
                   exclude: str | None = None) -> Found:
     """`--against INDEX`: the files under `folders` that already have a copy in an index (nothing is added to
-    it). One group per indexed item that has copies: the item itself first (kept; its source as the index
-    records it), then the files whose nearest indexed item within T it is."""
+    it). One group per indexed item that has copies: the item itself first (its source as the index
+    records it), then the files whose nearest indexed item within T it is.
+
+    A file that is itself an item of the index (its resolved path is an item's source, or it is the same
+    file as the source of one of its nearest items: a hard link, another mount) is already in the
+    collection, not a copy of it: it is counted (`indexed`) and never compared, so an index built from
+    the very folder scanned finds nothing to move rather than every file. The item heads its group as
+    the kept file when its source is a file on disk; when it is not (a dataset's item, a file removed
+    since), the group's nearest file is kept instead, so moving the others never leaves a group with
+    no file on disk."""
     from hashing import checkpoint
     from hashing.indexes import open_index
     from hashing.retrieval import load_model_for
@@ -348,24 +407,41 @@ def find_in_index(folders: list[str], index_location: str, threshold="auto", col
         t, note = resolve_threshold(threshold, "model", bits, config, fingerprint)
         index.check_searchable(min(2, index.count), t)
         paths, aliases, dropped = collect(folders, exclude)
-        found = Found(t, note, "model", bits, [], [], skipped=dropped, aliases=aliases)
+        found = Found(t, note, "model", bits, [], [], skipped=dropped, aliases=aliases, against=str(index_location))
         if not paths:
             return found
         codes, kept, skipped = encode_model(model, paths, batch_size, progress)
         t1 = time.perf_counter()
-        hits = index.query(codes, k=min(2, index.count), radius=t) if len(codes) else []
+        sources = set(index.items()[2])
+        hits = index.query(codes, k=min(AGAINST_K, index.count), radius=t) if len(codes) else []
     finally:
         index.close()
     files = [paths[i] for i in kept]
     by_item: dict[int, list] = {}
-    for path, h in zip(files, hits):
-        h = [x for x in h if os.path.realpath(x.source) != os.path.realpath(path)][:1]   # not the file itself
+    keys: dict[str, tuple | None] = {}
+
+    def key(path):                                       # (dev, inode), each source looked at once
+        if path not in keys:
+            keys[path] = same_file_key(path)
+        return keys[path]
+
+    indexed = 0
+    for path, real, h in zip(files, resolved(files), hits):
+        mine = same_file_key(path)
+        if real in sources or mine is not None and any(key(x.source) == mine for x in h):
+            indexed += 1                                 # an item of the index itself: not its own copy
+            continue
         if h:
             by_item.setdefault(h[0].id, [h[0].source]).append(Member(path, int(h[0].distance), False))
-    groups = [[Member(members[0], 0, True), *sorted(members[1:], key=lambda m: (m.distance, m.path))]
-              for members in by_item.values()]
+    groups = []
+    for members in by_item.values():
+        item, copies = members[0], sorted(members[1:], key=lambda m: (m.distance, m.path))
+        on_disk = os.path.isfile(item)
+        if not on_disk:
+            copies[0].keep = True
+        groups.append([Member(item, 0, on_disk), *copies])
     groups.sort(key=lambda g: (-len(g), g[0].path))
-    found.files, found.groups, found.skipped = files, groups, dropped + skipped
+    found.files, found.groups, found.skipped, found.indexed = files, groups, dropped + skipped, indexed
     found.seconds = {"encode": round(t1 - t0, 2), "total": round(time.perf_counter() - t0, 2)}
     return found
 
@@ -374,7 +450,9 @@ def write_csv(found: Found, path: str | os.PathLike) -> None:
     """One row per file in a group: group (1-based, largest first), path, distance to the kept file, keep."""
     from hashing.atomic import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    # A name that is not UTF-8 (os.fsdecode gave it surrogates) is written as its own bytes: the CSV
+    # names every file as the file system holds it (read it with errors="surrogateescape").
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["group", "path", "distance", "keep"])
         for g, members in enumerate(found.groups, 1):
@@ -410,9 +488,13 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
         if Path(path).suffix.lower() in IMAGE_SUFFIXES:
             raise HashingError(f"{what} {path} is named like a picture ({Path(path).suffix}): writing there could "
                                f"replace one of your images; give a name ending .{what[2:].replace('report', 'html')}")
+        real = os.path.realpath(path)                   # an output is written through a link, to its target
+        if Path(real).suffix.lower() in IMAGE_SUFFIXES:
+            raise HashingError(f"{what} {path} is a link to {real}, named like a picture: writing there could "
+                               f"replace one of your images; give a file of its own")
     for k, (path, what) in enumerate(outputs):
         for other, other_what in outputs[k + 1:]:
-            if os.path.abspath(path) == os.path.abspath(other):
+            if os.path.realpath(path) == os.path.realpath(other):       # a link to the other one too
                 raise HashingError(f"{what} and {other_what} are the same file ({path}): give each its own")
     if dry_run and move_to is None:
         raise HashingError("--dry-run shows what --move-to DIR would move: give --move-to too")
@@ -430,6 +512,9 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
     job = Job(found)
     if inside is not None and os.path.isdir(move_to):
         job.notes.append(f"left out of the scan: {move_to} (the --move-to folder, inside {inside})")
+    if against is not None and move_to is not None:
+        job.notes.append(f"--against moves the files of {', '.join(folders)} that have a copy in the index; "
+                         f"never an item of the index itself")
     if json_out is not None:
         write_json(json_out, found.to_json())
         job.written.append(str(json_out))
@@ -442,11 +527,37 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
         write_report(found, report, progress)
         job.written.append(str(report))
     if move_to is not None:
-        roots = {m.path: _root_of(m.path, folders) for g in found.groups for m in g if not m.keep}
-        job.moves = moves.plan([(m.path, roots[m.path]) for g in found.groups for m in g if not m.keep], move_to)
+        read = set(found.files)                         # not an --against item: its source need not be a file
+        gone = [m.path for g in found.groups for m in g if m.path in read and same_file_key(m.path) is None]
+        if gone:
+            job.notes.append(f"{len(gone)} file(s) of the groups no longer there (moved or removed by another process "
+                             f"since this run read them; first {gone[0]}): not moved")
+        job.moves = moves.plan([(path, _root_of(path, folders)) for path in to_move(found.groups)], move_to)
         if not dry_run and job.moves:
             job.moved = moves.move_files(job.moves, move_to)
     return job
+
+
+def to_move(groups: list[list[Member]]) -> list[str]:
+    """The files --move-to moves: every file of a group but its kept one; never a file some group keeps
+    (compared as files, not names: another path or a hard link to it is the same file), never one file
+    twice, and never the last file of a group still on disk (a group's kept file gone since it was
+    found: its first other file stays in its place)."""
+    key = {m.path: same_file_key(m.path) for g in groups for m in g}
+    kept = {key[m.path] for g in groups for m in g if m.keep} - {None}
+    out, taken = [], set()
+    for g in groups:
+        stays = any(key[m.path] is not None and (m.keep or key[m.path] in kept) for m in g)
+        for m in g:
+            k = key[m.path]
+            if m.keep or k is None or k in kept or k in taken:
+                continue
+            if not stays:
+                stays = True
+                continue
+            taken.add(k)
+            out.append(m.path)
+    return out
 
 
 def _root_of(path: str, folders: list[str]) -> str:

@@ -349,7 +349,7 @@ def _load_cached(where: Path, key: str, paths: list[Path]):
         images = np.load(where / meta["array"], mmap_mode="r")
         if meta.get("format") != CACHE_FORMAT or meta.get("files") != len(paths) or len(images) < len(kept):
             return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return (images[:len(kept)], kept, [(int(i), str(r)) for i, r in meta["skipped"]],
             [int(i) for i in meta.get("animated", [])])

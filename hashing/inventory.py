@@ -60,7 +60,9 @@ def ids_of_sources(index, sources: list[str]) -> list[int]:
 
 def describe(location: str, collection: str | None = None, items: bool = False) -> dict:
     """What `hashing info` prints: {"count", "bits", "backend", "index_type", "model": {...}, "created",
-    "updated", "disk_bytes", ..., "items": [{"id", "source", "label"}, ...] (with items=True)}."""
+    "updated", "disk_bytes", ..., "items": [{"id", "source", "label", "class"}, ...] (with items=True)}.
+    An item's class is the name of its label among the index's classes (a folder's subfolder), None
+    where the label is unknown or has no name (a built-in dataset's digits)."""
     backend = backend_for(location)
     with open_index(location, collection) as index:
         rec = index.info.model
@@ -73,6 +75,8 @@ def describe(location: str, collection: str | None = None, items: bool = False) 
             out["collection"] = index.name
         if items:
             ids, labels, sources, _ = index.items()
-            out["items"] = [{"id": int(i), "source": s, "label": None if lab < 0 else int(lab)}
+            classes = index.info.classes
+            out["items"] = [{"id": int(i), "source": s, "label": None if lab < 0 else int(lab),
+                             "class": classes[lab] if 0 <= lab < len(classes) else None}
                             for i, lab, s in zip(ids.tolist(), labels.tolist(), sources)]
         return out

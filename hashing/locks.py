@@ -100,7 +100,7 @@ class WriterLock:
         try:
             rec = json.loads(self.path.read_text())
             return f"pid {int(rec['pid'])} (`{rec['command']}`, since {rec['since']})"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return "another process"
 
     def release(self) -> None:

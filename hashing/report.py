@@ -3,7 +3,9 @@
 Each group is a row of its files side by side: a thumbnail (a PNG inline as a data: URL, so the page
 is one file that works offline and anywhere it is copied), the distance to the kept file, and which
 file is kept; the kept file is framed. Every name is HTML-escaped: a file called "<script>.png" shows
-as text. No script runs on the page.
+as text. No script runs on the page. A name the page cannot hold as it is (bytes that are not UTF-8,
+control characters) shows with those characters as escapes, `\\udcff` or `\\n`, as the JSON output
+and the printed text show them.
 """
 
 from __future__ import annotations
@@ -37,11 +39,18 @@ def _thumbnail(path: str) -> str:
     return f'<img alt="" src="data:image/png;base64,{data}">'
 
 
+def visible(text: str) -> str:
+    """`text` with every character that is not printable (a byte of a non-UTF-8 name, which os.fsdecode
+    made a lone surrogate that no UTF-8 page can hold; a newline) as its escape."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def render(found, progress: bool = False) -> str:
     """The page for a hashing.duplicates.Found."""
     from tqdm import tqdm
 
-    e = html.escape
+    def e(text: str) -> str:
+        return html.escape(visible(text))
     parts = ["<!doctype html><html><head><meta charset=\"utf-8\"><title>Duplicates</title>",
              f"<style>{STYLE}</style></head><body>", "<h1>Duplicates</h1>",
              f'<p class="summary" id="summary">{e(found.summary())}</p>']
@@ -69,4 +78,4 @@ def write_report(found, path: str | os.PathLike, progress: bool = False) -> None
 
     page = render(found, progress)
     with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(page, encoding="utf-8", errors="backslashreplace")     # as `visible` writes a name

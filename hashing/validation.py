@@ -5,12 +5,14 @@ field and says what it must be. numpy/stdlib only (indexes/ and the CLI use it w
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable
 
 from hashing.errors import HashingError
 
 SEED_MAX = 2**32 - 1       # numpy's RandomState takes seeds below 2**32
+INT64_MAX = 2**63 - 1      # item ids and counts are int64 (numpy arrays, Milvus's INT64 primary key)
 
 
 def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
@@ -58,3 +60,27 @@ def mapping(name: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise HashingError(f"{name} must be a JSON object, got {value!r}")
     return value
+
+
+def item_ids(values: Iterable[Any]) -> tuple[list[int], list[int]]:
+    """Split ids a user gave into (those an int64 can hold, 0..INT64_MAX; the rest). The rest
+    can name no item, and numpy would raise OverflowError on them rather than say so."""
+    fits, never = [], []
+    for v in values:
+        (fits if 0 <= int(v) <= INT64_MAX else never).append(int(v))
+    return fits, never
+
+
+class NestedTooDeep(json.JSONDecodeError):
+    """JSON nested deeper than Python's parser follows: a damaged (or hostile) file, not a crash."""
+
+
+def json_loads(text: str | bytes) -> Any:
+    """json.loads of a file a user can edit. Nesting deeper than Python's parser can follow (100,000
+    brackets) raises RecursionError there; here it is NestedTooDeep, a json.JSONDecodeError, so a
+    caller's "not JSON" message covers it and one that wants to can say "damaged"."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        doc = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        raise NestedTooDeep("nested too deeply", doc, 0) from None

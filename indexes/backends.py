@@ -47,7 +47,12 @@ def writer_lock(location: str, collection: str | None = None, backend: str | Non
     """The lock that one writer of the index at `location` holds (not yet taken: call acquire)."""
     name = backend_for(location, backend)
     what = f"the index {location}" + (f" (collection {collection})" if collection and name == "milvus" else "")
-    return WriterLock(lock_path(str(location), name, collection), what)
+    path = lock_path(str(location), name, collection)
+    if str(location).startswith(MILVUS_PREFIXES):
+        from hashing.indexes.milvus_index import ServerWriterLock
+
+        return ServerWriterLock(path, what, str(location), collection)
+    return WriterLock(path, what)
 
 
 def open_index(location: str, collection: str | None = None, backend: str | None = None) -> BinaryIndex:

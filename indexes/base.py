@@ -58,6 +58,9 @@ class IndexInfo:
             self.model = ModelRecord.from_dict(self.model)
         V.string("index_type", self.index_type)
         V.mapping("datasets", self.datasets)
+        for key, data_dir in self.datasets.items():         # "name/split" -> its data_dir, or None (the default)
+            if data_dir is not None:
+                V.string(f"datasets.{key}", data_dir)
         if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
             raise HashingError(f"classes must be a list of names, got {self.classes!r}")
 
@@ -206,11 +209,24 @@ class BinaryIndex(abc.ABC):
         return xq
 
     def check_ids(self, ids) -> None:
-        """Every id names an item, else one line naming the first that does not (nothing is changed)."""
-        missing = self.missing(np.asarray(ids, np.int64))
+        """Every id names an item, else one line naming the first that does not (nothing is changed).
+        An id beyond int64 (a typo of many digits) names no item: it is reported like any other, not
+        handed to numpy, which would raise OverflowError on it."""
+        ids = [int(i) for i in (ids.tolist() if isinstance(ids, np.ndarray) else ids)]
+        fits, never = V.item_ids(ids)
+        absent = set(never) | set(self.missing(np.asarray(fits, np.int64)))
+        missing = [i for i in ids if i in absent]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise HashingError(f"no item {missing[0]}{more} in the index ({self.count} items); nothing was removed")
+
+    def new_ids(self, n: int) -> np.ndarray:
+        """The ids of n items about to be added: next_id, next_id + 1, ...; one line, before anything
+        changes, when the last would not fit the int64 that ids are stored as."""
+        if self.next_id + n > V.INT64_MAX:
+            raise HashingError(f"cannot add {n} item{'s' if n != 1 else ''}: the index's next id is {self.next_id}, "
+                               f"and ids stop at {V.INT64_MAX}; rebuild the index with `hashing index`")
+        return np.int64(self.next_id) + np.arange(n, dtype=np.int64)
 
     def check_codes(self, xb: np.ndarray, what: str = "codes") -> np.ndarray:
         xb = np.ascontiguousarray(xb, dtype=np.uint8)

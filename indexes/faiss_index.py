@@ -147,7 +147,7 @@ class FaissIndex(BinaryIndex):
 
         where = path / MANIFEST
         try:
-            meta = json.loads(where.read_text())
+            meta = V.json_loads(where.read_text())
             V.mapping(MANIFEST, meta)
             if meta.get("format") not in FORMATS:
                 raise HashingError(f"format is not one of {', '.join(FORMATS)}")
@@ -161,8 +161,8 @@ class FaissIndex(BinaryIndex):
             if unknown:
                 raise HashingError(f"unknown field 'info.{unknown[0]}'")
             info = IndexInfo(**fields)
-            count = V.integer("count", meta.get("count"), 0)
-            next_id = V.integer("next_id", meta.get("next_id", count), count)
+            count = V.integer("count", meta.get("count"), 0, V.INT64_MAX)
+            next_id = V.integer("next_id", meta.get("next_id", count), count, V.INT64_MAX)   # ids are int64
             created, updated = (meta.get(k) for k in ("created", "updated"))
             for k in ("created", "updated"):
                 if meta.get(k) is not None:
@@ -178,6 +178,9 @@ class FaissIndex(BinaryIndex):
                 if not isinstance(sums.get(role), str) or len(sums[role]) != 64:
                     raise HashingError(f"sha256.{role} is missing or not a SHA-256: a manifest without its "
                                        f"checksums is not trusted")
+        except V.NestedTooDeep:
+            raise HashingError(f"{where} is damaged (JSON nested too deeply to be a manifest); rebuild the index "
+                               f"with `hashing index`") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise HashingError(f"{where} is corrupt (not JSON); rebuild the index with `hashing index`") from None
         except IsADirectoryError:
@@ -261,7 +264,7 @@ class FaissIndex(BinaryIndex):
     def disk_bytes(self) -> int | None:
         """The bytes of the committed version: the manifest and the files it names."""
         try:
-            meta = json.loads((self.path / MANIFEST).read_text())
+            meta = V.json_loads((self.path / MANIFEST).read_text())
             names = [MANIFEST, *meta.get("files", LEGACY_FILES).values()]
             return sum((self.path / n).stat().st_size for n in names)
         except (OSError, ValueError, AttributeError):
@@ -283,13 +286,13 @@ class FaissIndex(BinaryIndex):
         stamps = [""] * n if stamps is None else [str(t) for t in stamps]
         if len(labels) != n or len(sources) != n or len(stamps) != n:
             raise ValueError("codes, labels, sources and stamps must have the same length")
+        ids = self.new_ids(n)                # before anything changes
         if self.index is None:
             self.check_type(self.info.index_type, self.bits, n)
             self.index = faiss.index_binary_factory(self.bits, factory_string(self.info.index_type, n))
             if not self.index.is_trained:
                 self.index.train(xb)
             tune(self.index)
-        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         if self._positional:
             self.index.add(xb)
         else:
@@ -318,16 +321,17 @@ class FaissIndex(BinaryIndex):
         return np.searchsorted(self._ids, np.asarray(ids, np.int64))
 
     def missing(self, ids) -> list[int]:
-        ids = np.asarray(ids, np.int64)
+        fits, never = V.item_ids(ids.tolist() if isinstance(ids, np.ndarray) else ids)   # never: beyond int64
+        ids = np.asarray(fits, np.int64)
         rows = np.minimum(self._rows(ids), max(0, len(self._ids) - 1))
         found = (self._ids[rows] == ids) if len(self._ids) else np.zeros(len(ids), bool)
-        return [int(i) for i in ids[~found]]
+        return [int(i) for i in ids[~found]] + never
 
     def remove(self, ids) -> int:
         import faiss
 
+        self.check_ids(ids)                  # first: an id beyond int64 is one line, not numpy's OverflowError
         ids = np.unique(np.asarray(ids, np.int64))
-        self.check_ids(ids)
         if not len(ids):
             return 0
         rows = self._rows(ids)

@@ -11,8 +11,9 @@ Readers never take it: `hashing query` and a read-only service read committed ve
 
 Where the lock lives (`lock_path`): inside a FAISS index folder (`.writer.lock`), beside a Milvus
 Lite file (`.NAME.db.writer.lock`), and for a Milvus server in this machine's cache folder, keyed
-by URI and collection: there it keeps out writers on this machine only (the server has no lock
-of its own that we could take).
+by the server, database and collection the URI reaches (`milvus_address.server_key`): there it
+keeps out writers on this machine, and the writer also takes a lease on the server itself
+(`hashing.indexes.milvus_lease`), which keeps out writers on other machines.
 
 stdlib only (no torch, no faiss).
 """
@@ -38,7 +39,11 @@ def lock_path(location: str, backend: str, collection: str | None = None) -> Pat
     if backend == "faiss":
         return Path(location) / FOLDER_LOCK
     if location.endswith(".db") and "://" not in location:
-        path = Path(location)
+        path = Path(location).absolute().resolve()       # a link to the file is the same index
         return path.parent / f".{path.name}.writer.lock"
-    key = hashlib.sha256(f"{location}\n{collection or ''}".encode()).hexdigest()[:20]
-    return cache_folder() / f"milvus-{key}.lock"
+    from hashing.indexes.milvus_address import DEFAULT_COLLECTION, parse_server_uri
+
+    # keyed by what the URI reaches, not how it is spelled (localhost = 127.0.0.1, no path = /default)
+    identity = f"{parse_server_uri(location).key}\n{collection or DEFAULT_COLLECTION}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:20]
+    return cache_folder() / f"milvus-server-{key}.lock"

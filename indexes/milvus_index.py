@@ -49,11 +49,17 @@ from pathlib import Path
 
 import numpy as np
 
+from hashing import validation as V
 from hashing.atomic import crashpoint
 from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
+from hashing.indexes.milvus_address import DEFAULT_COLLECTION, parse_server_uri
+from hashing.indexes.milvus_lease import LEASE_ID, Lease, check_no_other
+from hashing.locks import WriterLock
 
-DEFAULT_COLLECTION = "hashing"
+# gRPC's C core logs to stderr by itself (three "Handshake failed" lines for https:// against a plain
+# server); our own one-line error says what failed. Read when grpc starts, so set before pymilvus loads.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 TOKEN_ENV = "HASHING_MILVUS_TOKEN"   # a server's token: USER:PASSWORD or an API key (never on the command line)
 INSERT_BATCH = 5000
 MAX_LIMIT = 16384          # Milvus's cap on results per query (topk)
@@ -166,18 +172,42 @@ def check_lite_file(uri: str, creating: bool) -> None:
     try:
         with open(path, "rb") as f:
             head = f.read(16)
-        tables = set()
-        if head == b"SQLite format 3\x00":
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            finally:
-                con.close()
+        tables = _lite_tables(path) if head == b"SQLite format 3\x00" else set()
     except (OSError, sqlite3.Error) as e:
         raise HashingError(f"{uri} cannot be read ({type(e).__name__}); is it a Milvus Lite database?") from None
     if "collection_meta" not in tables:
         raise HashingError(f"{uri} is not a Milvus Lite database (an empty or other kind of file); "
                            f"choose another path, or remove it if it is yours to replace")
+
+
+def _lite_tables(path: Path) -> set[str]:
+    """The tables of a Milvus Lite file (an SQLite database), read without changing it if possible.
+
+    A writer killed halfway through a transaction leaves a hot journal (`NAME.db-journal`): the file
+    is not consistent until the journal is rolled back, and a read-only connection may not do that
+    (SQLite: "attempt to write a readonly database"). Milvus Lite opens the file read-write and rolls
+    it back itself, so any process that may open the index may roll it back first: SQLite's own
+    locks make that safe beside a live writer (a journal is hot only while no process holds a lock
+    on the database). Without write access to the file and its folder, one line says who can."""
+    try:
+        return _read_tables(f"file:{path}?mode=ro")
+    except sqlite3.Error:
+        journal = path.with_name(path.name + "-journal")
+        if not journal.exists():
+            raise
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise HashingError(f"{path} was left mid-write by a process that was killed ({journal.name} beside it "
+                           f"holds the rollback), and rolling it back needs write access to {path} and its folder: "
+                           f"run `hashing info {path}` once as a user who can write there")
+    return _read_tables(f"file:{path}?mode=rw")       # reading through a read-write connection rolls it back
+
+
+def _read_tables(location: str) -> set[str]:
+    con = sqlite3.connect(location, uri=True, timeout=10)
+    try:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        con.close()
 
 
 def _in_use(uri: str, grace: float = 3.0) -> bool:
@@ -291,10 +321,13 @@ def _sweep_scratch() -> None:
             pass                                                # alive, another user's
 
 
-def connect(uri: str, creating: bool = False, timeout: float | None = None):
+def connect(uri: str, creating: bool = False, timeout: float | None = None, alias: str | None = None):
     """A MilvusClient for `uri`; `timeout` bounds the wait for its channel (None: 5 s for a
     server, 60 s for a Milvus Lite file, whose server this process starts first: on a busy
-    2-core machine that start has taken more than 5 s)."""
+    2-core machine that start has taken more than 5 s). A server URI's path is the database
+    (`hashing.indexes.milvus_address`). pymilvus shares one connection between clients of the
+    same server, database and token, and closing any client closes it: `alias` gives this client
+    a connection of its own."""
     MilvusIndex.check_location(uri, creating)
     if timeout is None:
         timeout = 60.0 if is_lite(uri) else 5.0
@@ -311,9 +344,13 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None):
             if is_lite(uri):
                 _start_lite(uri)
             from pymilvus import MilvusClient
-            token = "" if is_lite(uri) else os.environ.get(TOKEN_ENV, "")
-            client = MilvusClient(uri=uri, timeout=timeout, token=token)
-            if not is_lite(uri):
+            extra = {} if alias is None else {"alias": alias}
+            if is_lite(uri):
+                client = MilvusClient(uri=uri, timeout=timeout, **extra)
+            else:
+                address = parse_server_uri(uri)
+                client = MilvusClient(uri=address.client_uri, db_name=address.database, timeout=timeout,
+                                      token=os.environ.get(TOKEN_ENV, ""), **extra)
                 client.list_collections()        # a wrong token or database fails here, not halfway through a write
             return client
     except HashingError as e:
@@ -327,8 +364,90 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None):
             raise HashingError(f"Milvus at {uri} refused the token in {TOKEN_ENV} (USER:PASSWORD or an API "
                                f"key): {e}") from None
         if "database" in text:
-            raise HashingError(f"Milvus at {uri}: the database in the URI's path does not exist ({e})") from None
+            raise HashingError(f"Milvus at {uri} has no database {parse_server_uri(uri).database!r} (the URI's path "
+                               f"names it): create it on the server first, or fix the path") from None
         raise HashingError(f"cannot reach Milvus at {uri}; start the server or check the URI") from None
+
+
+def _ensure_manifest(client, name: str, uri: str) -> None:
+    """The manifest collection NAME_meta: version rows (id >= 0) and the writer lease (id -1)."""
+    from pymilvus import DataType
+
+    with _milvus("creating the manifest collection", uri):
+        if client.has_collection(name + "_meta"):
+            return
+        meta = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        meta.add_field("id", DataType.INT64, is_primary=True)
+        meta.add_field("v", DataType.BINARY_VECTOR, dim=8)     # every collection needs a vector field
+        meta.add_field("info", DataType.VARCHAR, max_length=65535)
+        mip = client.prepare_index_params()
+        mip.add_index(field_name="v", index_type="BIN_FLAT", metric_type="HAMMING")
+        try:
+            _create_collection(client, name + "_meta", meta, mip)
+        except Exception:
+            if not client.has_collection(name + "_meta"):      # else: another writer made it just now
+                raise
+        crashpoint("created the manifest collection")
+
+
+_leases: dict[tuple[str, str], Lease] = {}      # (server key, collection) -> the lease this process holds
+
+
+def _lease_key(uri: str, name: str) -> tuple[str, str]:
+    return parse_server_uri(uri).key, name
+
+
+def _check_writer(client, uri: str, name: str) -> None:
+    """Before a write on a server: the lease this process holds is still valid (taken again if it
+    lapsed), or, where this process holds none, nobody else holds one."""
+    if is_lite(uri):
+        return
+    lease = _leases.get(_lease_key(uri, name))
+    if lease is not None:
+        lease.check()
+    else:
+        check_no_other(client, name, f"the index {uri} (collection {name})", lambda what: _milvus(what, uri))
+
+
+class ServerWriterLock(WriterLock):
+    """The writer lock of a collection on a Milvus server: the lock file keeps out writers on this
+    machine, and the lease on the server (`hashing.indexes.milvus_lease`) writers on every machine."""
+
+    def __init__(self, path, what: str, uri: str, collection: str | None):
+        super().__init__(path, what)
+        self.uri = uri
+        self.name = check_collection_name(DEFAULT_COLLECTION if collection is None else collection)
+        self.lease: Lease | None = None
+        self._client = None
+
+    def acquire(self, wait: float = 0.0) -> "ServerWriterLock":
+        start = time.monotonic()
+        super().acquire(wait)
+        try:
+            self._client = connect(self.uri, creating=True, alias=f"hashing-lease-{os.getpid()}-{id(self)}")
+            lease = Lease(self._client, self.name, self.what, lambda what: _milvus(what, self.uri),
+                          lambda: _ensure_manifest(self._client, self.name, self.uri))
+            lease.acquire(max(0.0, wait - (time.monotonic() - start)))
+        except BaseException:
+            self._close_client()
+            super().release()
+            raise
+        self.lease = _leases[_lease_key(self.uri, self.name)] = lease
+        return self
+
+    def release(self) -> None:
+        if self.lease is not None:
+            _leases.pop(_lease_key(self.uri, self.name), None)
+            self.lease.release()
+            self.lease = None
+        self._close_client()
+        super().release()
+
+    def _close_client(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
 
 
 def check_collection_name(name: str) -> str:
@@ -370,6 +489,9 @@ class MilvusIndex(BinaryIndex):
             info = json.loads(row["info"])
             if not isinstance(info, dict):
                 raise ValueError("not an object")
+        except RecursionError:
+            raise HashingError(f"collection {name!r} at {uri} has a damaged manifest (nested too deeply); "
+                               f"rebuild it") from None
         except (ValueError, TypeError) as e:
             raise HashingError(f"collection {name!r} at {uri} has a damaged manifest ({e}); rebuild it") from None
         return int(row["id"]), info
@@ -403,6 +525,7 @@ class MilvusIndex(BinaryIndex):
         if removing:
             row["removing"] = pack_ids(removing)
         _check_room(self.uri, 4096)
+        self._check_version()
         with _milvus("committing", self.uri):
             self.client.insert(self.name + "_meta", [{"id": version, "v": b"\0", "info": json.dumps(row)}])
             self.client.flush(self.name + "_meta")
@@ -413,6 +536,7 @@ class MilvusIndex(BinaryIndex):
         """Delete the rows that the committed version lists as removed (they are already invisible)."""
         if not self._removing:
             return
+        self._check_version()
         with _milvus("deleting removed items", self.uri):
             for s in range(0, len(self._removing), INSERT_BATCH):
                 self.client.delete(self.data, filter=f"id in {self._removing[s:s + INSERT_BATCH]}")
@@ -423,7 +547,7 @@ class MilvusIndex(BinaryIndex):
         version = self.version
         try:        # committed: clearing the old version is housekeeping, which the next writer redoes
             with _milvus("removing the old version", self.uri):
-                self.client.delete(self.name + "_meta", filter=f"id < {version}")
+                self.client.delete(self.name + "_meta", filter=f"id >= 0 and id < {version}")   # not the lease
                 crashpoint("deleted old manifest rows")
                 for c in self.client.list_collections():
                     if c != self.data and self._is_data_of(c):
@@ -431,6 +555,20 @@ class MilvusIndex(BinaryIndex):
                         crashpoint(f"dropped {c}")
         except HashingError:
             pass
+
+    def _check_version(self) -> None:
+        """Before a write on a server: this writer holds the collection's lease (or nobody does), and the
+        committed version is still the one it read; else it stops before it changes anything. (A Milvus
+        Lite file is open in one process at a time: nothing else can write it.)"""
+        if is_lite(self.uri):
+            return
+        _check_writer(self.client, self.uri, self.name)
+        current = self._manifest(self.client, self.name, self.uri)
+        found = None if current is None else current[0]
+        if found != self.version:
+            raise HashingError(f"collection {self.name!r} at {self.uri} was changed by another writer meanwhile "
+                               f"(version {found} committed; this writer read version {self.version}); nothing of "
+                               f"this write was committed: run it again")
 
     def _is_data_of(self, collection: str) -> bool:
         return collection == self.name or re.fullmatch(re.escape(self.name) + r"__v\d+", collection) is not None
@@ -441,7 +579,9 @@ class MilvusIndex(BinaryIndex):
     def check_location(cls, location: str, creating: bool, collection: str | None = None) -> None:
         if collection is not None:
             check_collection_name(collection)
-        if is_lite(location):
+        if not is_lite(location):
+            parse_server_uri(location)
+        else:
             if not location.endswith(".db"):
                 raise HashingError(f"{location}: a Milvus Lite location is a file ending in .db "
                                    f"(or give an http(s):// URI)")
@@ -465,6 +605,7 @@ class MilvusIndex(BinaryIndex):
         cls.check_type(info.index_type, info.bits)
         _check_room(uri)
         client = connect(uri, creating=True)
+        _check_writer(client, uri, name)
         current = cls._manifest(client, name, uri)
         version = None if current is None else current[0]
         data = f"{name}__v{0 if version is None else version + 1}"
@@ -485,15 +626,7 @@ class MilvusIndex(BinaryIndex):
             s.add_field("stamp", DataType.VARCHAR, max_length=MAX_STAMP)
             _create_collection(client, data, s, ip)
             crashpoint(f"created {data}")
-            if not client.has_collection(name + "_meta"):
-                meta = client.create_schema(auto_id=False, enable_dynamic_field=False)
-                meta.add_field("id", DataType.INT64, is_primary=True)
-                meta.add_field("v", DataType.BINARY_VECTOR, dim=8)     # every collection needs a vector field
-                meta.add_field("info", DataType.VARCHAR, max_length=65535)
-                mip = client.prepare_index_params()
-                mip.add_index(field_name="v", index_type="BIN_FLAT", metric_type="HAMMING")
-                _create_collection(client, name + "_meta", meta, mip)
-                crashpoint("created the manifest collection")
+        _ensure_manifest(client, name, uri)
         return cls(client, uri, name, info, version, data, 0, created=None if current is None else
                    current[1].get("created"))
 
@@ -528,7 +661,7 @@ class MilvusIndex(BinaryIndex):
             stamped = any(f.get("name") == "stamp" for f in client.describe_collection(data).get("fields", []))
         next_id = count if next_id is None else next_id
         for what, value, least in (("count", count, 0), ("next_id", next_id, count)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= V.INT64_MAX:
                 raise HashingError(f"collection {name!r} at {uri} has a damaged manifest ({what} {value!r}); "
                                    f"rebuild it")
         return cls(client, uri, name, info, version, data, count, next_id, removing, created, updated, stamped)
@@ -574,8 +707,9 @@ class MilvusIndex(BinaryIndex):
         if too_long is not None:
             raise HashingError(f"a source is longer than Milvus's {MAX_SOURCE} bytes: {too_long[:80]}...")
         start = self.next_id
-        ids = np.arange(start, start + n, dtype=np.int64)
+        ids = self.new_ids(n)
         _check_room(self.uri, n * (xb.shape[1] + 64) + sum(len(s) for s in sources))
+        self._check_version()            # the delete below must never reach another writer's committed rows
         with _milvus("adding items", self.uri):
             self.client.delete(self.data, filter=f"id >= {start}")   # rows of an interrupted append, never committed
             for s in range(0, n, INSERT_BATCH):   # batches: one round trip per 5,000 rows, not per row
@@ -615,8 +749,9 @@ class MilvusIndex(BinaryIndex):
         return [i for i in ids if i not in found]
 
     def remove(self, ids) -> int:
-        ids = sorted(set(int(i) for i in np.asarray(ids, np.int64)))
+        ids = [int(i) for i in np.asarray(ids, object).ravel()]      # no int64 cast before the check: 2**70 is "no item"
         self.check_ids(ids)
+        ids = sorted(set(ids))
         self._pending += ids
         self._count -= len(ids)
         self._seen = False

@@ -1,28 +1,35 @@
 """The page of `hashing serve` in a real browser: headless Chromium (Debian's `chromium` and
 `chromium-driver`, driven by Selenium) uploads a digit and sees k thumbnails with their labels;
-a file whose name is HTML shows as text and runs nothing."""
+a file whose name is HTML shows as text and runs nothing. Where the browser, Selenium or the service's
+extras are missing it skips, saying why, except in CI (CI=true), where that is a failure."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi")
-webdriver = pytest.importorskip("selenium.webdriver")
-
-from conftest import Server, write_digit_folder  # noqa: E402
+from conftest import Server, importorskip_or_fail, skip_or_fail, write_digit_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
 EVIL = "<img src=x onerror=window.pwned=1>.png"   # no quotes: browsers send them as %22
 
 
-def browser():
+@pytest.fixture(scope="session", autouse=True)
+def webdriver():
+    """Selenium's webdriver, once the service's extras, Selenium and Chromium are known to be here.
+    Session-scoped and autouse so that it is asked first, before the model of folder_index is trained."""
+    importorskip_or_fail("fastapi")
+    module = importorskip_or_fail("selenium.webdriver")
+    if not CHROMIUM or not DRIVER:
+        skip_or_fail("no Chromium here: `apt-get install chromium chromium-driver` (as root; .ci/run does it)")
+    return module
+
+
+def browser(webdriver):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    if not CHROMIUM or not DRIVER:
-        pytest.skip("no Chromium here: `apt-get install chromium chromium-driver` (as root; .ci/run does it)")
     options = Options()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
@@ -43,12 +50,12 @@ def folder_index(digits_run, tmp_path_factory):
     return out, evil
 
 
-def test_the_page_shows_k_neighbours_with_labels_and_escapes_names(folder_index):
+def test_the_page_shows_k_neighbours_with_labels_and_escapes_names(webdriver, folder_index):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     index, evil = folder_index
-    driver = browser()
+    driver = browser(webdriver)
     try:
         with Server("--index", index) as server:
             driver.get(server.url + "/")

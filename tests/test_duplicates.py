@@ -212,7 +212,9 @@ def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tm
     every thumbnail decodes, one kept file per group, and a file named like HTML is shown as text."""
     import shutil
 
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from conftest import importorskip_or_fail, skip_or_fail
+
+    webdriver = importorskip_or_fail("selenium.webdriver")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -223,7 +225,7 @@ def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tm
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
-        pytest.skip("no Chromium here: `apt-get install chromium chromium-driver` (as root; .ci/run does it)")
+        skip_or_fail("no Chromium here: `apt-get install chromium chromium-driver` (as root; .ci/run does it)")
     root, _ = collection
     found = find_duplicates([str(root)], hash_name="phash", threshold=4, progress=False)
     page = tmp_path / "report.html"
@@ -341,3 +343,130 @@ def test_keep_rules_rank_the_files_of_a_group(tmp_path):
     assert list(keep_order(paths, "oldest")) == [0, 1, 2, 3] and list(keep_order(paths, "newest")) == [3, 2, 1, 0]
     assert list(keep_order(paths, "first")) == [0, 1, 2, 3]
     assert list(keep_order(paths, "shortest-path")) == [0, 1, 3, 2]       # a tie: the walk order
+    os.unlink(paths[0])                                 # another run moved it away since it was read: last, no error
+    for rule in ("largest", "oldest", "newest"):
+        assert keep_order(paths, rule)[0] == 3, rule
+
+
+def pictures_under(folder):
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in (".png", ".jpg"))
+
+
+def test_a_move_to_folder_reached_through_a_link_is_left_out_of_the_scan(collection, tmp_path):
+    import shutil
+
+    root, _ = collection
+    work = tmp_path / "s1"
+    shutil.copytree(root / "set0", work / "set0")
+    shutil.copytree(root / "copies", work / "copies")
+    os.symlink(work, tmp_path / "s1link")                       # s1link/extra is s1/extra
+    extra = tmp_path / "s1link" / "extra"
+    scan = ("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet", "--move-to", extra)
+    code, stdout, stderr = run_hashing(*scan)
+    assert code == 0 and "moved " in stdout, stderr
+    moved = pictures_under(work / "extra")
+    assert moved
+    out = tmp_path / "d.json"
+    code, stdout, stderr = run_hashing(*scan, "--dry-run", "--json", out)
+    assert code == 0 and f"left out of the scan: {extra}" in stdout, stderr
+    found = json.loads(out.read_text())
+    assert found["files"] == len(pictures_under(work)) - len(moved)          # the moved files are not read again
+    assert not [f for g in found["groups"] for f in g["files"] if "extra" in f["path"]]
+    assert "extra/extra" not in stdout and not (work / "extra" / "extra").exists()
+    # two outputs on one file through a link are refused like two outputs on one name
+    os.symlink("same.json", tmp_path / "view.html")
+    code, _, stderr = run_hashing("duplicates", work, "--hash", "phash", "--json", tmp_path / "same.json",
+                                  "--report", tmp_path / "view.html")
+    assert "are the same file" in one_line_error(code, stderr)
+    os.symlink(work / "set0" / "000.png", tmp_path / "out.json")             # a link to a picture, named like JSON
+    code, _, stderr = run_hashing("duplicates", work, "--hash", "phash", "--json", tmp_path / "out.json")
+    assert "a link to" in one_line_error(code, stderr) and (work / "set0" / "000.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_against_an_index_of_the_folder_itself_moves_nothing_and_a_group_keeps_a_file(copies_run, collection,
+                                                                                    tmp_path):
+    import shutil
+
+    from hashing.retrieval import build_index
+
+    root, _ = collection
+    work = tmp_path / "pics"
+    shutil.copytree(root / "set0", work / "set0")
+    shutil.copy(work / "set0" / "000.png", work / "set0" / "000-again.png")    # a copy inside the indexed folder
+    index = tmp_path / "idx"
+    build_index(copies_run, str(index), images=work / "set0", progress=False)
+    (work / "hard").mkdir()
+    for p in (work / "set0").iterdir():
+        os.link(p, work / "hard" / p.name)                                     # the indexed files by other names
+    before = {p: p.read_bytes() for p in pictures_under(work)}
+    out, dups = tmp_path / "a.json", tmp_path / "dups"
+    for folder in (work / "set0", work / "hard"):
+        code, stdout, stderr = run_hashing("duplicates", folder, "--against", index, "--threshold", "6", "--quiet",
+                                           "--json", out, "--move-to", dups)
+        assert code == 0, stderr
+        found = json.loads(out.read_text())
+        assert found["groups"] == [] and found["indexed"] == found["files"] == 21, folder
+        assert "21 items of the index themselves (not compared)" in stdout and "never an item of the index" in stdout
+        assert "nothing to move" in stdout
+        assert {p: p.read_bytes() for p in pictures_under(work)} == before
+    # new files that are copies of indexed ones are moved; the indexed files stay
+    (work / "new").mkdir()
+    for name in ("003.png", "006.png", "009.png"):
+        shutil.copy(work / "set0" / name, work / "new" / name)
+    code, stdout, stderr = run_hashing("duplicates", work / "new", "--against", index, "--threshold", "6", "--quiet",
+                                       "--json", out, "--move-to", dups, "--dry-run")
+    found = json.loads(out.read_text())
+    assert code == 0 and len(found["groups"]) == 3 and "would move 3 files" in stdout, stderr
+    for g in found["groups"]:
+        assert [f["keep"] for f in g["files"]] == [True, False] and "/set0/" in g["files"][0]["path"]
+    # an indexed file gone from the disk: its copy is the group's kept file, and stays
+    shutil.rmtree(work / "hard")
+    os.unlink(work / "set0" / "003.png")
+    code, stdout, stderr = run_hashing("duplicates", work / "new", "--against", index, "--threshold", "6", "--quiet",
+                                       "--json", out, "--move-to", dups)
+    assert code == 0 and "moved 2 files" in stdout, stderr
+    assert [p.name for p in pictures_under(work / "new")] == ["003.png"]
+    group = next(g["files"] for g in json.loads(out.read_text())["groups"] if g["files"][0]["path"].endswith("003.png"))
+    assert [f["keep"] for f in group] == [False, True] and group[1]["path"].endswith("new/003.png")
+
+
+def test_names_that_are_not_utf8_are_written_by_every_output(collection, tmp_path):
+    import shutil
+
+    root, _ = collection
+    work = tmp_path / "pics"
+    shutil.copytree(root / "set0", work)
+    bad = os.fsencode(work) + b"/bad\xffcopy.png"                          # a name Linux holds, not UTF-8
+    shutil.copyfile(work / "000.png", bad)
+    name = os.fsdecode(bad)
+    dups = os.fsdecode(os.fsencode(tmp_path) + b"/dups\xfe")
+    out, table, page = tmp_path / "d.json", tmp_path / "d.csv", tmp_path / "d.html"
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}           # a terminal that takes UTF-8 only
+    code, stdout, stderr = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "4", "--quiet",
+                                       "--json", out, "--csv", table, "--report", page, "--move-to", dups, env=strict)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert "bad\\udcffcopy.png" in stdout and "dups\\udcfe" in stdout                # escaped, as the JSON writes it
+    assert name in [f["path"] for g in json.loads(out.read_text())["groups"] for f in g["files"]]
+    assert bad in table.read_bytes()                                         # the CSV: the name's own bytes
+    assert "bad\\udcffcopy.png" in page.read_text(encoding="utf-8")         # the page: escaped, valid UTF-8
+    assert not os.path.lexists(bad) and os.path.lexists(os.fsencode(dups) + b"/bad\xffcopy.png")
+    (log,) = Path(dups).glob("hashing-moves-*.jsonl")
+    code, stdout, stderr = run_hashing("duplicates", "--undo", log, env=strict)
+    assert code == 0 and "moved back 1 files" in stdout and "dups\\udcfe" in stdout, stderr
+    assert os.path.lexists(bad)
+
+
+def test_moves_never_take_a_kept_file_or_the_last_file_of_a_group(tmp_path):
+    from hashing.duplicates import Member, to_move
+
+    for name in "abcdfgh":
+        (tmp_path / f"{name}.png").write_bytes(name.encode())
+    os.link(tmp_path / "d.png", tmp_path / "e.png")                        # e is d by another name
+    p = {name: str(tmp_path / f"{name}.png") for name in "abcdefgh"}
+    groups = [[Member(p["a"], 0, True), Member(p["b"], 1, False), Member(p["c"], 2, False)],
+              [Member(p["d"], 0, True), Member(p["e"], 0, False)],
+              [Member(p["f"], 0, True), Member(p["g"], 1, False)],
+              [Member(p["h"], 0, True), Member(p["g"], 1, False)]]
+    assert to_move(groups) == [p["b"], p["c"], p["g"]]
+    os.unlink(p["a"])                                                       # a kept file gone since it was found
+    assert to_move(groups) == [p["c"], p["g"]]                              # b stays: the group keeps a file

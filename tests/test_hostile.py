@@ -207,3 +207,38 @@ def test_a_kill_in_the_first_save_of_a_run_leaves_nothing_that_stops_the_rerun(t
     assert code == 0, err
     assert (out / "config.json").is_file()
     assert len([f for f in out.iterdir() if f.name.endswith(".safetensors")]) == 1
+
+
+# ---- hand-edited manifests: numbers beyond int64, JSON nested too deeply ---------------------------------
+
+
+NESTED = "[" * 100_000 + "]" * 100_000        # valid JSON that Python's parser cannot follow (RecursionError)
+
+
+@pytest.mark.parametrize("edit", ["next-id-int64", "nested"])
+def test_a_hand_edited_index_manifest_is_one_line_naming_it(edit, digits_index, digit_png, tmp_path):
+    idx = tmp_path / "idx"
+    shutil.copytree(digits_index, idx)
+    if edit == "nested":
+        (idx / "meta.json").write_text(NESTED)
+        words = f"{idx / 'meta.json'} is damaged"
+    else:
+        meta = json.loads((idx / "meta.json").read_text())
+        meta["next_id"] = 9223372036854775808
+        (idx / "meta.json").write_text(json.dumps(meta))
+        words = f"{idx / 'meta.json'}: next_id must be an integer from 1437 to 9223372036854775807"
+    before = sorted(os.listdir(idx))
+    for args in (["info", idx], ["info", idx, "--items", "--json"], ["remove", "--index", idx, "3"],
+                 ["query", digit_png, "--index", idx]):
+        code, _, err = run_hashing(*args)
+        assert code == 1 and words in one_line_error(code, err), (args, err)
+    assert sorted(os.listdir(idx)) == before
+
+
+def test_a_run_config_nested_too_deeply_is_one_line(digits_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    (run / "config.json").write_text(NESTED)
+    for args in (["info", run], ["encode", "--model", run, "--dataset", "digits", "--out", tmp_path / "c.npz"]):
+        code, _, err = run_hashing(*args)
+        assert str(run / "config.json") in one_line_error(code, err), (args, err)

@@ -125,3 +125,60 @@ def test_damaged_index_is_refused_and_old_files_survive_failed_save(tmp_path, rn
 def test_indexes_never_imports_torch():
     code = "import hashing.indexes, indexes.faiss_index, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def edit_manifest(folder, change):
+    """meta.json after `change(meta)` edited it (the data files and their checksums untouched)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    change(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("field, value", [("next_id", 2**63), ("next_id", 2**64 + 5), ("count", 2**63)])
+def test_manifest_integers_beyond_int64_are_refused_by_name(tmp_path, rng, field, value):
+    """Ids and counts are int64 (numpy, Milvus): a larger value opened fine and crashed the next append."""
+    index = make(tmp_path, clustered_codes(rng, 20, 8))
+    index.save()
+    edit_manifest(tmp_path / "idx", lambda m: m.update({field: value}))
+    with pytest.raises(HashingError, match=rf"meta.json: {field} must be an integer from \d+ to {2**63 - 1}"):
+        open_index(str(tmp_path / "idx"))
+
+
+def test_ids_stop_at_int64_with_one_line_before_anything_changes(tmp_path, rng):
+    xb = clustered_codes(rng, 60, 8)
+    for index_type in ("flat", "ivf"):
+        folder = tmp_path / index_type
+        index = create(str(folder), IndexInfo(bits=64, model=MODEL, index_type=index_type))
+        index.add(xb[:40], None, ["a"] * 40)
+        index.save()
+        edit_manifest(folder, lambda m: m.update(next_id=2**63 - 3))    # the largest ids: still valid
+        index = open_index(str(folder))
+        assert index.add(xb[40:42], None, ["b", "c"]).tolist() == [2**63 - 3, 2**63 - 2]
+        index.save()
+        index = open_index(str(folder))
+        assert index.next_id == 2**63 - 1 and index.items()[0][-1] == 2**63 - 2
+        with pytest.raises(HashingError, match=f"cannot add 1 item: .* ids stop at {2**63 - 1}"):
+            index.add(xb[42:43], None, ["d"])
+        assert index.count == 42 and index.next_id == 2**63 - 1 and len(index.items()[0]) == 42
+        assert index.search(xb[40:41], 1)[1].tolist() == [[2**63 - 3]]
+
+
+def test_a_manifest_nested_too_deeply_is_damaged_not_a_recursion_error(tmp_path, rng):
+    index = make(tmp_path, clustered_codes(rng, 20, 8))
+    index.save()
+    for text in ("[" * 100_000 + "]" * 100_000, '{"format": ' + "[" * 100_000):
+        (tmp_path / "idx" / "meta.json").write_text(text)
+        with pytest.raises(HashingError, match=r"meta.json is (damaged|corrupt)"):
+            open_index(str(tmp_path / "idx"))
+
+
+def test_datasets_in_a_manifest_map_to_folders_by_name(tmp_path, rng):
+    """info.datasets maps "name/split" to a data folder (or null): anything else is refused by name,
+    never carried along (a deep value would crash the next save's JSON writer)."""
+    index = make(tmp_path, clustered_codes(rng, 20, 8))
+    index.save()
+    edit_manifest(tmp_path / "idx", lambda m: m["info"].update(datasets={"mnist/train": None, "digits/test": "/d"}))
+    assert open_index(str(tmp_path / "idx")).info.datasets == {"mnist/train": None, "digits/test": "/d"}
+    edit_manifest(tmp_path / "idx", lambda m: m["info"].update(datasets={"mnist/train": [[[1]]]}))
+    with pytest.raises(HashingError, match="datasets.mnist/train must be a string"):
+        open_index(str(tmp_path / "idx"))

@@ -192,3 +192,34 @@ def test_milvus_lite_servers_started_together_each_have_their_own_scratch_folder
     assert not dead.exists()
     pids = {str(job.pid) for job in jobs}
     assert not [p for p in Path(tempfile.gettempdir()).glob("hashing-milvus-lite-*") if p.name.split("-")[3] in pids]
+
+
+HOT_JOURNAL = """
+import os, signal, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA cache_size=2")            # spill pages to the file mid-transaction
+con.execute("BEGIN")
+con.execute("CREATE TABLE torn(x)")
+con.executemany("INSERT INTO torn VALUES (?)", [(os.urandom(500),) for _ in range(3000)])
+os.kill(os.getpid(), signal.SIGKILL)          # as a kill -9 of the Milvus Lite writer would
+"""
+
+
+def test_a_milvus_lite_file_killed_mid_write_opens_again_with_every_committed_item(pair, tmp_path):
+    """A writer killed inside an SQLite transaction leaves a hot journal beside the .db file; a
+    read-only look cannot roll it back, and the index could not be opened at all. Now the first
+    process that opens it rolls it back (as SQLite does), and the committed items are all there."""
+    db = tmp_path / "m.db"
+    pair[2].close()
+    with open_index(str(db)) as index:
+        before = index.items()
+    subprocess.run([sys.executable, "-c", HOT_JOURNAL, str(db)], check=False)
+    journal = tmp_path / "m.db-journal"
+    assert journal.exists()                                    # a hot journal, as kill -9 of a writer left
+    r = CliRunner().invoke(cli, ["info", str(db), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["count"] == len(before[0])
+    assert not journal.exists()
+    with open_index(str(db)) as index:
+        after = index.items()
+    assert [list(map(list, before[:2])), before[2]] == [list(map(list, after[:2])), after[2]]

@@ -2,10 +2,13 @@
 file another run moved there since), kills at every step on one disk and across disks (a copy),
 and logs that were edited by hand."""
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +143,272 @@ def test_a_name_taken_between_plan_and_move_gets_the_next_free_one(tmp_path):
     done = moves.move_files(plan, target)
     assert (target / "0.png").read_bytes() == b"someone else's"
     assert (target / "0-2.png").read_bytes() == before["0.png"] and not done.problems
+
+
+def no_link(*a, **k):
+    """os.link as on a target on another disk."""
+    raise OSError(errno.EXDEV, "cross-device link")
+
+
+def copy_until_full(real, ok: int):
+    """shutil.copy2 that copies `ok` files, then on a full disk: writes part of the next and raises ENOSPC."""
+    calls = []
+
+    def copy(src, dst, **kw):
+        calls.append(src)
+        if len(calls) > ok:
+            with open(dst, "wb") as f:
+                f.write(b"partial bytes")
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, **kw)
+    return copy
+
+
+def parts_under(folder):
+    return [p for p in folder.rglob("*") if p.name.endswith(moves.PART)]
+
+
+def test_a_full_disk_stops_a_move_across_disks_at_once_and_leaves_no_part_file(tmp_path, monkeypatch):
+    before = make_folder(tmp_path / "pics")
+    target = tmp_path / "dups"
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(shutil, "copy2", copy_until_full(shutil.copy2, ok=2))
+    with pytest.raises(HashingError) as e:
+        moves.move_files(plan_for(tmp_path / "pics", target), target)
+    line = str(e.value)
+    assert "\n" not in line and "no space left on the disk of" in line and "2 of 6 files were moved" in line
+    (log,) = target.glob("hashing-moves-*.jsonl")
+    assert f"hashing duplicates --undo {log}" in line
+    assert not parts_under(target)                                  # the cut-short copy is gone at once
+    assert len(files_in(target)) == 2 and len(files_in(tmp_path / "pics")) == 4
+    monkeypatch.undo()
+    assert not moves.undo(log).problems and files_in(tmp_path / "pics") == before
+
+
+def test_a_full_disk_during_an_undo_stops_at_once_and_leaves_no_part_file_in_the_users_folder(tmp_path, monkeypatch):
+    before = make_folder(tmp_path / "pics")
+    target = tmp_path / "dups"
+    monkeypatch.setattr(os, "link", no_link)                          # the target on another disk
+    done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+    assert files_in(target) == before
+    real = shutil.copy2
+    monkeypatch.setattr(shutil, "copy2", copy_until_full(real, ok=1))
+    with pytest.raises(HashingError) as e:
+        moves.undo(done.log)
+    line = str(e.value)
+    assert "\n" not in line and "no space left on the disk of" in line and "1 files were moved back" in line
+    assert f"hashing duplicates --undo {done.log}` again" in line
+    assert not parts_under(tmp_path / "pics")                         # nothing half-copied beside the user's files
+    assert len(files_in(tmp_path / "pics")) == 1 and len(files_in(target)) == 5
+    monkeypatch.setattr(shutil, "copy2", real)                        # room again
+    assert not moves.undo(done.log).problems and files_in(tmp_path / "pics") == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (root only; skipped where mounting is not allowed), unmounted afterwards."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_an_undo_that_cannot_fit_on_the_disk_is_refused_before_anything_moves(tmp_path, small_disk):
+    pics = small_disk / "pics"
+    before = make_folder(pics, n=4, tag=b"x" * 100)                     # 400 KB on the small disk
+    target = tmp_path / "dups"                                          # another file system: copied across
+    done = moves.move_files(plan_for(pics, target), target)
+    assert files_in(target) == before and not files_in(pics)
+    with open(small_disk / "filler", "wb") as f:                        # the disk fills up meanwhile
+        f.write(b"\0" * (shutil.disk_usage(small_disk).free - 200_000))
+    with pytest.raises(HashingError, match="no space left to move the files back.*nothing was moved back"):
+        moves.undo(done.log)
+    assert files_in(target) == before and not files_in(pics) and not parts_under(pics)
+    os.unlink(small_disk / "filler")
+    assert not moves.undo(done.log).problems and files_in(pics) == before
+
+
+@pytest.mark.parametrize("how", ["link", "copy"])
+def test_a_file_another_run_moved_meanwhile_stops_the_run_in_one_line(tmp_path, monkeypatch, how):
+    # two runs planned the same files into different folders; the other one got there first
+    before = make_folder(tmp_path / "pics")
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    if how == "copy":
+        monkeypatch.setattr(os, "link", no_link)
+    plan, other = plan_for(tmp_path / "pics", mine), plan_for(tmp_path / "pics", theirs)
+    real = moves._move
+    calls = []
+
+    def racing(src, dst, *a, **k):                  # just before this run's third move, the other run's moves
+        calls.append(src)
+        if len(calls) == 3:
+            moves.move_files(other[2:], theirs)
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(moves, "_move", racing)
+    with pytest.raises(HashingError) as e:
+        moves.move_files(plan, mine)
+    line = str(e.value)
+    assert "\n" not in line and "was moved or removed by another process" in line and "2 of 6 files" in line
+    assert "No such file" not in line
+    assert len(files_in(mine)) == 2 and len(files_in(theirs)) == 4 and not parts_under(mine)
+    # a run that starts after the other one moved its files is stopped before it moves anything
+    monkeypatch.setattr(moves, "_move", real)
+    with pytest.raises(HashingError, match="no longer there: it was moved or removed by another process.*nothing was moved"):
+        moves.move_files([(str(tmp_path / "pics" / "2.png"), str(tmp_path / "late" / "2.png"))], tmp_path / "late")
+    (log,) = mine.glob("hashing-moves-*.jsonl")
+    (their_log,) = theirs.glob("hashing-moves-*.jsonl")
+    assert not moves.undo(log).problems and not moves.undo(their_log).problems
+    assert files_in(tmp_path / "pics") == before
+
+
+
+def damage(log, edits: dict):
+    """Rewrite lines of a log: {line number (1-based): new text}."""
+    lines = log.read_text().splitlines()
+    for k, text in edits.items():
+        lines[k - 1] = text
+    log.write_text("\n".join(lines) + "\n")
+
+
+def test_numbers_no_int_can_hold_are_a_damaged_log_in_one_line(tmp_path):
+    before = make_folder(tmp_path / "pics")
+    target = tmp_path / "dups"
+    done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+    lines = done.log.read_text().splitlines()
+    head = json.loads(lines[0])
+    for k, text in [(2, lines[1].replace('"n": 0', '"n": 1e400')),          # a move's number
+                    (2, lines[1].replace('"n": 0', '"n": 0.5')),
+                    (2, "[" * 100_000),                                      # deeper than json.loads can go
+                    (1, json.dumps({**head, "moves": 1e400}))]:
+        damage(done.log, {k: text})
+        with pytest.raises(HashingError, match="damaged") as e:
+            moves.undo(done.log)
+        assert "\n" not in str(e.value) and files_in(target) == before
+        damage(done.log, {1: lines[0], 2: lines[1]})
+    for text in ('{"done": 1e400}', '{"done": 99}', '{"done": -1}', '{"done": true}', "[" * 100_000):
+        damage(done.log, {9: text})                                          # a damaged record: read through it
+        back = moves.undo(done.log)
+        assert not back.problems and files_in(tmp_path / "pics") == before and "damaged" in back.notes[0], text
+        done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+
+
+def test_damaged_done_lines_in_the_middle_of_a_log_still_bring_every_file_back(tmp_path):
+    before = make_folder(tmp_path / "pics")
+    target = tmp_path / "dups"
+    done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+    lines = done.log.read_text().splitlines()
+    assert [json.loads(x) for x in lines[7:]] == [{"done": n} for n in range(6)]
+    damage(done.log, {9: '{"done": 1', 11: "garbage"})                      # moves 1 and 3: their "done" unreadable
+    back = moves.undo(done.log)
+    assert not back.problems and len(back.moved) == 6 and files_in(tmp_path / "pics") == before
+    assert "lines 9, 11 damaged" in back.notes[0] and "moves 0 to 5" in back.notes[0]
+
+
+def test_damage_after_the_last_move_logged_done_reports_what_it_cannot_tell(tmp_path):
+    before = make_folder(tmp_path / "pics")
+    target = tmp_path / "dups"
+    done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+    damage(done.log, {12: "garbage", 13: '{"do'})                          # "done" of moves 4 and 5
+    back = moves.undo(done.log)
+    # 0 to 3 logged done, 4 was the one under way (the disk shows it was moved): 5 cannot be told
+    assert len(back.moved) == 5 and len(back.problems) == 1 and "5.png" in back.problems[0]
+    assert "the log is damaged" in back.problems[0] and "cannot be told" in back.problems[0]
+    assert files_in(target) == {"5.png": before["5.png"]}                  # reported, left where it is, not lost
+    p = subprocess.run([sys.executable, "-m", "hashing", "duplicates", "--undo", str(done.log)],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "not moved back" in p.stdout and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_moved_or_renamed_target_folder_is_undone_from_where_it_is_now(tmp_path, monkeypatch):
+    before = make_folder(tmp_path / "pics")
+    target = tmp_path / "dups"
+    done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+    os.rename(target, tmp_path / "renamed")
+    monkeypatch.chdir(tmp_path)
+    log = Path("renamed") / done.log.name                                  # as a user names it, from where they are
+    preview = moves.undo(log, dry_run=True)
+    assert len(preview.moved) == 6 and "was moved from" in preview.notes[0]
+    back = moves.undo(log)
+    assert not back.problems and files_in(tmp_path / "pics") == before
+    assert f"its folder was moved from {target} to {tmp_path / 'renamed'}" in back.notes[0]
+    # a copy of a log whose folder is still there points to that folder's own log
+    done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(done.log, tmp_path / "elsewhere" / done.log.name)
+    with pytest.raises(HashingError, match=f"is a copy of the log of {target}.*--undo {done.log}"):
+        moves.undo(tmp_path / "elsewhere" / done.log.name)
+    assert files_in(target) == before
+
+
+def test_a_log_whose_move_leads_onto_its_own_file_through_a_link_is_refused(tmp_path):
+    make_folder(tmp_path / "pics")
+    target = tmp_path / "dups"
+    done = moves.move_files(plan_for(tmp_path / "pics", target), target)
+    os.symlink(target, target / "back")                                     # dups/back -> dups
+    lines = done.log.read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["from"] = str(target / "back" / Path(rec["to"]).name)               # the same file as "to", by another name
+    damage(done.log, {2: json.dumps(rec)})
+    with pytest.raises(HashingError, match="edited log"):
+        moves.undo(done.log)
+    assert (target / Path(rec["to"]).name).exists()                         # never unlinked as "its second name"
+    assert not (tmp_path / "pics" / Path(rec["to"]).name).exists()
+
+
+
+FULL_DISK = """
+import errno, os, shutil, sys
+real, calls = shutil.copy2, []
+def no_link(*a, **k):                          # the target on another disk
+    raise OSError(errno.EXDEV, "cross-device link")
+def copy(src, dst, **kw):                      # which is full after HASHING_TEST_ROOM files
+    calls.append(src)
+    if len(calls) > int(os.environ["HASHING_TEST_ROOM"]):
+        with open(dst, "wb") as f:
+            f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    return real(src, dst, **kw)
+os.link, shutil.copy2 = no_link, copy
+from hashing.cli.main import main
+sys.argv = ["hashing", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_full_disk_while_moving_or_undoing_is_one_line_from_the_command(tmp_path):
+    from PIL import Image
+
+    from conftest import one_line_error
+
+    pics, dups = tmp_path / "pics", tmp_path / "dups"
+    pics.mkdir()
+    ramp = Image.linear_gradient("L").resize((64, 64))
+    for k in range(4):                                       # one picture four times: three to move
+        ramp.save(pics / f"{k}.png")
+    before = files_in(pics)
+
+    def hashing(room, *args):
+        p = subprocess.run([sys.executable, "-c", FULL_DISK, *map(str, args)], capture_output=True, text=True,
+                           env={**os.environ, "HASHING_TEST_ROOM": str(room)})
+        return p.returncode, p.stdout, p.stderr
+
+    move = ("duplicates", pics, "--hash", "phash", "--threshold", "4", "--quiet", "--move-to", dups)
+    code, _, err = hashing(1, *move)
+    line = one_line_error(code, err)
+    (log,) = dups.glob("hashing-moves-*.jsonl")
+    assert "no space left on the disk of" in line and "1 of 3 files were moved" in line and str(log) in line
+    assert not parts_under(dups) and len(files_in(dups)) == 1
+    code, _, err = hashing(9, "duplicates", "--undo", log)
+    assert code == 0 and files_in(pics) == before, err
+    code, out, err = hashing(9, *move)                       # all three copied across
+    assert code == 0 and "moved 3 files" in out, err
+    (log,) = set(dups.glob("hashing-moves-*.jsonl")) - {log}
+    code, _, err = hashing(1, "duplicates", "--undo", log)   # and the disk of pics fills up after one back
+    line = one_line_error(code, err)
+    assert "no space left on the disk of" in line and "1 files were moved back" in line and f"--undo {log}" in line
+    assert not parts_under(pics) and len(files_in(pics)) == 2 and len(files_in(dups)) == 2
+    code, _, err = hashing(9, "duplicates", "--undo", log)
+    assert code == 0 and files_in(pics) == before, err

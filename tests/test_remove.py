@@ -131,3 +131,75 @@ def test_delete_endpoint_removes_with_the_token_and_404s_an_unknown_id(digits_in
         engine.close()
     with open_index(str(dest)) as index:
         assert index.count == 1436 and index.missing(np.array([5, 6])) == [5]
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw", "milvus"])
+def test_an_id_beyond_int64_is_no_item_and_removes_nothing(digits_index, tmp_path, index_type):
+    """An id of many digits (a paste gone wrong) is an unknown id like any other, not numpy's OverflowError."""
+    from hashing.inventory import describe
+
+    if index_type == "milvus":
+        pytest.importorskip("milvus_lite")
+    dest = tmp_path / ("idx.db" if index_type == "milvus" else "idx")
+    copy_as(digits_index, dest, "flat" if index_type == "milvus" else index_type)
+    def state():                    # what the index holds (a Milvus Lite file's size may change on any open)
+        return {k: v for k, v in describe(str(dest), items=True).items() if k != "disk_bytes"}
+
+    before = state()
+    manifest = None if index_type == "milvus" else (dest / "meta.json").read_bytes()
+    huge = "99999999999999999999999"
+    code, _, err = run_hashing("remove", "--index", dest, huge, timeout=300)
+    line = one_line_error(code, err)
+    assert code == 1 and f"no item {huge} in the index" in line and "nothing was removed" in line, err
+    code, _, err = run_hashing("remove", "--index", dest, "5", str(2**63), timeout=300)    # one past int64
+    assert f"no item {2**63} in the index" in one_line_error(code, err)
+    assert state() == before                                                  # nothing removed, item 5 included
+    if manifest is not None:
+        assert (dest / "meta.json").read_bytes() == manifest
+
+
+def test_remove_through_the_api_names_an_id_beyond_int64(digits_index, tmp_path):
+    from hashing.errors import HashingError
+    from hashing.indexes import open_index
+
+    dest = tmp_path / "idx"
+    shutil.copytree(digits_index, dest)
+    with open_index(str(dest)) as index:
+        assert sorted(index.missing([2**64, 3, 2**63 - 1])) == [2**63 - 1, 2**64]
+        with pytest.raises(HashingError, match=f"no item {2**64} in the index"):
+            index.remove([3, 2**64])
+        assert index.count == 1437 and index.missing([3]) == []
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_info_items_give_each_label_its_class_name(digits_index, tmp_path, backend):
+    """docs/storage.md promises {"id", "source", "label", "class"} per item: the class is the label's name
+    among the index's classes, null where the label is unknown or has no name."""
+    from hashing.indexes import create, open_index
+
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"]     # nine: 9 has no name
+    with open_index(str(digits_index)) as src:
+        xb, (_, labels, sources, _) = src.reconstruct_all()[:40], src.items()
+        info = src.info
+    labels, sources = labels[:40].copy(), sources[:40]
+    labels[0] = -1
+    info.classes = names
+    dest = str(tmp_path / ("idx.db" if backend == "milvus" else "idx"))
+    index = create(dest, info)
+    try:
+        index.add(xb, labels, sources)
+        index.save()
+    finally:
+        index.close()
+    code, out, err = run_hashing("info", dest, "--items", "--json", timeout=300)
+    assert code == 0, err
+    items = json.loads(out)["items"]
+    assert [set(it) for it in items] == [{"id", "source", "label", "class"}] * 40
+    assert items[0]["label"] is None and items[0]["class"] is None
+    for it, label in zip(items[1:], labels[1:].tolist()):
+        assert it["label"] == label and it["class"] == (names[label] if label < 9 else None), it
+    assert any(it["class"] is None and it["label"] == 9 for it in items)
+    code, out, err = run_hashing("info", digits_index, "--items", "--json")    # a built-in dataset: no names
+    assert code == 0 and all(it["class"] is None and it["label"] is not None for it in json.loads(out)["items"])
