@@ -13,8 +13,10 @@
 The model and the index live in a hashing.engine.Engine (one worker thread, batched);
 uploads are decoded in the server's thread pool, never on the event loop. Every error is
 JSON `{"detail": "one line"}` with its status: 400 an unreadable upload, 401/403 additions
-without the right token, 404 an unknown id or path, 413 a body over the limit, 422 a bad
-parameter; an unexpected failure is a 500 whose body names only its type.
+without the right token, 404 an unknown id or path (any id outside int64 among them), 413 a body
+over the limit, 422 a bad parameter, 503 a Milvus server that does not answer; an unexpected
+failure is a 500 whose body names only its type (the traceback goes to the log, and the
+connection stays open for the client's next request).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, which
@@ -22,14 +24,18 @@ parameter; an unexpected failure is a 500 whose body names only its type.
 import asyncio
 import dataclasses
 import contextlib
+import hashlib
 import hmac
+import logging
+import os
 import socket
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated
 
-from hashing.engine import Engine, UnknownItem
+from hashing import validation as V
+from hashing.engine import Engine, Unavailable, UnknownItem
 from hashing.errors import HashingError, TooLarge
 from hashing.retrieval import QueryResult
 
@@ -38,9 +44,10 @@ MAX_UPLOAD_MB = 10.0
 MAX_IMAGES = 256                     # files in one request
 MAX_MEGAPIXELS = 16.0                # the largest upload decoded (after a JPEG's reduced-scale decode)
 LARGE_PIXELS = 2_000_000             # images above this are decoded one at a time (bounded memory)
-INT64_MAX = 2 ** 63 - 1
 THUMBNAIL_SIZES = (16, 1024)
 TOKEN_ENV = "HASHING_TOKEN"
+HEALTH_WAIT = 0.5                    # seconds /health waits for the worker before it answers from what it knows
+POLL = 0.25                          # seconds between a waiting request's looks at whether the server is away
 
 
 def create_app(engine: Engine, token: str | None = None, read_only: bool = False,
@@ -61,12 +68,15 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
 
     app = FastAPI(title="hashing", version=_version(), docs_url=None, redoc_url=None,
                   description="Search images by the Hamming distance of their learned binary codes.")
+    app.add_middleware(Unexpected)
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1024 * 1024))
 
     # ---- errors: one line of JSON, the right status ---------------------------------------------
 
     @app.exception_handler(HashingError)
     async def _hashing_error(request: Request, e: HashingError):
+        if isinstance(e, Unavailable):
+            return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"detail": str(e)}, status_code=413 if isinstance(e, TooLarge) else 400)
 
     @app.exception_handler(RequestValidationError)
@@ -135,9 +145,27 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         classes = engine.classes
         return [QueryResult(n, h, classes).to_dict() for n, h in zip(names, hits)]
 
+    async def done(future, write: bool = False):
+        """The result of an engine job. While the index's server is away (engine.down), a job the worker
+        has not started is withdrawn and a read is not waited for: 503 now, not after the minutes
+        pymilvus retries. A write already running is waited for: its outcome is what the client needs."""
+        waiting = asyncio.wrap_future(future)
+        if not engine.server:
+            return await waiting
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())    # read, even when given up
+        while True:
+            finished, _ = await asyncio.wait({waiting}, timeout=POLL)
+            if finished:
+                return waiting.result()
+            reason = engine.down
+            if reason is not None and (future.cancel() or not write):
+                raise Unavailable(reason)
+
     async def item(item_id: int):
         try:
-            (hit,) = await asyncio.wrap_future(engine.items([item_id]))
+            (hit,) = await done(engine.items([item_id]))
+        except Unavailable:
+            raise
         except HashingError as e:
             raise fail(404, str(e)) from None
         return hit
@@ -150,13 +178,27 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
 
     @app.get("/health")
     async def health() -> dict:
-        """Whether the service is up, and what it serves."""
-        count = await asyncio.wrap_future(engine.status())      # after any version another writer committed
+        """Whether the service is up, and what it serves; within a second, whatever the worker is doing.
+        503 with `"status": "unavailable"` and the reason in `detail` while the index's server is away."""
+        count = engine.count
+        if engine.down is None:
+            try:        # after any version another writer committed, unless the worker is busy
+                future = asyncio.wrap_future(engine.status())
+                finished, _ = await asyncio.wait({future}, timeout=HEALTH_WAIT)
+                if finished:
+                    count = future.result()
+            except Unavailable:
+                pass
         rec = engine.index.info.model
-        return {"status": "ok", "items": count, "bits": engine.bits, "backend": engine.backend,
+        body = {"status": "ok", "items": count, "bits": engine.bits, "backend": engine.backend,
                 "model": rec.run_dir, "fingerprint": rec.fingerprint,
                 "image": dataclasses.asdict(engine.spec),
                 "classes": engine.classes, "additions": "off" if read_only or not token or not engine.writer else "token"}
+        reason = engine.down
+        if reason is not None:
+            return JSONResponse({**body, "status": "unavailable", "detail": reason}, status_code=503,
+                                headers={"Retry-After": "1"})
+        return body
 
     @app.post("/search")
     async def search(image: Annotated[list[UploadFile], File(description="one or more image files")],
@@ -168,7 +210,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         k, radius = check_search(k, radius)
         blobs, names = await read_uploads(image)
         arrays, decode_ms = await run_in_threadpool(decode_all, blobs, names, invert)
-        hits, timing = await asyncio.wrap_future(engine.search(arrays=arrays, k=k, radius=radius))
+        hits, timing = await done(engine.search(arrays=arrays, k=k, radius=radius))
         timing.decode = decode_ms
         return JSONResponse(results(names, hits), headers={"Server-Timing": timing.header()})
 
@@ -194,8 +236,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
             raise fail(422, "codes: each code must be a hex string") from None
         if any(len(c) != width for c in body.codes):
             raise fail(422, f"codes: each code must be {width} hex digits ({engine.bits} bits)")
-        hits, timing = await asyncio.wrap_future(engine.search(codes=xq.reshape(len(body.codes), -1), k=k,
-                                                               radius=radius))
+        hits, timing = await done(engine.search(codes=xq.reshape(len(body.codes), -1), k=k, radius=radius))
         classes = engine.classes
         out = [{"code": c, "results": QueryResult(c, h, classes).to_dict()["results"]} for c, h in zip(body.codes, hits)]
         return JSONResponse(out, headers={"Server-Timing": timing.header()})
@@ -208,33 +249,51 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         return {"id": d["id"], "label": d["label"], "class": d["class"], "source": d["source"],
                 "image": f"/items/{item_id}/image"}
 
-    thumbnails: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+    # Thumbnails are cached by what the picture is, never by id: after another process rebuilds the
+    # index, id 0 may be another file, and a file may be replaced under its name.
+    thumbnails: OrderedDict[tuple, bytes] = OrderedDict()
     thumbnails_lock = threading.Lock()
+
+    def picture(source: str) -> tuple:
+        """What a source's picture is now: the source, its dataset's folder (for a dataset item) and the
+        file's inode, size and modification time (for a file)."""
+        try:
+            st = os.stat(source)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except (OSError, ValueError):
+            stamp = None
+        return source, engine.datasets.get("/".join(source.split("/")[:2])), stamp
 
     def render(source: str, size: int) -> bytes:
         native = dataset_image(source, engine.datasets)
         return thumbnail_png(source, size) if native is None else png_bytes(native, size)
 
     @app.get("/items/{item_id}/image", response_class=Response,
-             responses={200: {"content": {"image/png": {}}}})
-    async def get_item_image(item_id: int,
+             responses={200: {"content": {"image/png": {}}}, 304: {"description": "the picture is unchanged"}})
+    async def get_item_image(request: Request, item_id: int,
                              size: Annotated[int, Query(ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1],
                                                         description="longest side in pixels, at most")] = 256):
         """A PNG of an indexed item (never larger than the original). Only indexed items: the path
-        comes from the index, never from the request."""
+        comes from the index, never from the request. Its ETag names the picture (not the id), and
+        browsers ask again each time (no-cache): an unchanged picture is a 304 without a body."""
         hit = await item(item_id)
+        key = (await run_in_threadpool(picture, hit.source), size)
+        etag = '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
+        headers = {"Cache-Control": "private, no-cache", "ETag": etag}
+        if etag in [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(status_code=304, headers=headers)
         with thumbnails_lock:
-            png = thumbnails.get((item_id, size))
+            png = thumbnails.get(key)
         if png is None:
             try:
                 png = await run_in_threadpool(render, hit.source, size)
             except HashingError as e:
                 raise fail(404, f"the image of item {item_id} cannot be read: {e}") from None
             with thumbnails_lock:
-                thumbnails[(item_id, size)] = png
+                thumbnails[key] = png
                 while len(thumbnails) > 4096:
                     thumbnails.popitem(last=False)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+        return Response(png, media_type="image/png", headers=headers)
 
     @app.post("/items", status_code=201)
     async def add_items(request: Request,
@@ -249,11 +308,11 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         labels = label or [-1]
         if len(labels) not in (1, len(blobs)):
             raise fail(422, f"label: give one label for all {len(blobs)} images or one per image, not {len(labels)}")
-        if any(not -1 <= lab <= INT64_MAX for lab in labels):
-            raise fail(422, f"label: labels are -1 (none) or from 0 to {INT64_MAX}")
+        if any(not -1 <= lab <= V.INT64_MAX for lab in labels):
+            raise fail(422, f"label: labels are -1 (none) or from 0 to {V.INT64_MAX}")
         labels = labels * len(blobs) if len(labels) == 1 else labels
         arrays, _ = await run_in_threadpool(decode_all, blobs, names, invert)
-        ids = await asyncio.wrap_future(engine.add(arrays, blobs, names, labels))
+        ids = await done(engine.add(arrays, blobs, names, labels), write=True)
         return {"ids": ids, "items": engine.count}
 
     def check_token(request: Request, what: str) -> None:
@@ -270,10 +329,11 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
     @app.delete("/items/{item_id}")
     async def remove_item(request: Request, item_id: int) -> dict:
         """Remove an item. Needs `Authorization: Bearer TOKEN`; 404 for an unknown id. The index's new
-        version is on disk before the answer; the other items keep their ids."""
+        version is on disk before the answer, and then the item's uploaded file is deleted (unless
+        another item names it); the other items keep their ids."""
         check_token(request, "removals")
         try:
-            await asyncio.wrap_future(engine.remove([item_id]))
+            await done(engine.remove([item_id]), write=True)
         except UnknownItem as e:
             raise fail(404, str(e)) from None
         return {"removed": [item_id], "items": engine.count}
@@ -295,6 +355,35 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
                                    swagger_css_url=swagger[1], swagger_favicon_url="/static/swagger/favicon-32x32.png")
 
     return app
+
+
+class Unexpected:
+    """An unexpected exception: a 500 whose body names its type, the traceback to the log, and the
+    connection kept. (Starlette's last-resort handler answers and then raises again, and uvicorn
+    closes the connection on that: a client's next request on it would be reset.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as e:
+            if started:
+                raise
+            logging.getLogger("uvicorn.error").error("%s %s failed", scope.get("method"), scope.get("path"),
+                                                     exc_info=e)
+            detail = f"OSError: {e.strerror}" if isinstance(e, OSError) and e.strerror else type(e).__name__
+            await _json(send, 500, f"internal error ({detail}); see the service's log", close=False)
 
 
 class BodyLimit:
@@ -345,13 +434,13 @@ class BodyLimit:
         return f"the request is larger than the service's limit of {self.limit / 1024 / 1024:g} MB (--max-upload)"
 
 
-async def _json(send, status: int, message: str) -> None:
+async def _json(send, status: int, message: str, close: bool = True) -> None:
     import json
 
     body = json.dumps({"detail": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -436,6 +525,9 @@ def serve(index: str, collection: str | None = None, host: str = "127.0.0.1", po
         writes = "read-only" if read_only else "additions with the token" if token else "additions off (no --token)"
         on_ready(f"serving {engine.count} items ({engine.bits} bits, {engine.backend}) at http://{shown}:{port}/ "
                  f"({writes}); Ctrl-C stops")
+        if engine.uploads_note:
+            import sys
+            print(f"Note: {engine.uploads_note}", file=sys.stderr)
         # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
         # there before it: for SIGTERM make that a no-op, so the process ends by returning (exit 0).
         previous = signal.signal(signal.SIGTERM, lambda *_: None)

@@ -349,8 +349,8 @@ def connect(uri: str, creating: bool = False, timeout: float | None = None, alia
                 client = MilvusClient(uri=uri, timeout=timeout, **extra)
             else:
                 address = parse_server_uri(uri)
-                client = MilvusClient(uri=address.client_uri, db_name=address.database, timeout=timeout,
-                                      token=os.environ.get(TOKEN_ENV, ""), **extra)
+                client = _Timed(MilvusClient(uri=address.client_uri, db_name=address.database, timeout=timeout,
+                                             token=os.environ.get(TOKEN_ENV, ""), **extra))
                 client.list_collections()        # a wrong token or database fails here, not halfway through a write
             return client
     except HashingError as e:
@@ -448,6 +448,40 @@ class ServerWriterLock(WriterLock):
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
+
+
+# Seconds each call into a server may take, retries included. pymilvus bounds its retries only by
+# an int timeout given to the call; without one a call to a server that went away retries 75 times,
+# about 220 s, before it fails. A flush waits for the server to seal what was inserted: longer.
+CALL_TIMEOUTS = {"flush": 600, "create_collection": 120, "drop_collection": 120}
+CALL_TIMEOUT = 60
+_TIMED = {"has_collection", "query", "insert", "upsert", "delete", "flush", "search", "list_collections",
+          "describe_collection", "create_collection", "drop_collection", "list_databases"}
+
+
+class _Timed:
+    """A server's MilvusClient whose calls each carry an int timeout (CALL_TIMEOUTS)."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if name not in _TIMED:
+            return attr
+        timeout = CALL_TIMEOUTS.get(name, CALL_TIMEOUT)
+
+        def call(*args, **kwargs):
+            kwargs.setdefault("timeout", timeout)
+            return attr(*args, **kwargs)
+        return call
+
+
+def _own_alias() -> str | None:
+    """A connection of its own for each index on a server (see connect)."""
+    import uuid
+
+    return f"hashing-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 def check_collection_name(name: str) -> str:
@@ -604,7 +638,7 @@ class MilvusIndex(BinaryIndex):
         name = check_collection_name(DEFAULT_COLLECTION if collection is None else collection)
         cls.check_type(info.index_type, info.bits)
         _check_room(uri)
-        client = connect(uri, creating=True)
+        client = connect(uri, creating=True, alias=None if is_lite(uri) else _own_alias())
         _check_writer(client, uri, name)
         current = cls._manifest(client, name, uri)
         version = None if current is None else current[0]
@@ -633,12 +667,20 @@ class MilvusIndex(BinaryIndex):
     @classmethod
     def open(cls, uri: str, collection: str | None = None) -> "MilvusIndex":
         name = check_collection_name(DEFAULT_COLLECTION if collection is None else collection)
-        client = connect(uri)
+        client = connect(uri, alias=None if is_lite(uri) else _own_alias())
+        try:
+            return cls._open(client, uri, name)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.close()               # a connection of its own: not left open by a failed open
+            raise
+
+    @classmethod
+    def _open(cls, client, uri: str, name: str) -> "MilvusIndex":
         current = cls._manifest(client, name, uri)
         if current is None:
             with _milvus("listing collections", uri):
                 have = sorted(c[:-len("_meta")] for c in client.list_collections() if c.endswith("_meta"))
-            client.close()
             raise HashingError(f"no collection {name!r} at {uri} (hashing indexes there: {', '.join(have) or 'none'}); "
                                f"check --collection")
         version, row = current

@@ -99,6 +99,15 @@ def hashing_cli():
     return run_hashing
 
 
+def error_of(r, status: int) -> str:
+    """Assert an HTTP response of the service is `status` with one line of JSON `{"detail"}`; that line."""
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"detail"} and isinstance(body["detail"], str), body
+    assert "\n" not in body["detail"] and "Traceback" not in body["detail"]
+    return body["detail"]
+
+
 def one_line_error(code: int, err: str) -> str:
     """Assert the user saw one `Error:` line (click's usage errors add a usage hint) and a non-zero exit."""
     assert code != 0, err

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from conftest import Server, one_line_error, run_hashing  # noqa: E402
+from conftest import Server, error_of, one_line_error, run_hashing  # noqa: E402
 
 TOKEN = "s3cret-token"
 
@@ -59,14 +59,6 @@ def app_client(digits_index, tmp_path_factory):
         client.index = index
         yield client
     engine.close()
-
-
-def error_of(r, status: int) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert set(body) == {"detail"} and isinstance(body["detail"], str), body
-    assert "\n" not in body["detail"] and "Traceback" not in body["detail"]
-    return body["detail"]
 
 
 def test_health_says_what_is_served(app_client, digits_run):
