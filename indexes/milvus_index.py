@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -54,7 +55,7 @@ from hashing.atomic import crashpoint
 from hashing.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 from hashing.indexes.milvus_address import DEFAULT_COLLECTION, parse_server_uri
-from hashing.indexes.milvus_lease import LEASE_ID, Lease, check_no_other
+from hashing.indexes.milvus_lease import Lease, check_no_other
 from hashing.locks import WriterLock
 
 # gRPC's C core logs to stderr by itself (three "Handshake failed" lines for https:// against a plain
@@ -393,7 +394,9 @@ def _ensure_manifest(client, name: str, uri: str) -> None:
 _leases: dict[tuple[str, str], Lease] = {}      # (server key, collection) -> the lease this process holds
 
 
+@functools.lru_cache(maxsize=64)
 def _lease_key(uri: str, name: str) -> tuple[str, str]:
+    """(server key, collection): looked up before every write, so the host is resolved once per URI."""
     return parse_server_uri(uri).key, name
 
 

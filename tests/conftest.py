@@ -1,4 +1,7 @@
+import contextlib
+
 import numpy as np
+
 import pytest
 import torch
 
@@ -97,6 +100,24 @@ def run_hashing(*args, **kwargs):
 @pytest.fixture
 def hashing_cli():
     return run_hashing
+
+
+@contextlib.contextmanager
+def small_tmpfs(tmp_path, size: str):
+    """A tmpfs of `size` (e.g. "1m") under tmp_path, for full-disk tests (root only; skipped where
+    mounting is not allowed), unmounted afterwards."""
+    import os
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def error_of(r, status: int) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_line_error, run_hashing
+from conftest import one_line_error, run_hashing, small_tmpfs
 from hashing.data import load_dataset
 
 
@@ -116,14 +116,9 @@ def test_k_with_radius_means_at_most_k_within_it(digits_index, digit_png):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MB tmpfs (root only; skipped where mounting is not allowed), unmounted afterwards."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    """A 1 MB tmpfs (see conftest.small_tmpfs)."""
+    with small_tmpfs(tmp_path, "1m") as where:
+        yield where
 
 
 def fill(disk, leave: int = 0):

@@ -188,6 +188,13 @@ def test_the_uri_path_is_the_database_and_a_missing_one_writes_nothing(milvus_se
         client.close()
 
 
+def built(run, files, uri: str, collection: str) -> None:
+    """`hashing index` of `files` into `collection` at `uri`, as a user runs it; it must succeed."""
+    code, out, err = run_hashing("index", "--model", run, "--images", files, "--out", uri, "--collection", collection,
+                                 "--quiet")
+    assert code == 0, err
+
+
 def spellings(uri: str) -> list[str]:
     """Other ways to write the address of the same server and database."""
     port = uri.rsplit(":", 1)[1]
@@ -200,9 +207,7 @@ def test_the_writer_lock_is_the_same_for_every_spelling_of_the_address(milvus_se
 
     files, _ = folder
     uri = milvus_server.uri
-    code, out, err = run_hashing("index", "--model", digits_run, "--images", files, "--out", uri,
-                                 "--collection", "spelled", "--quiet")
-    assert code == 0, err
+    built(digits_run, files, uri, "spelled")
     before = info(uri, "spelled")[1]
     with writer_lock(uri, "spelled"):
         for other in spellings(uri):
@@ -249,9 +254,7 @@ def test_a_writer_on_another_machine_is_refused_by_the_lease_on_the_server(milvu
 
     files, _ = folder
     uri = milvus_server.uri
-    code, out, err = run_hashing("index", "--model", digits_run, "--images", files, "--out", uri,
-                                 "--collection", "leased", "--quiet")
-    assert code == 0, err
+    built(digits_run, files, uri, "leased")
     before = info(uri, "leased")[1]
     append = [*hashing_command(), "index", "--model", digits_run, "--images", files, "--out", uri,
               "--collection", "leased", "--append", "--quiet"]
@@ -335,9 +338,7 @@ def test_writers_on_three_machines_at_once_take_turns_and_lose_nothing(milvus_se
 
     files, _ = folder
     uri = milvus_server.uri
-    code, out, err = run_hashing("index", "--model", digits_run, "--images", files, "--out", uri,
-                                 "--collection", "race", "--quiet")
-    assert code == 0, err
+    built(digits_run, files, uri, "race")
     base = len(info(uri, "race")[1])
     append = [*hashing_command(), "index", "--model", digits_run, "--images", files, "--out", uri,
               "--collection", "race", "--append", "--wait", "240", "--quiet"]
@@ -361,9 +362,7 @@ def test_kill_9_at_every_commit_step_of_a_server_writer_leaves_old_or_new(milvus
 
     files, _ = folder
     uri = milvus_server.uri
-    code, out, err = run_hashing("index", "--model", digits_run, "--images", files, "--out", uri,
-                                 "--collection", "killed", "--quiet")
-    assert code == 0, err
+    built(digits_run, files, uri, "killed")
     n = len(info(uri, "killed")[1])
     commands = {"append": ["index", "--model", digits_run, "--images", files, "--out", uri, "--collection",
                            "killed", "--append", "--quiet"]}

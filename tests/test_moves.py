@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_tmpfs
 from hashing import moves
 from hashing.errors import HashingError
 
@@ -206,14 +207,9 @@ def test_a_full_disk_during_an_undo_stops_at_once_and_leaves_no_part_file_in_the
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 2 MB tmpfs (root only; skipped where mounting is not allowed), unmounted afterwards."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    """A 2 MB tmpfs (see conftest.small_tmpfs)."""
+    with small_tmpfs(tmp_path, "2m") as where:
+        yield where
 
 
 def test_an_undo_that_cannot_fit_on_the_disk_is_refused_before_anything_moves(tmp_path, small_disk):
