@@ -19,13 +19,13 @@ def machine() -> str:
 
 
 def train_and_score(recipe: str, db, qs, ks=(100,), train_images: int | None = None, **settings) -> dict:
-    """Train `recipe` with explicit `settings` (hashing.recipes.resolve, as `hashing train` does) on the
+    """Train `recipe` with explicit `settings` (hashing.train.recipes.resolve, as `hashing train` does) on the
     first `train_images` of db, encode database and queries, return scores, epochs and timings."""
-    from hashing import checkpoint
-    from hashing.codes import encode_array
-    from hashing.evaluation import score_codes
-    from hashing.recipes import resolve
-    from hashing.train import train
+    from hashing.model import checkpoint
+    from hashing.model.encode import encode_array
+    from hashing.evaluate.classes import score_codes
+    from hashing.train.recipes import resolve
+    from hashing.train.loop import train
 
     data = db.head(train_images)
     cfg, tcfg = resolve(recipe, db.name, len(data), data_dir=db.data_dir, max_images=train_images, **settings)
@@ -48,8 +48,8 @@ def train_and_score(recipe: str, db, qs, ks=(100,), train_images: int | None = N
 
 
 def score_baseline(name: str, bits: int, db, qs, ks=(100,)) -> dict:
-    from hashing import baselines
-    from hashing.evaluation import score_codes
+    from hashing.codes import baselines
+    from hashing.evaluate.classes import score_codes
 
     fdb = db.images.reshape(len(db), -1).astype(np.float32) / 255
     fq = qs.images.reshape(len(qs), -1).astype(np.float32) / 255
@@ -61,7 +61,7 @@ def score_baseline(name: str, bits: int, db, qs, ks=(100,)) -> dict:
 
 def score_l2(db, qs, ks=(100,)) -> dict:
     """Exact float L2 kNN on the raw pixels: the reference the codes compress away from."""
-    from hashing.evaluation import l2_search, pixels, rank_all
+    from hashing.evaluate.classes import l2_search, pixels, rank_all
 
     t0 = time.perf_counter()
     s = rank_all(l2_search(pixels(db.images)), pixels(qs.images), qs.labels, db.labels, ks, None, progress=False)

@@ -6,7 +6,7 @@ For each scenario an old artefact exists (an index built by model A, or model A'
 and a command rewrites it (an index of the same items by model B, an append, a removal of 50
 items, a retraining).
 The command is run once with HASHING_CRASH_LOG to list the file-system changes it commits
-with (hashing.atomic.crashpoint), then once per point with HASHING_CRASH_AT=N, which SIGKILLs
+with (hashing.core.atomic.crashpoint), then once per point with HASHING_CRASH_AT=N, which SIGKILLs
 it right after that change, and once per delay with an outside SIGKILL. After each kill the
 artefact must be exactly the old version or exactly the new one: the same query results as
 one of them (indexes), or a checkpoint whose weights are A's or B's (run folders); never a
@@ -70,8 +70,8 @@ def crash_points(args: list, log: Path) -> list[str]:
 
 def index_answers(location: str, images: list[Path]) -> list:
     """[(id, distance), ...] per query image, or the error's text."""
-    from hashing.errors import HashingError
-    from hashing.retrieval import query_images
+    from hashing.core.errors import HashingError
+    from hashing.workflows.query import query_images
 
     try:
         return [[(h.id, h.distance) for h in r.hits] for r in query_images(images, location, k=10)]
@@ -102,7 +102,7 @@ def exercise(name: str, args: list, points: list[str], restore, judge, delays: l
 
 
 def train_model(run: Path, seed: int) -> None:
-    from hashing.train import train_on
+    from hashing.train.loop import train_on
 
     train_on("default", run, "digits", progress=False, bits=16, epochs=1, seed=seed)
 
@@ -110,7 +110,7 @@ def train_model(run: Path, seed: int) -> None:
 def query_images_of(work: Path, n: int = 6) -> list[Path]:
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     test = load_dataset("digits", "test")
     paths = []
@@ -124,7 +124,7 @@ def digit_folder(folder: Path, n: int = 120) -> Path:
     """The first n digits/test images as PNG files (the query images are among them)."""
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     test = load_dataset("digits", "test")
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list
     """Old: model A's index of digits/test at `location`. The command: model B's rebuild of it (or,
     with append, model A adding digits/train to it; with remove, removing the ids REMOVED; with sync, model
     A's index of a folder of digits, and `--sync` after two files were deleted, one edited, one added)."""
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     pristine = work / f"{name}.pristine"
     loc = Path(location)
@@ -188,7 +188,7 @@ def index_scenario(name: str, work: Path, run_a: Path, run_b: Path, images: list
 
 def train_scenario(work: Path, run_a: Path, delays: list[float]) -> Outcome:
     """Old: model A's run folder. The command: a retraining into it with another seed (model B)."""
-    from hashing import checkpoint
+    from hashing.model import checkpoint
 
     run = work / "train_run"
     args = ["train", "--dataset", "digits", "--bits", "16", "--epochs", "1", "--seed", "1", "--out", run]

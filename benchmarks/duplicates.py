@@ -11,7 +11,7 @@ method at its default threshold and at the threshold of its best F1 over a sweep
 
 - model: `hashing duplicates --model RUN` (the codes encoded once; the command's grouping at each T):
   with its pixel check (the default: each file's 20 nearest codes within T checked by
-  hashing.verify, computed once at the widest T; "auto" = a quarter of the bits) and `--no-verify`
+  hashing.dedup.verify, computed once at the widest T; "auto" = a quarter of the bits) and `--no-verify`
   (the codes alone; "auto" = the model's calibrated threshold from its config.json);
 - phash, dhash, pdq: `hashing duplicates --hash NAME`, the same two ways;
 - imagededup PHash (its own encoder and find_duplicates; default max_distance_threshold 10);
@@ -68,7 +68,7 @@ def group_pairs(groups: list[list[str]]) -> set:
 
 def ours(codes: np.ndarray, files: list[str], thresholds, order: np.ndarray) -> dict:
     """{T: predicted pairs} by the command's own grouping (pairs within the largest T found once)."""
-    from hashing.grouping import pairs_within, star_groups
+    from hashing.codes.grouping import pairs_within, star_groups
 
     i, j, d = pairs_within(codes, max(thresholds))
     out = {}
@@ -81,9 +81,9 @@ def ours(codes: np.ndarray, files: list[str], thresholds, order: np.ndarray) -> 
 
 def ours_checked(codes: np.ndarray, files: list[str], paths: list[str], radii, order: np.ndarray) -> tuple[dict, float]:
     """({R: predicted pairs} with the command's pixel check of each file's nearest codes within R, check seconds)."""
-    from hashing import verify
-    from hashing.calibration import CANDIDATES
-    from hashing.grouping import neighbours_within, star_groups
+    from hashing.dedup import verify
+    from hashing.train.calibration import CANDIDATES
+    from hashing.codes.grouping import neighbours_within, star_groups
 
     t0 = time.perf_counter()
     i, j, d = neighbours_within(codes, max(radii), CANDIDATES)
@@ -100,8 +100,8 @@ def ours_checked(codes: np.ndarray, files: list[str], paths: list[str], radii, o
 
 
 def encode_ours(images: Path, name: str, run: str | None):
-    from hashing import checkpoint
-    from hashing.duplicates import collect, encode_model, encode_perceptual, keep_order
+    from hashing.model import checkpoint
+    from hashing.dedup.find import collect, encode_model, encode_perceptual, keep_order
 
     paths, _, _ = collect([str(images)])
     t0 = time.perf_counter()
@@ -152,10 +152,10 @@ def main() -> None:
     p.add_argument("--train-command", default="", help="The training command line (for the table).")
     p.add_argument("--out", type=Path, default=HERE / "results" / "duplicates_openclipart.md")
     a = p.parse_args()
-    from hashing import checkpoint
-    from hashing.calibration import describe, recorded
-    from hashing.calibration import candidate_radius
-    from hashing.duplicates import HASH_THRESHOLDS
+    from hashing.model import checkpoint
+    from hashing.train.calibration import describe, recorded
+    from hashing.train.calibration import candidate_radius
+    from hashing.dedup.find import HASH_THRESHOLDS
 
     meta = json.loads((a.collection / "truth.json").read_text())
     truth = meta["truth"]

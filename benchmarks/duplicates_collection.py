@@ -61,7 +61,7 @@ def distinct_pictures(root: Path, lookalike: int = 10) -> list[Path]:
 
     import imagehash
 
-    from hashing.images import trimmed
+    from hashing.images.reader import trimmed
 
     real = sorted({p.resolve() for p in root.rglob("*.png") if p.is_file()})
     by_bytes, by_pixels, out = set(), set(), []

@@ -5,7 +5,7 @@
 Codes: --n random 64-bit codes of which 10 % are planted copies of others (each bit flipped with
 probability 0.05: copies at distance ~3, up to ~10). Encoding is not part of it. For each threshold T:
 
-- ours: hashing.grouping.pairs_within (the method its cost model picks; multi-index hashing at small T)
+- ours: hashing.codes.grouping.pairs_within (the method its cost model picks; multi-index hashing at small T)
   and star_groups, timed end to end;
 - brute force: faiss IndexBinaryFlat range search of --sample of the codes against all of them, timed
   and scaled by n / sample (the whole scan would take that long; it is the same work per query);
@@ -56,7 +56,7 @@ def main() -> None:
     a = p.parse_args()
     import faiss
 
-    from hashing.grouping import pairs_within, plan, star_groups
+    from hashing.codes.grouping import pairs_within, plan, star_groups
 
     codes = make_codes(a.n)
     rng = np.random.default_rng(1)

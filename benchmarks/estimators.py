@@ -29,8 +29,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the markdown table here")
     a = p.parse_args()
 
-    from hashing import estimators
-    from hashing.data import load_dataset
+    from hashing.model import estimators
+    from hashing.images.datasets import load_dataset
 
     db, qs = load_dataset(a.dataset, "train", a.data_dir), load_dataset(a.dataset, "test", a.data_dir)
     rows = []

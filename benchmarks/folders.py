@@ -47,7 +47,7 @@ def hashing(*args, env=None) -> tuple[str, float]:
 
 
 def fashion(data_dir: Path, split: str):
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     ds = load_dataset("fashion-mnist", split, str(data_dir))
     return ds.images, ds.labels
@@ -106,7 +106,7 @@ def per_second(text: str) -> float:
 def clothing_flags() -> list:
     """The default recipe's own settings for fashion-mnist (recipes.Recipe.datasets) as flags, so
     that the folder, which is not that dataset by name, trains with exactly the same ones."""
-    from hashing.recipes import RECIPES
+    from hashing.train.recipes import RECIPES
 
     flags: list = []
     for key, value in RECIPES["default"].datasets["fashion-mnist"].items():

@@ -1,4 +1,4 @@
-"""GPU Hamming search (hashing.torch_search) beside FAISS IndexBinaryFlat, in one run.
+"""GPU Hamming search (hashing.model.knn) beside FAISS IndexBinaryFlat, in one run.
 
     python benchmarks/gpu_search.py [--sizes 1000000,10000000] [--nq 1000] [--bits 512] [--quick]
 
@@ -33,7 +33,7 @@ def main() -> None:
     import faiss
 
     from hashing.indexes.exact import hamming_distances as hamming
-    from hashing.torch_search import METHODS, TorchFlat
+    from hashing.model.knn import METHODS, TorchFlat
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000000,10000000")

@@ -175,7 +175,7 @@ def store_part(n: int, queries: int, removals: int, work: Path) -> list[str]:
 def noisy_digits(folder: Path, files: int, seed: int = 0) -> list[Path]:
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     rng = np.random.default_rng(seed)
     ds = load_dataset("digits", "train")
@@ -192,9 +192,9 @@ def noisy_digits(folder: Path, files: int, seed: int = 0) -> list[Path]:
 def sync_part(files: int, work: Path) -> list[str]:
     from PIL import Image
 
-    from hashing.retrieval import build_index
-    from hashing.sync import sync_index
-    from hashing.train import train_on
+    from hashing.workflows.index import build_index
+    from hashing.workflows.sync import sync_index
+    from hashing.train.loop import train_on
 
     folder = work / "photos"
     shutil.rmtree(folder, ignore_errors=True)

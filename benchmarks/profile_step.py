@@ -1,11 +1,11 @@
-"""Where a training step's time goes: torch.profiler over `hashing.train`'s own loop.
+"""Where a training step's time goes: torch.profiler over `hashing.train.loop`'s own loop.
 
     python benchmarks/profile_step.py --data-dir ../shared/data/mnist                 # CPU
     python benchmarks/profile_step.py --data-dir data/mnist --device cuda --batch-size 512 --scale-lr
 
 Trains the recipe (default: `default`, 512 bits) for one warm-up epoch and then profiles
 `--steps` steps of a second one. The library's pieces are labelled from outside (no profiler
-code in the library): the random views (hashing.augment), the encoder, the binarizer, the
+code in the library): the random views (hashing.train.views), the encoder, the binarizer, the
 decoder, the loss terms; autograd's backward and Adam's step are labelled by torch itself.
 Prints, per part: self time (CPU and, on CUDA, the GPU's kernel time), the number of kernel
 launches per step, and the top operators; writes a Chrome trace (chrome://tracing,
@@ -38,7 +38,10 @@ def label(fn, name: str):
 
 def instrument() -> None:
     """Wrap the library's pieces in profiler ranges (classes and module-level functions)."""
-    from hashing import augment, model, objectives, estimators
+    from hashing.train import views as augment
+    from hashing.model import network as model
+    from hashing.train import objectives
+    from hashing.model import estimators
 
     for name, fn in list(augment.VIEWS.items()):
         augment.VIEWS[name] = label(fn, "views")
@@ -63,9 +66,9 @@ def main() -> None:
     a = p.parse_args()
     instrument()
 
-    from hashing.data import load_dataset
-    from hashing.recipes import resolve
-    from hashing.train import train
+    from hashing.images.datasets import load_dataset
+    from hashing.train.recipes import resolve
+    from hashing.train.loop import train
 
     data = load_dataset("mnist", "train", a.data_dir)
     n = a.batch_size * (a.steps + 8)                     # epoch 2 = 8 steps of wait/warm-up + the profiled steps

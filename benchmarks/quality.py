@@ -7,7 +7,7 @@
 Database = train split, queries = test split, relevant = same label, mAP over the whole
 ranking (tie-aware), mAP@1000, precision@1 and @100. `l2` is exact float kNN on the raw pixels
 (no bits: one row). `--set neighbours=20` passes a training setting to every recipe, as its flag would. Writes DIR/quality_<dataset>[_T].md (a table) and .png (mAP vs bits).
-Configs are built as `hashing train` builds them (hashing.recipes.resolve): --epochs, when
+Configs are built as `hashing train` builds them (hashing.train.recipes.resolve): --epochs, when
 given, overrides every recipe, like the flag; without it each recipe trains for its own
 default length for the dataset (`hashing train --help` lists them: the default 5 epochs, 8 on
 fashion-mnist; the supervised recipe 15, 60 on fashion-mnist).
@@ -46,8 +46,8 @@ def main() -> None:
 
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
 
-    from hashing.data import load_dataset
-    from hashing.plots import line_plot
+    from hashing.images.datasets import load_dataset
+    from hashing.images.plots import line_plot
 
     db, qs = load_dataset(a.dataset, "train", a.data_dir), load_dataset(a.dataset, "test", a.data_dir)
     bits_list = [int(b) for b in a.bits.split(",")]

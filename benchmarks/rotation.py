@@ -39,13 +39,13 @@ def main() -> None:
 
     import torch
 
-    from hashing import checkpoint
-    from hashing.baselines import ITQ
-    from hashing.bits import pack
-    from hashing.data import load_dataset
-    from hashing.evaluation import fitting_sample, rank_all, score_codes
-    from hashing.recipes import resolve
-    from hashing.train import train
+    from hashing.model import checkpoint
+    from hashing.codes.baselines import ITQ
+    from hashing.codes.bits import pack
+    from hashing.images.datasets import load_dataset
+    from hashing.evaluate.classes import fitting_sample, rank_all, score_codes
+    from hashing.train.recipes import resolve
+    from hashing.train.loop import train
 
     db, qs = load_dataset(a.dataset, "train", a.data_dir), load_dataset(a.dataset, "test", a.data_dir)
     data = db.head(a.train_images)

@@ -7,7 +7,7 @@ call) and single-query latency (one call per query), one thread, Gcmp/s = N / ba
 per query (codes scanned per second; for approximate indexes an effective rate, as they
 touch only part of the database), and recall@10 against exact search (tie-aware: a returned item
 counts when its distance is within the exact 10th distance). "numpy" is a plain NumPy
-popcount brute force, the reference; "torch-cpu"/"torch-cuda" is hashing.torch_search.
+popcount brute force, the reference; "torch-cpu"/"torch-cuda" is hashing.model.knn.
 Above --max-graph-n (10^6) only flat and ivf are built (HNSW/MIH builds take hours here).
 
 The popcount limit: benchmarks/popcount_limit.c (gcc -O3 -march=native), XOR+POPCNT
@@ -39,14 +39,14 @@ MIH = "BHash{nhash}x{b}"
 
 
 def all_types() -> list[str]:
-    from hashing.indexes.faiss_index import INDEX_TYPES
+    from hashing.indexes.faiss import INDEX_TYPES
     return [*INDEX_TYPES, "mih"]
 
 
 def build(name: str, xb: np.ndarray, bits: int):
     import faiss
 
-    from hashing.indexes.faiss_index import factory_string, tune
+    from hashing.indexes.faiss import factory_string, tune
 
     n = len(xb)
     spec = MIH.format(nhash=bits // 32, b=min(24, int(np.log2(n)) + 2)) if name == "mih" else factory_string(name, n)
@@ -73,11 +73,11 @@ def codes_real(model_dir: str, data_dir: str, n: int, rng) -> tuple[np.ndarray, 
     import torch
     from tqdm import tqdm
 
-    from hashing import checkpoint
-    from hashing.augment import random_affine
-    from hashing.bits import pack
-    from hashing.codes import encode_array
-    from hashing.data import load_dataset
+    from hashing.model import checkpoint
+    from hashing.train.views import random_affine
+    from hashing.codes.bits import pack
+    from hashing.model.encode import encode_array
+    from hashing.images.datasets import load_dataset
 
     torch.manual_seed(0)
     model = checkpoint.load(model_dir).model
@@ -161,7 +161,7 @@ def run(kind: str, xb: np.ndarray, xq: np.ndarray, bits: int, types: list[str], 
     del d
     import torch
 
-    from hashing import torch_search
+    from hashing.model import knn as torch_search
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tb, tq = torch.from_numpy(xb).to(dev), torch.from_numpy(xq[:max(3, min(100, 10**8 // len(xb)))]).to(dev)
     torch_search.knn(tq[:2], tb, 10)

@@ -42,9 +42,9 @@ BATCH = re.compile(rb"batch;desc=(\d+)")
 def build_indexes(model: str, data_dir: str, out: Path, sizes: list[str]) -> dict[str, Path]:
     """{"18k flat": folder, "1M flat": ..., "1M ivf": ...}, built once and reused."""
     from hashing.indexes.base import IndexInfo
-    from hashing.indexes.faiss_index import FaissIndex
-    from hashing.retrieval import build_index
-    from hashing.checkpoint import load
+    from hashing.indexes.faiss import FaissIndex
+    from hashing.workflows.index import build_index
+    from hashing.model.checkpoint import load
 
     out.mkdir(parents=True, exist_ok=True)
     small = out / "mnist-18k-flat"
@@ -85,7 +85,7 @@ def query_bodies(data_dir: str, n: int = 200) -> tuple[list[bytes], bytes]:
 
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     test = load_dataset("mnist", "test", data_dir)
     boundary = b"hashingbenchmarkboundary"

@@ -7,7 +7,7 @@ script builds) gets `--uploads` concurrent POST /search of an S x S RGBA PNG (sm
 gradients: a few MB, like the hostile case), while a second client sends small queries. Reported: the
 statuses, the server's peak RSS (VmHWM) and its RSS after the burst, and the small queries'
 latency during the burst. The service refuses images over --max-megapixels (40) from their
-header; images over LARGE_PIXELS are decoded one at a time (hashing/service.py).
+header; images over LARGE_PIXELS are decoded one at a time (hashing/serve/app.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def big_png(side: int) -> bytes:
 def small_png() -> bytes:
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     buf = io.BytesIO()
     Image.fromarray(load_dataset("digits", "test").images[0]).save(buf, "PNG")
@@ -109,8 +109,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-memory-"))
     index = a.index
     if index is None:
-        from hashing.retrieval import build_index
-        from hashing.train import train_on
+        from hashing.workflows.index import build_index
+        from hashing.train.loop import train_on
 
         train_on("default", work / "run", "digits", progress=False, bits=64, epochs=1, seed=0)
         index = str(work / "idx")

@@ -3,7 +3,7 @@
 The original loop: torchvision MNIST with ToTensor + Normalize per image, a shuffling
 DataLoader (batch 64), the original design's model as it was written (plain Conv2d/ConvTranspose2d
 at the 1x1 bottleneck, ReLU before an identity straight-through binarizer), Adam, MSE.
-Ours: hashing.train's loop (the whole split in one device tensor, index batches,
+Ours: hashing.train.loop's loop (the whole split in one device tensor, index batches,
 channels_last, fused Adam, the bottleneck layers as matrix products; bf16 autocast on
 CUDA) with the same objective (reconstruction only) and code length (512 bits).
 
@@ -84,9 +84,9 @@ def our_loop(data_dir: str, device: torch.device, n: int, batch_size: int, lr: f
 
     import numpy as np
 
-    from hashing.data import load_dataset
-    from hashing.recipes import resolve
-    from hashing.train import train
+    from hashing.images.datasets import load_dataset
+    from hashing.train.recipes import resolve
+    from hashing.train.loop import train
 
     data = load_dataset("mnist", "train", data_dir)
     reps = -(-n // len(data))

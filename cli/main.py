@@ -9,16 +9,16 @@ import sys
 
 import click
 
-from hashing.baselines import BASELINES
-from hashing.copies import COPY_BASELINES
+from hashing.codes.baselines import BASELINES
+from hashing.evaluate.copies import COPY_BASELINES
 from hashing.cli.options import (FloatOrAuto, IntOrAuto, JsonObject, LibraryChoice, source_options, device_option, model_option,
                                  quiet_option, setting, wait_option)
-from hashing.data import SPLITS
-from hashing.edits import DEFAULT_EDITS, EDITS
-from hashing.errors import HashingError, HashingWarning
+from hashing.images.datasets import SPLITS
+from hashing.images.edits import DEFAULT_EDITS, EDITS
+from hashing.core.errors import HashingError, HashingWarning
 from hashing.indexes.backends import BACKENDS
-from hashing.indexes.faiss_index import INDEX_TYPES
-from hashing.recipes import RECIPES
+from hashing.indexes.faiss import INDEX_TYPES
+from hashing.train.recipes import RECIPES
 
 class Group(click.Group):
     """Turns HashingError into a one-line message and exit code 1, never a traceback; a HashingWarning into
@@ -59,7 +59,7 @@ def os_error_line(e: OSError) -> str:
 
 def _one_process_unless_training(command: str | None) -> None:
     """Only `hashing train` runs data-parallel: N copies of any other command would only race."""
-    from hashing.distributed import environment
+    from hashing.train.distributed import environment
 
     world = environment().world
     if world > 1 and command not in (None, "train"):
@@ -104,26 +104,26 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--max-images", type=int, help="Train on the first N images of the split only (for quick trials).")
 @click.option("--batch-size", type=int, default=None,
               help="Images per step.  [default: 512 (copies; default on fashion-mnist), else 64 on CPU and 512 on a "
-                   "GPU; halved for small splits; with --scale-lr above 64 (hashing.train.batch_plan)]")
+                   "GPU; halved for small splits; with --scale-lr above 64 (hashing.train.config.batch_plan)]")
 @setting("--lr", type=float, help="Adam learning rate (betas 0.5, 0.999).")
 @click.option("--scale-lr/--no-scale-lr", default=None,
               help="Scale --lr by sqrt(batch-size / 64), for large batches.  [default: on with an automatic batch "
                    "above 64]")
-@setting("--schedule", type=LibraryChoice("hashing.train:SCHEDULES"), help="Learning-rate schedule.")
+@setting("--schedule", type=LibraryChoice("hashing.train.config:SCHEDULES"), help="Learning-rate schedule.")
 @device_option
 @setting("--seed", type=int, help="Random seed (weights, shuffling, sampling): 0 to 2**32 - 1.")
-@setting("--estimator", type=LibraryChoice("hashing.estimators:REGISTRY"),
+@setting("--estimator", type=LibraryChoice("hashing.model.estimators:REGISTRY"),
          help="Gradient estimator of the binarizer (`hashing estimators` describes each).")
-@setting("--domain", type=LibraryChoice("hashing.model:DOMAINS"), help="Code values fed to the decoder: {0,1} or {-1,+1}.")
+@setting("--domain", type=LibraryChoice("hashing.model.config:DOMAINS"), help="Code values fed to the decoder: {0,1} or {-1,+1}.")
 @setting("--balance", type=float, help="Weight of the bit-balance term.")
 @setting("--decorrelation", type=float, help="Weight of the bit-decorrelation term.")
 @setting("--contrastive", type=float, help="Weight of the two-view contrastive term (no labels).")
 @setting("--supervised", type=float, help="Weight of the hash-centre term (uses labels).")
 @setting("--reconstruction", type=float, help="Weight of the pixel reconstruction (MSE) term.")
-@setting("--views", type=LibraryChoice("hashing.augment:VIEWS", extra=("auto",)),
-         help="Random views for the contrastive/supervised terms (hashing/augment.py); auto picks by dataset.")
+@setting("--views", type=LibraryChoice("hashing.train.views:VIEWS", extra=("auto",)),
+         help="Random views for the contrastive/supervised terms (hashing/train/views.py); auto picks by dataset.")
 @setting("--view-options", type=JsonObject(),
-         help="Settings of the view family as a JSON object of its keyword arguments (hashing/augment.py), e.g. "
+         help="Settings of the view family as a JSON object of its keyword arguments (hashing/train/views.py), e.g. "
               "'{\"brightness\": [0.6, 1.8]}' for copies; merged over the recipe's own when the views are its.")
 @setting("--temperature", type=FloatOrAuto(),
          help="Temperature of the contrastive term (NT-Xent on unit-norm codes): lower spreads images apart, "
@@ -134,7 +134,7 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @setting("--lowpass", type=float,
          help="Gaussian blur (sigma in pixels at the model's image size) of every image before the encoder, in "
               "training and search alike: codes that ignore fine detail (rescaling, blur, JPEG, noise).")
-@setting("--codes", type=LibraryChoice("hashing.model:CODES", extra=("auto",)),
+@setting("--codes", type=LibraryChoice("hashing.model.config:CODES", extra=("auto",)),
          help="What an index stores: layer = the signs of the trained code layer; itq = the signs of an ITQ "
               "rotation of the conv features, fitted after each epoch (purer top results on clothing); auto: itq "
               "from 64 bits up, layer below.")
@@ -170,7 +170,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     --nproc_per_node=N -m hashing train ...`; --batch-size is then per process, and each
     step sees N x that many images (docs/training.md, "Several processes: torchrun").
     """
-    from hashing.train import train_on
+    from hashing.train.loop import train_on
 
     r = train_on(recipe, out, dataset, images, data_dir, progress=not quiet,
                  channels=None if channels is None else int(channels), **settings)
@@ -186,7 +186,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     if r.world > 1:
         click.echo(f"{r.world} processes (torchrun), {r.world} x {r.batch_size} = {r.world * r.batch_size} images per step")
     if r.calibration:
-        from hashing.calibration import line
+        from hashing.train.calibration import line
 
         click.echo(f"{line(r.calibration)}: `hashing duplicates --no-verify` uses it")
     click.echo(f"saved {out}: config.json, its weights and history, {r.picture}")
@@ -203,7 +203,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
 def encode(run_dir, dataset, data_dir, images, split, strict, out, batch_size, device, quiet):
     """Encode a dataset split or a folder of images to packed codes (uint8, N x bits/8,
     numpy.packbits order) and labels."""
-    from hashing.retrieval import encode
+    from hashing.workflows.encode import encode
 
     r = encode(run_dir, out, dataset, images, split, data_dir, batch_size, device, progress=not quiet, strict=strict)
     click.echo(f"wrote {r.count} {r.bits}-bit codes to {r.out} ({r.images_per_second:.0f} images/s)")
@@ -233,7 +233,7 @@ def encode(run_dir, dataset, data_dir, images, split, strict, out, batch_size, d
 def index(run_dir, dataset, data_dir, images, split, strict, out, index_type, backend, uri, collection, append,
           sync, batch_size, wait, device, quiet):
     """Encode a dataset split or a folder of images and store the codes in a binary index."""
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     if (out is None) == (uri is None):
         raise click.UsageError("give exactly one of --out or --uri")
@@ -252,7 +252,7 @@ def index(run_dir, dataset, data_dir, images, split, strict, out, index_type, ba
 def _sync(run_dir, images, split, location, collection, batch_size, wait, device, quiet, backend, **unused):
     """`hashing index --sync`: the options a sync does not take are refused by name."""
     from hashing.indexes.backends import backend_for
-    from hashing.sync import sync_index
+    from hashing.workflows.sync import sync_index
 
     backend_for(location, backend)                 # an explicit --backend must agree with the location
     for name, value in unused.items():
@@ -281,7 +281,7 @@ def _sync(run_dir, images, split, location, collection, batch_size, wait, device
 def remove(ids, index_location, sources, collection, wait, quiet):
     """Remove items from an index by ID (and/or --source PATH). All of them go in one commit, or none:
     an unknown id or source is an error and nothing is removed."""
-    from hashing.inventory import remove_items
+    from hashing.workflows.inventory import remove_items
 
     r = remove_items(index_location, list(ids), list(sources), collection, wait)
     click.echo(f"removed {r.removed} item{'s' if r.removed != 1 else ''} from {r.location} ({r.total} left)")
@@ -303,7 +303,7 @@ def info(index_location, collection, with_items, as_json):
 
     if (Path(index_location) / "config.json").is_file() and not (Path(index_location) / "meta.json").exists():
         return _run_info(index_location, as_json)
-    from hashing.inventory import describe
+    from hashing.workflows.inventory import describe
 
     d = describe(index_location, collection, with_items)
     if as_json:
@@ -327,7 +327,7 @@ def info(index_location, collection, with_items, as_json):
 
 
 def _run_info(run_dir: str, as_json: bool) -> None:
-    from hashing.calibration import CANDIDATES, describe_run, line
+    from hashing.train.calibration import CANDIDATES, describe_run, line
 
     d = describe_run(run_dir)
     if as_json:
@@ -368,7 +368,7 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
     training images were (channels, size, resize rule). MNIST-style models expect a white digit on a black background (use --invert
     for a dark digit on white paper).
     """
-    from hashing.retrieval import query_images
+    from hashing.workflows.query import query_images
 
     if k is None and radius is None:
         k = 10
@@ -447,7 +447,7 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
     if undo_log is not None:
         if folders or move_to:
             raise click.UsageError("--undo LOG takes no folders and no --move-to")
-        from hashing.moves import undo
+        from hashing.dedup.moves import undo
 
         r = undo(undo_log, dry_run=dry_run)
         for line in r.notes:
@@ -464,7 +464,7 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
         return
     if not folders:
         raise click.UsageError("give at least one FOLDER (or --undo LOG)")
-    from hashing.duplicates import run
+    from hashing.dedup.find import run
 
     job = run(list(folders), run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run,
               batch_size, device, progress=not quiet, against=against, verify=verify)
@@ -527,7 +527,7 @@ def serve(index_location, collection, host, port, token, read_only, max_upload_m
     Loads the model and the index once, then answers until Ctrl-C or SIGTERM. Needs the serve extra
     (pip install 'hashing[serve]').
     """
-    from hashing.service import serve as run
+    from hashing.serve.app import serve as run
 
     run(index_location, collection, host, port, token, read_only, max_upload_mb, uploads, device,
         on_ready=lambda line: click.echo(line, err=False) or sys.stdout.flush(), wait=wait,
@@ -540,7 +540,7 @@ def serve(index_location, collection, host, port, token, read_only, max_upload_m
               help="Write a PNG of each estimator's forward value and backward gradient against the input.")
 def estimators(plot):
     """List the binarizer's gradient estimators (use one with `hashing train --estimator NAME`)."""
-    from hashing import estimators as est
+    from hashing.model import estimators as est
 
     width = max(map(len, est.names()))
     for name in est.names():
@@ -548,8 +548,8 @@ def estimators(plot):
     if plot:
         import torch
 
-        from hashing.atomic import check_output_file
-        from hashing.plots import estimator_curves
+        from hashing.core.atomic import check_output_file
+        from hashing.images.plots import estimator_curves
 
         check_output_file(plot, "--plot")
 
@@ -611,7 +611,7 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
     """
     names = None if baselines is None else tuple(b.strip() for b in baselines.split(",") if b.strip())
     if task == "copies":
-        from hashing.copies import evaluate_copies
+        from hashing.evaluate.copies import evaluate_copies
 
         report = evaluate_copies(run_dir, dataset, data_dir, images, split, copies,
                                  DEFAULT_EDITS if edits is None else edits.split(","),
@@ -622,7 +622,7 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
         given = [f"--{o}" for o, v in (("split", split), ("copies", copies), ("edits", edits)) if v is not None]
         if given:
             raise click.UsageError(f"{given[0]} belongs to --task copies")
-        from hashing.evaluation import evaluate as run
+        from hashing.evaluate.classes import evaluate as run
 
         k_list = None
         if ks is not None:

@@ -14,9 +14,9 @@ from typing import Callable
 
 import click
 
-from hashing import validation as V
-from hashing.data import DATASETS, SPLITS
-from hashing.device import DEVICES
+from hashing.core import validation as V
+from hashing.images.datasets import DATASETS, SPLITS
+from hashing.model.device import DEVICES
 
 
 class LibraryChoice(click.Choice):
@@ -133,7 +133,7 @@ class SettingOption(click.Option):
     """A training setting whose default the recipe decides; --help shows it from the library."""
 
     def get_help_record(self, ctx):
-        from hashing.recipes import default_text
+        from hashing.train.recipes import default_text
 
         base = getattr(self, "_base_help", None)
         if base is None:

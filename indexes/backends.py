@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib
 
-from hashing import validation as V
-from hashing.errors import HashingError
+from hashing.core import validation as V
+from hashing.core.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
-from hashing.indexes.lock import WriterLock, lock_path
+from hashing.core.locks import WriterLock
+from hashing.indexes.lock import lock_path
 
-BACKENDS = {"faiss": "hashing.indexes.faiss_index:FaissIndex", "milvus": "hashing.indexes.milvus_index:MilvusIndex"}
+BACKENDS = {"faiss": "hashing.indexes.faiss:FaissIndex", "milvus": "hashing.indexes.milvus.index:MilvusIndex"}
 MILVUS_PREFIXES = ("http://", "https://", "tcp://")
 
 
@@ -49,7 +50,7 @@ def writer_lock(location: str, collection: str | None = None, backend: str | Non
     what = f"the index {location}" + (f" (collection {collection})" if collection and name == "milvus" else "")
     path = lock_path(str(location), name, collection)
     if str(location).startswith(MILVUS_PREFIXES):
-        from hashing.indexes.milvus_index import ServerWriterLock
+        from hashing.indexes.milvus.index import ServerWriterLock
 
         return ServerWriterLock(path, what, str(location), collection)
     return WriterLock(path, what)

@@ -1,7 +1,7 @@
 """The interface every backend implements, and the metadata that travels with the codes.
 
 faiss names throughout: xb (database codes), xq (query codes), k, D (distances), I (ids).
-Codes are (n, bits/8) uint8 packed by hashing.bits.pack. Item ids are assigned in add
+Codes are (n, bits/8) uint8 packed by hashing.codes.bits.pack. Item ids are assigned in add
 order, 0, 1, 2, ... and never reused: after a removal the next id is still one past the
 highest ever given (`next_id`, kept by every backend), so a removed item's id never names
 another item. This module imports no backend: the registry that
@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from hashing import validation as V
-from hashing.errors import HashingError
+from hashing.core import validation as V
+from hashing.core.errors import HashingError
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """One writer per index: an OS lock on a file that belongs to the index.
 
 Every command that changes an index (`hashing index`, `--append`, and a `hashing serve` that takes
-additions, for its whole life) holds `WriterLock` (`hashing.locks`) while it works. The lock is `fcntl.flock` on the
+additions, for its whole life) holds `WriterLock` (`hashing.core.locks`) while it works. The lock is `fcntl.flock` on the
 lock file: the kernel releases it when the holder exits, however it exits (kill -9 included), so a
 lock is never left stale and the next writer gets it at once. The file itself stays; it only says
 who holds the lock now (pid, command, since), so that a refused writer can name the holder.
@@ -11,9 +11,9 @@ Readers never take it: `hashing query` and a read-only service read committed ve
 
 Where the lock lives (`lock_path`): inside a FAISS index folder (`.writer.lock`), beside a Milvus
 Lite file (`.NAME.db.writer.lock`), and for a Milvus server in this machine's cache folder, keyed
-by the server, database and collection the URI reaches (`milvus_address.server_key`): there it
+by the server, database and collection the URI reaches (`hashing.indexes.milvus.address`, `ServerAddress.key`): there it
 keeps out writers on this machine, and the writer also takes a lease on the server itself
-(`hashing.indexes.milvus_lease`), which keeps out writers on other machines.
+(`hashing.indexes.milvus.lease`), which keeps out writers on other machines.
 
 stdlib only (no torch, no faiss).
 """
@@ -21,17 +21,11 @@ stdlib only (no torch, no faiss).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from hashing.locks import WriterLock, command_line  # noqa: F401  (the lock itself; re-exported)
+from hashing.core.paths import cache_dir
 
 FOLDER_LOCK = ".writer.lock"
-
-
-def cache_folder() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hashing" / "locks"
 
 
 def lock_path(location: str, backend: str, collection: str | None = None) -> Path:
@@ -41,9 +35,9 @@ def lock_path(location: str, backend: str, collection: str | None = None) -> Pat
     if location.endswith(".db") and "://" not in location:
         path = Path(location).absolute().resolve()       # a link to the file is the same index
         return path.parent / f".{path.name}.writer.lock"
-    from hashing.indexes.milvus_address import DEFAULT_COLLECTION, parse_server_uri
+    from hashing.indexes.milvus.address import DEFAULT_COLLECTION, parse_server_uri
 
     # keyed by what the URI reaches, not how it is spelled (localhost = 127.0.0.1, no path = /default)
     identity = f"{parse_server_uri(location).key}\n{collection or DEFAULT_COLLECTION}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:20]
-    return cache_folder() / f"milvus-server-{key}.lock"
+    return cache_dir("locks") / f"milvus-server-{key}.lock"

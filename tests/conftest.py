@@ -28,7 +28,7 @@ def write_digit_folder(root, colour: bool = False, random_sizes: bool = False, l
 
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -54,7 +54,7 @@ def write_digit_folder(root, colour: bool = False, random_sizes: bool = False, l
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A small model trained briefly on scikit-learn's digits, shared by the tests that need one."""
-    from hashing.train import train_on
+    from hashing.train.loop import train_on
 
     out = tmp_path_factory.mktemp("runs") / "digits64"
     train_on("default", out, "digits", progress=False, bits=64, epochs=3, seed=0)   # what `hashing train` runs
@@ -65,7 +65,7 @@ def digits_run(tmp_path_factory):
 def copies_run(tmp_path_factory):
     """A copies-recipe model on scikit-learn's digits (3 epochs; calibrated as `hashing train` does),
     shared by tests/test_copies.py and tests/test_duplicates.py."""
-    from hashing.train import train_on
+    from hashing.train.loop import train_on
 
     out = tmp_path_factory.mktemp("runs") / "digits-copies"
     train_on("copies", out, "digits", progress=False, bits=64, epochs=3, seed=0)
@@ -74,7 +74,7 @@ def copies_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_index(digits_run, tmp_path_factory):
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     out = tmp_path_factory.mktemp("idx") / "digits"
     build_index(digits_run, str(out), dataset="digits", split="train", progress=False)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 import hashing
-from hashing.data import load_dataset
+from hashing.images.datasets import load_dataset
 
 
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
@@ -38,7 +38,7 @@ def test_encode_takes_paths_pil_images_and_arrays_alike(digits_run, digits_index
     one = [model.encode(images[i]) for i in range(3)]
     assert all(np.array_equal(batch[i:i + 1], one[i]) for i in range(3))
     assert np.array_equal(model.encode([Image.fromarray(images[1])]), batch[1:2])
-    from hashing.retrieval import query_images
+    from hashing.workflows.query import query_images
     via_cli = query_images([tmp_path / "a.jpg"], str(digits_index), k=3)[0].hits
     index = hashing.open_index(str(digits_index))
     D, I = index.search(model.encode(tmp_path / "a.jpg"), 3)

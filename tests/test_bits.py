@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from hashing.bits import from_lsb_first, pack, unpack
-from hashing.errors import HashingError
+from hashing.codes.bits import from_lsb_first, pack, unpack
+from hashing.core.errors import HashingError
 from hashing.indexes.exact import hamming_distances as hamming
-from hashing.validation import code_bits
+from hashing.core.validation import code_bits
 
 
 def test_pack_unpack_round_trip(rng):

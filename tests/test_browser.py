@@ -40,7 +40,7 @@ def browser(webdriver):
 @pytest.fixture(scope="module")
 def folder_index(digits_run, tmp_path_factory):
     """Class folders of digits, one file named like HTML, indexed with the digits model."""
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     root = write_digit_folder(tmp_path_factory.mktemp("pics") / "pics", limit=60) / "train"
     evil = root / "three" / EVIL

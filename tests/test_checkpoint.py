@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashing import checkpoint
-from hashing.codes import encode_array
-from hashing.data import load_dataset
-from hashing.errors import HashingError
+from hashing.model import checkpoint
+from hashing.model.encode import encode_array
+from hashing.images.datasets import load_dataset
+from hashing.core.errors import HashingError
 
 
 def weights_of(run):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hashing.cli.main import cli
-from hashing.data import load_dataset
+from hashing.images.datasets import load_dataset
 
 
 def invoke(*args):
@@ -161,8 +161,9 @@ def test_user_errors_are_one_line(case, tmp_path, digits_run, digits_index, quer
                 "view-options-not-json": "not JSON", "view-options-bad-range": "brightness"}.get(case)
     (tmp_path / "empty").mkdir()
     if case == "bits-mismatch":
-        from hashing import checkpoint
-        from hashing.model import HashAutoencoder, HashConfig
+        from hashing.model import checkpoint
+        from hashing.model.network import HashAutoencoder
+        from hashing.model.config import HashConfig
         checkpoint.save(tmp_path / "run32", HashAutoencoder(HashConfig(bits=32)))
     before = sorted(os.listdir(digits_index))
     code, err = error_of(*args)

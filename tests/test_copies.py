@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hashing import metrics
-from hashing.copies import evaluate_copies, make_queries, score
-from hashing.edits import DEFAULT_EDITS, EDITS, apply, make_copy, plan
-from hashing.images import ImageSpec
+from hashing.codes import metrics
+from hashing.evaluate.copies import evaluate_copies, make_queries, score
+from hashing.images.edits import DEFAULT_EDITS, EDITS, apply, make_copy, plan
+from hashing.images.reader import ImageSpec
 
 from conftest import one_line_error, run_hashing
 
@@ -64,7 +64,7 @@ def test_score_handles_a_duplicate_in_the_database_as_a_tie():
 # --- edits and perceptual hashes ---------------------------------------------------------
 
 def digit(i: int = 0) -> Image.Image:
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     return Image.fromarray(load_dataset("digits", "test").images[i])
 
@@ -100,7 +100,7 @@ def test_combo_puts_jpeg_last_and_uses_two_or_three_families():
 def test_perceptual_hashes_find_an_unedited_copy_at_distance_zero():
     pytest.importorskip("imagehash")
     from hashing.indexes.exact import hamming_distances
-    from hashing.perceptual import PERCEPTUAL, hash_images
+    from hashing.images.perceptual import PERCEPTUAL, hash_images
 
     originals = [digit(i) for i in range(5)]
     copies = [Image.open(io.BytesIO(apply(im, plan("identity", np.random.default_rng(0))))) for im in originals]
@@ -120,7 +120,7 @@ def test_perceptual_hashes_find_an_unedited_copy_at_distance_zero():
 
 
 def test_copies_made_in_worker_processes_equal_those_made_here(monkeypatch):
-    from hashing import folders
+    from hashing.images import folders
 
     refs = [np.asarray(digit(i)) for i in range(30)]
     spec = ImageSpec()
@@ -137,8 +137,8 @@ def test_copies_made_in_worker_processes_equal_those_made_here(monkeypatch):
 
 @pytest.mark.parametrize("quality", [20, 45, 70])
 def test_jpeg_view_is_close_to_a_real_jpeg_file(quality):
-    from hashing.augment import jpeg
-    from hashing.data import load_dataset
+    from hashing.train.views import jpeg
+    from hashing.images.datasets import load_dataset
 
     images = load_dataset("digits", "test").images[:16]
     ours = jpeg(torch.tensor(images[:, None]).float() / 255, torch.full((16,), float(quality)))[:, 0] * 255
@@ -154,7 +154,7 @@ def test_jpeg_view_is_close_to_a_real_jpeg_file(quality):
 
 
 def test_copy_views_are_random_edits_of_the_right_shape():
-    from hashing.augment import random_copy
+    from hashing.train.views import random_copy
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 40, 40) * 2 - 1
@@ -166,7 +166,7 @@ def test_copy_views_are_random_edits_of_the_right_shape():
 
 
 def test_folder_copy_views_add_a_border_grey_a_caption_and_gamma_only_when_set():
-    from hashing.augment import random_copy
+    from hashing.train.views import random_copy
 
     x = torch.rand(256, 3, 32, 32) * 2 - 1
     plain = random_copy(x, 0.5, 0.5, generator=torch.Generator().manual_seed(0))
@@ -195,7 +195,7 @@ def test_folder_copy_views_add_a_border_grey_a_caption_and_gamma_only_when_set()
 
 
 def test_copy_plan_gives_single_views_one_edit_and_composites_their_probabilities():
-    from hashing.augment import COPY_EDITS, _uniform, copy_plan
+    from hashing.train.views import COPY_EDITS, _uniform, copy_plan
 
     b = 20000
     u = _uniform(torch.zeros(b, 1, 1, 1), torch.Generator().manual_seed(0))
@@ -214,7 +214,7 @@ def test_copy_plan_gives_single_views_one_edit_and_composites_their_probabilitie
 
 
 def test_the_copies_views_lean_on_rescale_blur_and_overlay():
-    from hashing.augment import COPY_EDITS, SINGLE_WEIGHTS, _uniform, copy_plan
+    from hashing.train.views import COPY_EDITS, SINGLE_WEIGHTS, _uniform, copy_plan
 
     b = 20000
     u = _uniform(torch.zeros(b, 1, 1, 1), torch.Generator().manual_seed(0))
@@ -232,7 +232,7 @@ def test_single_edit_views_keep_the_geometry_unless_their_edit_is_geometric():
     # p_single 1 / 0.5 / 0.
     import torch.nn.functional as F
 
-    from hashing.augment import random_copy
+    from hashing.train.views import random_copy
 
     x = F.interpolate(torch.rand(2000, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1,
                       size=(32, 32), mode="bilinear")
@@ -309,8 +309,8 @@ def test_the_copies_recipe_reads_a_colour_folder_in_grey_with_the_folder_edits(t
 
     from conftest import write_digit_folder
 
-    from hashing.recipes import resolve
-    from hashing.train import train_on
+    from hashing.train.recipes import resolve
+    from hashing.train.loop import train_on
 
     root = write_digit_folder(tmp_path / "colour", colour=True, limit=60)
     out = tmp_path / "run"

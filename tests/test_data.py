@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashing.data import load_dataset
-from hashing.folders import find_images
-from hashing.images import ImageSpec, read_image
-from hashing.errors import HashingError
+from hashing.images.datasets import load_dataset
+from hashing.images.folders import find_images
+from hashing.images.reader import ImageSpec, read_image
+from hashing.core.errors import HashingError
 
 
 def test_digits_split_is_fixed_stratified_and_mnist_like():
@@ -53,7 +53,7 @@ def test_offline_mnist_is_a_user_error(tmp_path):
 def test_crop_views_resample_within_the_image_and_keep_the_background():
     import torch
 
-    from hashing.augment import random_crop, resolve_views
+    from hashing.train.views import random_crop, resolve_views
 
     g = torch.Generator().manual_seed(0)
     x = torch.full((64, 1, 28, 28), -1.0)

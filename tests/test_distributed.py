@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (hashing.distributed), on CPU with Gloo.
+"""Data-parallel training under torchrun (hashing.train.distributed), on CPU with Gloo.
 
 The oracle for the gathered contrastive loss is the one-process loss on the whole batch:
 with the gradients DDP averages, N ranks of B images must step like one process of N*B.
@@ -21,10 +21,11 @@ import torch
 from click.testing import CliRunner
 
 from hashing.cli.main import cli
-from hashing.distributed import environment, is_collective_error
-from hashing.errors import HashingError
-from hashing.objectives import nt_xent
-from hashing.train import TrainConfig, batch_plan, effective_lr, shards
+from hashing.train.distributed import environment, is_collective_error
+from hashing.core.errors import HashingError
+from hashing.train.objectives import nt_xent
+from hashing.train.config import TrainConfig, batch_plan, effective_lr
+from hashing.train.loop import shards
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}     # two processes on a 2-core machine
@@ -86,7 +87,7 @@ def test_environment_reads_torchrun_variables(monkeypatch):
 
 
 def test_resolve_records_the_world(monkeypatch):
-    from hashing.recipes import resolve
+    from hashing.train.recipes import resolve
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -123,7 +124,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                       MASTER_PORT=str(port), HASHING_DIST_TIMEOUT=str(STALL_TIMEOUT_S))
     import torch.distributed as dist
 
-    from hashing import distributed
+    from hashing.train import distributed
 
     group = distributed.start("cpu")
     g = torch.Generator().manual_seed(0)
@@ -173,8 +174,8 @@ def test_gathered_nt_xent_steps_like_one_process(tmp_path):
 # ---- the whole command under torchrun -------------------------------------------------------------
 
 def test_torchrun_two_processes_train_one_model_like_one_process(tmp_path):
-    from hashing.evaluation import evaluate
-    from hashing.train import train_on
+    from hashing.evaluate.classes import evaluate
+    from hashing.train.loop import train_on
 
     # One process, batch 64 (the CPU default), 3 epochs; then 2 processes x 32. Both at temperature
     # 0.3, not the default's 0.5 at 64 bits: the test compares process counts, and on 1,797 digits
@@ -230,7 +231,7 @@ def _descends(pid: int, root: int) -> bool:
 
 
 def test_killing_one_rank_stops_the_job_and_keeps_the_last_epoch(tmp_path):
-    from hashing.checkpoint import load
+    from hashing.model.checkpoint import load
 
     out = tmp_path / "killed"
     job = subprocess.Popen([*TORCHRUN, "-m", "hashing", "train", "--dataset", "digits", "--bits", "64",

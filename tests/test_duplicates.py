@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import one_line_error, run_hashing
-from hashing.errors import HashingError
+from hashing.core.errors import HashingError
 
 EVIL = "<img src=x onerror=window.pwned=1>.png"
 
 
 def test_star_groups_never_chain():
-    from hashing.grouping import pairs_within, star_groups
+    from hashing.codes.grouping import pairs_within, star_groups
 
     # A-B at 4, B-C at 4, A-C at 8: with T = 5 the chain A~B~C is not one group of three.
     bits = np.zeros((4, 64), np.uint8)
@@ -36,7 +36,7 @@ def test_star_groups_never_chain():
 
 
 def test_pairs_match_brute_force(rng):
-    from hashing.grouping import pairs_within
+    from hashing.codes.grouping import pairs_within
     from hashing.indexes.exact import hamming_distances
 
     codes = rng.integers(0, 256, (700, 8), dtype=np.uint8)
@@ -56,8 +56,8 @@ def collection(tmp_path_factory):
     """Digits with edited copies (truth: {file: source}), bad files, and a symlink to a file."""
     from PIL import Image
 
-    from hashing.data import load_dataset
-    from hashing.edits import make_copy
+    from hashing.images.datasets import load_dataset
+    from hashing.images.edits import make_copy
 
     root = tmp_path_factory.mktemp("dups") / "pics"
     ds = load_dataset("digits", "test").head(60)
@@ -127,8 +127,8 @@ def test_bad_input_is_one_line(collection, tmp_path):
 
 
 def test_training_calibrates_the_threshold_and_auto_uses_it(copies_run, collection, tmp_path):
-    from hashing import checkpoint
-    from hashing.calibration import describe
+    from hashing.model import checkpoint
+    from hashing.train.calibration import describe
 
     config = checkpoint.read_config(copies_run)
     cal = config["calibration"]
@@ -193,8 +193,8 @@ def test_a_kill_during_moves_loses_nothing_and_undo_restores(collection, tmp_pat
 
 
 def test_report_is_one_self_contained_page(collection, tmp_path):
-    from hashing.duplicates import find_duplicates
-    from hashing.report import write_report
+    from hashing.dedup.find import find_duplicates
+    from hashing.dedup.html import write_report
 
     root, _ = collection
     found = find_duplicates([str(root)], hash_name="phash", threshold=4, progress=False)
@@ -219,8 +219,8 @@ def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tm
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    from hashing.duplicates import find_duplicates
-    from hashing.report import write_report
+    from hashing.dedup.find import find_duplicates
+    from hashing.dedup.html import write_report
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
@@ -253,7 +253,7 @@ def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tm
 
 
 def test_against_an_index_finds_the_files_already_there(copies_run, collection, tmp_path):
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     root, _ = collection
     index = tmp_path / "idx"
@@ -326,7 +326,7 @@ def test_links_that_lead_nowhere_are_skipped_and_move_to_must_not_hold_the_folde
 def test_keep_rules_rank_the_files_of_a_group(tmp_path):
     from PIL import Image
 
-    from hashing.duplicates import keep_order
+    from hashing.dedup.find import keep_order
 
     ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
     picture = Image.fromarray(np.stack([ramp, ramp.T, ramp // 2], -1))
@@ -387,7 +387,7 @@ def test_against_an_index_of_the_folder_itself_moves_nothing_and_a_group_keeps_a
                                                                                     tmp_path):
     import shutil
 
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     root, _ = collection
     work = tmp_path / "pics"
@@ -457,7 +457,7 @@ def test_names_that_are_not_utf8_are_written_by_every_output(collection, tmp_pat
 
 
 def test_moves_never_take_a_kept_file_or_the_last_file_of_a_group(tmp_path):
-    from hashing.duplicates import Member, to_move
+    from hashing.dedup.find import Member, to_move
 
     for name in "abcdfgh":
         (tmp_path / f"{name}.png").write_bytes(name.encode())

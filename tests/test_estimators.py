@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashing import estimators as E
+from hashing.model import estimators as E
 
 X = np.array([-50.0, -3.0, -1.0001, -1.0, -0.9999, -0.5, 0.0, 0.3, 0.9999, 1.0, 1.0001, 2.0, 40.0])
 G = np.array([2.5, -3.0, 1.5, -2.0, 0.5, 4.0, -1.7, 3.3, -0.2, 2.2, -5.0, 1.1, -2.6])  # |g| > 1 mostly
@@ -143,9 +143,10 @@ def test_reinforce_is_unbiased_and_straight_through_is_not():
 
 @pytest.mark.parametrize("name", E.names())
 def test_each_estimator_trains_digits_without_nan(name):
-    from hashing.data import load_dataset
-    from hashing.model import HashAutoencoder, HashConfig
-    from hashing.objectives import Objective, compute
+    from hashing.images.datasets import load_dataset
+    from hashing.model.network import HashAutoencoder
+    from hashing.model.config import HashConfig
+    from hashing.train.objectives import Objective, compute
 
     torch.manual_seed(0)
     ds = load_dataset("digits", "train")
@@ -168,7 +169,7 @@ def test_each_estimator_trains_digits_without_nan(name):
 
 
 def test_unknown_estimator_is_a_user_error():
-    from hashing.errors import HashingError
+    from hashing.core.errors import HashingError
 
     with pytest.raises(HashingError, match="unknown estimator"):
         E.get("nope")

@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 
-from hashing.baselines import ITQ, LSH, PCAH
-from hashing.data import load_dataset
+from hashing.codes.baselines import ITQ, LSH, PCAH
+from hashing.images.datasets import load_dataset
 
 
 def pixels(split):

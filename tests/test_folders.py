@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import one_line_error, write_digit_folder
-from hashing import folders
-from hashing.errors import HashingError
-from hashing.images import ImageSpec, fit_image, read_image
+from hashing.images import folders
+from hashing.core.errors import HashingError
+from hashing.images.reader import ImageSpec, fit_image, read_image
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +123,8 @@ def test_inspect_detects_gray_colour_and_size(tmp_path, gray_folder, colour_fold
 @pytest.mark.parametrize("size", [16, 28, 32, 64, 100, 256])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_model_geometry_follows_the_size(size, channels):
-    from hashing.model import HashAutoencoder, HashConfig, stages
+    from hashing.model.network import HashAutoencoder
+    from hashing.model.config import HashConfig, stages
 
     model = HashAutoencoder(HashConfig(bits=16, width=4, image_size=size, channels=channels)).eval()
     x = torch.randn(2, channels, size, size)
@@ -136,9 +137,9 @@ def test_legacy_checkpoint_gives_todays_codes():
     """A run folder made before folders existed (tests/data/make_legacy28.py) encodes exactly as it did."""
     from pathlib import Path
 
-    from hashing import checkpoint
-    from hashing.codes import encode_array
-    from hashing.data import load_dataset
+    from hashing.model import checkpoint
+    from hashing.model.encode import encode_array
+    from hashing.images.datasets import load_dataset
 
     data = Path(__file__).parent / "data"
     ckpt = checkpoint.load(data / "legacy28", "cpu")
@@ -151,7 +152,7 @@ def test_legacy_checkpoint_gives_todays_codes():
 
 
 def test_photo_views_keep_shape_and_vary():
-    from hashing.augment import random_photo, resolve_views
+    from hashing.train.views import random_photo, resolve_views
 
     g = torch.Generator().manual_seed(0)
     mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
@@ -229,7 +230,7 @@ def test_a_killed_decode_leaves_no_cache_to_trust(tmp_path, monkeypatch):
 
 def test_streamed_training_is_the_in_memory_training(tmp_path, monkeypatch):
     """Over the memory budget each batch is gathered from the map: the very same batches, so the same weights."""
-    from hashing.train import train_on
+    from hashing.train.loop import train_on
 
     monkeypatch.setenv("HASHING_CACHE", str(tmp_path / "cache"))
     root = write_digit_folder(tmp_path / "d", limit=200)
@@ -352,7 +353,7 @@ def _blas_threads(_job) -> int:
 def test_fork_map_workers_run_one_blas_thread_each():
     # OpenBLAS's pool inherited across fork made each np.dot in a worker ~20x slower than in the
     # parent: the pixel check of `hashing duplicates` spent 95 % of its time there (463 s of 481).
-    from hashing import folders
+    from hashing.images import folders
 
     jobs = list(range(folders.PARALLEL_FROM))
     assert set(folders.fork_map(_blas_threads, jobs, progress=False)) == {1}

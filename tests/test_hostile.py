@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import one_line_error, run_hashing, small_tmpfs
-from hashing.data import load_dataset
+from hashing.images.datasets import load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def rewrite_weights(run, change):
     """A run folder whose weights `change(state)` edited, with a fingerprint that matches them again."""
     from safetensors.torch import load, save
 
-    from hashing.checkpoint import fingerprint
+    from hashing.model.checkpoint import fingerprint
 
     config = json.loads((run / "config.json").read_text())
     state = load((run / config["files"]["weights"]).read_bytes())

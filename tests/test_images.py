@@ -1,4 +1,4 @@
-"""The one image reader (hashing.images): orientation, transparency, modes, animation, progressive
+"""The one image reader (hashing.images.reader): orientation, transparency, modes, animation, progressive
 JPEG and decompression bombs, read the same way by every command; and what old models keep."""
 
 import json
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashing import folders
-from hashing.errors import HashingError, TooLarge
-from hashing.images import ImageSpec, is_gray, read_image, thumbnail_png
-from hashing.model import HashConfig
+from hashing.images import folders
+from hashing.core.errors import HashingError, TooLarge
+from hashing.images.reader import ImageSpec, is_gray, read_image, thumbnail_png
+from hashing.model.config import HashConfig
 
 from conftest import one_line_error
 
@@ -45,7 +45,7 @@ def test_exif_orientation_reads_as_shown(tmp_path, orientation, undo):
 
 
 def test_exif_orientation_gives_the_same_code(tmp_path, digits_run):
-    from hashing.api import load
+    from hashing.workflows.api import load
 
     model = load(digits_run)
     digit = Image.fromarray(np.kron(model_digit(), np.ones((4, 4), np.uint8)))   # 32x32 -> 128x128
@@ -58,7 +58,7 @@ def test_exif_orientation_gives_the_same_code(tmp_path, digits_run):
 
 
 def model_digit() -> np.ndarray:
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     return load_dataset("digits", "test").images[3]
 
@@ -86,8 +86,8 @@ def test_transparent_line_art_stays_visible_and_matches_its_flattened_copy(tmp_p
 def test_transparent_copy_is_nearest_neighbour_of_its_flattened_copy(tmp_path, digits_run):
     """Encoded by one model, a transparent drawing's nearest neighbour among other drawings is its copy
     flattened on white."""
-    from hashing.api import load
-    from hashing.data import load_dataset
+    from hashing.workflows.api import load
+    from hashing.images.datasets import load_dataset
 
     model = load(digits_run)
     digits = load_dataset("digits", "test").images[:20]
@@ -118,7 +118,7 @@ def test_config_without_image_rules_reads_the_old_way():
 def test_trim_cuts_a_frame_and_the_empty_page_and_nothing_else(tmp_path):
     from PIL import ImageOps
 
-    from hashing.images import trimmed
+    from hashing.images.reader import trimmed
 
     rng = np.random.default_rng(0)
     drawing = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
@@ -207,7 +207,7 @@ def test_decompression_bomb_is_one_line_and_skipped_in_a_folder(tmp_path, monkey
 def write_colour_digits(root, seed: int = 3):
     """scikit-learn's digits, each drawn in a random colour on a random colour at least 60 grey levels of luma
     apart (so the digit stays visible): root/{train,test}/<digit>/<i>.png. Colour says nothing of the class."""
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     rng, luma = np.random.default_rng(seed), np.array([0.299, 0.587, 0.114])
     for split in ("train", "test"):
@@ -246,7 +246,7 @@ def test_colour_folder_learns_shapes_not_colours(tmp_path, hashing_cli):
 def test_small_data_warns_and_classes_without_a_match_are_said(tmp_path, hashing_cli):
     """Too few images for the code length: a one-line warning with what to do. A query class with no database
     image: left out and counted; none with one: a one-line error, not a meaningless mAP."""
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     ds = load_dataset("digits", "train")
     for split, classes in (("train", (0, 1, 2)), ("test", (0, 1, 2, 7))):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from hashing.indexes.exact import hamming_distances as hamming
-from hashing.errors import HashingError
+from hashing.core.errors import HashingError
 from hashing.indexes import IndexInfo, ModelRecord, create, open_index
-from hashing.indexes.faiss_index import FaissIndex
+from hashing.indexes.faiss import FaissIndex
 
 MODEL = {"run_dir": "/nowhere", "fingerprint": "abc", "bits": 64}
 
@@ -123,7 +123,7 @@ def test_damaged_index_is_refused_and_old_files_survive_failed_save(tmp_path, rn
 
 
 def test_indexes_never_imports_torch():
-    code = "import hashing.indexes, indexes.faiss_index, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import hashing.indexes, hashing.indexes.faiss, hashing.indexes.milvus.index, hashing.core.locks, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,22 +1,31 @@
-"""The package's modules import one another in layers, never in a circle (docs/design.md).
+"""The package's layers (hashing.LAYERS): who may import whom, and which commands load torch.
 
-Read from the source with `ast`, lazy imports inside functions included: a circle that only
-closes at call time is still a circle to a reader. Nothing is imported, so this takes
-milliseconds."""
+Imports are read from the source with `ast`, lazy imports inside functions included (a circle that
+only closes at call time is still a circle to a reader); nothing is imported, so those checks take
+milliseconds. The start-up checks run the commands in a fresh interpreter."""
 
 import ast
-import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+import hashing
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"hashing": ROOT / "hashing", "hashing.cli": ROOT / "cli", "hashing.indexes": ROOT / "indexes"}
+FOLDERS = {"hashing": ROOT / "hashing", "hashing.cli": ROOT / "cli", "hashing.indexes": ROOT / "indexes"}
+TOP = {"hashing", "hashing.__main__"}          # the façade and `python -m hashing`: outside the layers
 
 
 def modules() -> dict[str, Path]:
     found = {}
-    for package, folder in PACKAGES.items():
-        for path in folder.glob("*.py"):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    for package, folder in FOLDERS.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((package, *parts))] = path
     return found
 
 
@@ -30,7 +39,17 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
                 out.add(full if full in known else node.module)
         elif isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
-    return {m for m in out if m in known and m not in (name, "hashing")}   # `hashing` itself: the API façade
+    return {m for m in out if m in known and m != name and m not in TOP}
+
+
+def package_of(module: str) -> str | None:
+    """hashing.model.network -> 'model'; hashing.indexes.milvus.lease -> 'indexes'."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and module not in TOP else None
+
+
+def layer_of(package: str) -> int:
+    return next(i for i, layer in enumerate(hashing.LAYERS) if package in layer)
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -65,49 +84,87 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, set(known)) for name, path in known.items()}
+
+
+def test_every_module_is_in_a_package_of_the_layers_and_every_layer_exists():
+    known = modules()
+    assert "hashing.dedup.verify" in known and "hashing.indexes.milvus.index" in known
+    packages = {package_of(m) for m in known} - {None}
+    listed = {p for layer in hashing.LAYERS for p in layer}
+    assert packages - listed == set(), f"add these packages to hashing.LAYERS: {sorted(packages - listed)}"
+    assert listed - packages == set(), f"hashing.LAYERS names packages that do not exist: {sorted(listed - packages)}"
+    loose = sorted(m for m in known if m.count(".") == 1 and m not in TOP and not (ROOT / "hashing" / m.split(".")[1]).is_dir()
+                   and m.split(".")[1] not in ("cli", "indexes"))
+    assert loose == [], f"modules outside every package: {loose}"
+
+
+def test_packages_import_only_from_their_own_or_earlier_layers_and_never_a_sibling():
+    bad = []
+    for name, deps in graph().items():
+        mine = package_of(name)
+        if mine is None:
+            continue
+        for dep in sorted(deps):
+            theirs = package_of(dep)
+            if theirs is None or theirs == mine:
+                continue
+            if layer_of(theirs) > layer_of(mine):
+                bad.append(f"{name} (layer {layer_of(mine)}) imports {dep} (layer {layer_of(theirs)}): upward")
+            elif layer_of(theirs) == layer_of(mine):
+                bad.append(f"{name} imports its sibling {dep}")
+    assert bad == [], "\n".join(bad)
+
+
 def test_no_import_circle_among_the_packages_modules():
-    known = modules()
-    graph = {name: imports(name, path, set(known)) for name, path in known.items()}
-    assert "hashing.recipes" in graph and "hashing.train" in graph
-    assert cycles(graph) == []
+    assert cycles(graph()) == []
 
 
-def test_recipes_build_their_configs_from_schedule_not_train():
-    known = modules()
-    assert "hashing.train" not in imports("hashing.recipes", known["hashing.recipes"], set(known))
-    assert "hashing.train" not in imports("hashing.schedule", known["hashing.schedule"], set(known))
-
-
-def test_the_cycle_finder_finds_a_cycle():
+def test_the_checks_find_a_cycle_an_upward_import_and_a_sibling():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert layer_of("core") < layer_of("indexes") < layer_of("model") < layer_of("cli")
+    assert layer_of("dedup") == layer_of("workflows") == layer_of("evaluate")
+    assert package_of("hashing.indexes.milvus.lease") == "indexes" and package_of("hashing") is None
 
 
-def layer_table() -> dict[str, int]:
-    """module -> layer number, from the table under "## The layers" in docs/design.md."""
-    text = (ROOT / "docs" / "design.md").read_text()
-    section = text[text.index("## The layers"):]
-    section = section[:section.index("\n## ", 1)]
-    layers = {}
-    for row in section.splitlines():
-        cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        if len(cells) >= 2 and cells[0][:1].isdigit():
-            number = int(cells[0].split()[0])
-            for name in re.findall(r"`([\w.]+)`", cells[1]):
-                layers["hashing" if name == "hashing" else f"hashing.{name}"] = number
-    return layers
+def torch_at_module_level(path: Path) -> bool:
+    for node in ast.parse(path.read_text()).body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if any(n == "torch" or n.startswith("torch.") or n.startswith("torchvision") for n in names):
+            return True
+    return False
 
 
-def test_every_module_sits_in_one_layer_of_the_design_doc():
-    known, table = modules(), layer_table()
-    missing = sorted(set(known) - set(table) - {"hashing", "hashing.cli"})
-    assert missing == [], f"give these modules a row in the layer table of docs/design.md: {missing}"
-    stale = sorted(set(table) - set(known))
-    assert stale == [], f"docs/design.md names modules that do not exist: {stale}"
+def test_only_model_and_train_import_torch_at_module_level():
+    offenders = sorted(name for name, path in modules().items()
+                       if torch_at_module_level(path) and package_of(name) not in hashing.TORCH_AT_MODULE_LEVEL)
+    assert offenders == []
+    assert torch_at_module_level(modules()["hashing.model.network"])     # the check can see one
 
 
-def test_modules_import_only_from_their_own_layer_or_those_above():
-    known, table = modules(), layer_table()
-    upward = [f"{name} (layer {table[name]}) imports {dep} (layer {table[dep]})"
-              for name, path in known.items() if name in table
-              for dep in sorted(imports(name, path, set(known))) if dep in table and table[dep] > table[name]]
-    assert upward == [], "\n".join(upward)
+NO_TORCH = r"""
+import sys, numpy as np
+from click.testing import CliRunner
+from hashing.cli.main import cli as main
+from hashing.indexes import IndexInfo, ModelRecord, create
+where = sys.argv[1]
+ix = create(where, IndexInfo(bits=64, model=ModelRecord("run", "f" * 16, 64)))
+ix.add(np.zeros((3, 8), np.uint8), np.arange(3), ["a", "b", "c"])
+ix.save(); ix.close()
+assert "torch" not in sys.modules, "creating an index loaded torch"
+for args in (["--help"], ["info", where], ["info", where, "--items", "--json"], ["remove", "--index", where, "1"],
+             ["remove", "--index", where, "--source", "c"]):
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, (args, r.output)
+    assert "torch" not in sys.modules, f"hashing {' '.join(args)} loaded torch"
+print("no torch")
+"""
+
+
+@pytest.mark.system
+def test_help_info_and_remove_load_no_torch_in_a_fresh_interpreter(tmp_path):
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp_path / "idx")], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "no torch", p.stdout + p.stderr

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from hashing.metrics import (average_precision, blocks_from_sorted, hamming_blocks, precision_at_k,
-                             radius_precision_recall)
+from hashing.codes.metrics import (average_precision, blocks_from_sorted, hamming_blocks, precision_at_k, radius_precision_recall)
 
 
 def blocks(d, rel):

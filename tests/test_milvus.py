@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from hashing.cli.main import cli
 from hashing.indexes.exact import hamming_distances as hamming
-from hashing.errors import HashingError
+from hashing.core.errors import HashingError
 from hashing.indexes import IndexInfo, create, open_index
 
 MODEL = {"run_dir": "/nowhere", "fingerprint": "abc", "bits": 64, "estimator": None, "dataset": None}
@@ -91,7 +91,7 @@ def test_wrong_collection_and_unreachable_server(pair, tmp_path):
 def test_cli_milvus_backend_matches_faiss(digits_run, digits_index, tmp_path):
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     db = str(tmp_path / "digits.db")
     r = CliRunner().invoke(cli, ["index", "--model", str(digits_run), "--dataset", "digits", "--backend", "milvus",
@@ -111,7 +111,7 @@ def test_cli_milvus_backend_matches_faiss(digits_run, digits_index, tmp_path):
 
 
 def test_failed_rebuild_leaves_the_collection_intact(digits_run, tmp_path):
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     db = str(tmp_path / "keep.db")
     build_index(digits_run, db, dataset="digits", split="test", progress=False)
@@ -148,7 +148,7 @@ class _NotReadyOnce:
 
 
 def test_a_collection_is_created_again_while_milvus_lite_is_not_ready_and_other_errors_pass():
-    from hashing.indexes.milvus_index import _create_collection
+    from hashing.indexes.milvus.index import _create_collection
 
     client = _NotReadyOnce(fails=2)
     _create_collection(client, "c__v0", None, None)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from hashing.errors import HashingError
+from hashing.core.errors import HashingError
 from hashing.indexes.lock import lock_path
-from hashing.indexes.milvus_address import parse_server_uri
+from hashing.indexes.milvus.address import parse_server_uri
 
 
 def test_the_path_is_the_database_and_the_port_defaults_to_19530():

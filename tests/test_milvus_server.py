@@ -12,14 +12,14 @@ from conftest import one_line_error, run_hashing, write_digit_folder
 
 def query(location, images, collection=None):
     """Every item ranked for each image (the whole ranking: no tie group cut at a k)."""
-    from hashing.retrieval import query_images
+    from hashing.workflows.query import query_images
 
     return [[(h.id, h.distance, h.source) for h in r.hits] for r in query_images(images, str(location), radius=64,
                                                                                    collection=collection)]
 
 
 def info(location, collection=None):
-    from hashing.inventory import describe
+    from hashing.workflows.inventory import describe
 
     d = describe(str(location), collection, items=True)
     return d, [(it["id"], it["source"], it["label"]) for it in d["items"]]
@@ -37,7 +37,7 @@ def folder(tmp_path_factory):
     """30 digits in class folders, and 6 of the query images as files."""
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     root = tmp_path_factory.mktemp("server") / "digits"
     write_digit_folder(root, limit=30)
@@ -54,7 +54,7 @@ def test_index_query_sync_remove_info_match_faiss(milvus_server, digits_run, fol
     mine = tmp_path / "digits"
     shutil.copytree(files, mine)
     faiss_loc, uri = tmp_path / "idx", milvus_server.uri
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     build_index(digits_run, str(faiss_loc), images=mine, progress=False)
     code, out, err = run_hashing("index", "--model", digits_run, "--images", mine, "--out", uri, "--collection",
@@ -70,7 +70,7 @@ def test_index_query_sync_remove_info_match_faiss(milvus_server, digits_run, fol
     Image.open(edited).rotate(90).save(edited)
     touched = sorted(classes[3].iterdir())[0]
     touched.touch()
-    from hashing.sync import sync_index
+    from hashing.workflows.sync import sync_index
 
     code, out, err = run_hashing("index", "--model", digits_run, "--images", mine, "--out", uri, "--collection",
                                  "living", "--sync", "--quiet")
@@ -83,7 +83,7 @@ def test_index_query_sync_remove_info_match_faiss(milvus_server, digits_run, fol
     # remove the nearest item of each query, by id and by source
     first = [r[0] for r in query(faiss_loc, queries)]
     ids = sorted({i for i, _, _ in first[1:]})
-    from hashing.inventory import remove_items
+    from hashing.workflows.inventory import remove_items
 
     code, out, err = run_hashing("remove", "--index", uri, "--collection", "living", *map(str, ids), "--source",
                                  first[0][2])
@@ -232,7 +232,7 @@ def other_machine(command: list, cache) -> list:
         from conftest import skip_or_fail
 
         skip_or_fail("another host name needs root and unshare(1)")
-    script = 'hostname "$0" && export XDG_CACHE_HOME="$1" && shift && exec "$@"'
+    script = 'hostname "$0" && export XDG_CACHE_HOME="$1" HASHING_CACHE="$1" && shift && exec "$@"'
     return ["unshare", "--uts", "sh", "-c", script, "other-machine", str(cache), *map(str, command)]
 
 
@@ -309,7 +309,7 @@ def test_a_commit_over_another_writers_version_is_refused_and_loses_nothing(milv
     try:
         first.add(np.ones((3, 4), np.uint8), None, ["c", "d", "e"])
         first.save()                                             # acknowledged: ids 2, 3, 4
-        from hashing.errors import HashingError
+        from hashing.core.errors import HashingError
 
         with pytest.raises(HashingError, match="changed by another writer"):
             second.add(np.ones((1, 4), np.uint8), None, ["f"])   # its delete of ids >= 2 would lose c, d, e

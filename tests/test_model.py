@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from hashing.errors import HashingError
-from hashing.model import HashAutoencoder, HashConfig
-from hashing.device import resolve_device
-from hashing.recipes import RECIPES, resolve
-from hashing.train import TrainConfig, batch_plan, effective_lr
+from hashing.core.errors import HashingError
+from hashing.model.network import HashAutoencoder
+from hashing.model.config import HashConfig
+from hashing.model.device import resolve_device
+from hashing.train.recipes import RECIPES, resolve
+from hashing.train.config import TrainConfig, batch_plan, effective_lr
 
 
 def test_shapes_for_any_bit_length():
@@ -31,7 +32,7 @@ def test_a_standardising_encoder_ignores_brightness_and_contrast():
 
 
 def test_lowpass_removes_fine_detail_before_the_encoder():
-    from hashing.model import Encoder
+    from hashing.model.network import Encoder
 
     enc = Encoder(HashConfig(bits=32, lowpass=1.5)).eval()
     k = enc.lowpass                                          # (1, 1, 11, 11): 2 * ceil(3 * 1.5) + 1 taps
@@ -76,7 +77,7 @@ def test_bottleneck_layers_equal_the_seed_convolutions():
     """MapToCode / CodeToMap at 3x3 compute exactly the seed's Conv2d(k4) / ConvTranspose2d(k5)."""
     from torch import nn
 
-    from hashing.model import MapToCode, CodeToMap, upgrade_state_dict
+    from hashing.model.network import MapToCode, CodeToMap, upgrade_state_dict
 
     torch.manual_seed(0)
     conv, deconv = nn.Conv2d(32, 16, 4, 2, 1), nn.ConvTranspose2d(16, 32, 5, 2, 1)
@@ -161,7 +162,7 @@ def test_a_recipes_settings_for_a_dataset_apply_there_only_and_are_recorded():
 
 
 def test_a_recipes_settings_for_a_dataset_go_to_their_configs_and_merge_view_options():
-    from hashing.recipes import Recipe
+    from hashing.train.recipes import Recipe
 
     r = Recipe("x", model={"bits": 64}, objective={"view_options": {"flip": False}}, train={"epochs": 3},
                datasets={"a": {"batch": 512, "epochs": 9, "lowpass": 1.0, "view_options": {"area": [0.5, 1.0]}}})
@@ -171,7 +172,7 @@ def test_a_recipes_settings_for_a_dataset_go_to_their_configs_and_merge_view_opt
 
 
 def test_help_shows_a_recipes_settings_for_a_dataset():
-    from hashing.recipes import default_text
+    from hashing.train.recipes import default_text
 
     assert default_text("epochs") == "5 (default; 8 on fashion-mnist; auto on colour folders), 64 (copies; auto on " \
                                      "images; auto on colour folders), 15 (supervised; 60 on fashion-mnist), else 5"
@@ -250,7 +251,7 @@ def test_the_copies_recipe_records_its_view_options_and_they_lapse_with_its_view
 def test_every_option_of_every_view_family_can_be_set_from_a_config_at_its_default():
     import inspect
 
-    from hashing.augment import VIEWS, check_view_options
+    from hashing.train.views import VIEWS, check_view_options
 
     for name, family in VIEWS.items():
         defaults = {k: p.default for k, p in inspect.signature(family).parameters.items()
@@ -266,7 +267,7 @@ def test_every_option_of_every_view_family_can_be_set_from_a_config_at_its_defau
     ({"jitter": -0.1}, "from 0 to below 1"), ({"hue": 0.6}, "from 0 to 0.5"), ({"area": [0.6, 1.2]}, "<= 1"),
     ({"sharpness": 1}, "takes no option 'sharpness'")])
 def test_photo_view_options_out_of_range_are_one_line_errors(options, message):
-    from hashing.augment import check_view_options
+    from hashing.train.views import check_view_options
 
     check_view_options("photo", {"jitter": 0.99, "hue": 0.5, "p_jitter": 0.0})          # the edges are allowed
     with pytest.raises(HashingError, match=message):
@@ -274,7 +275,7 @@ def test_photo_view_options_out_of_range_are_one_line_errors(options, message):
 
 
 def test_copy_views_brighten_within_their_range():
-    from hashing.augment import random_copy
+    from hashing.train.views import random_copy
 
     x = torch.zeros(4000, 1, 8, 8)                  # mid-grey: model input (p - 0.5) / 0.5 = 0
     only = {"p_single": 1.0, "single_weights": {"brightness": 1e9}}   # every view a brightness edit alone
@@ -288,7 +289,7 @@ def test_copy_views_brighten_within_their_range():
 
 
 def test_copy_views_change_contrast_within_their_range():
-    from hashing.augment import random_copy
+    from hashing.train.views import random_copy
 
     x = torch.zeros(4000, 1, 8, 8)
     x[:, :, :, :4] = -0.4                            # pixels 0.3 | 0.7: grey mean 0.5, nothing clips below x 2.5
@@ -312,11 +313,11 @@ def test_cuda_refused_without_gpu():
 
 def test_supervised_recipe_reaches_its_measured_quality(tmp_path):
     """Hash centres from labels on digits, 64 bits, 5 epochs (cosine): measured mAP 0.990, P@100 0.989."""
-    from hashing import checkpoint
-    from hashing.codes import encode_array
-    from hashing.data import load_dataset
-    from hashing.evaluation import score_codes
-    from hashing.train import train
+    from hashing.model import checkpoint
+    from hashing.model.encode import encode_array
+    from hashing.images.datasets import load_dataset
+    from hashing.evaluate.classes import score_codes
+    from hashing.train.loop import train
 
     db, qs = load_dataset("digits", "train"), load_dataset("digits", "test")
     cfg, tcfg = resolve("supervised", "digits", len(db), bits=64, epochs=5)

@@ -1,4 +1,4 @@
-"""hashing.moves: one mover per folder, an undo that puts back only what its own run moved (never a
+"""hashing.dedup.moves: one mover per folder, an undo that puts back only what its own run moved (never a
 file another run moved there since), kills at every step on one disk and across disks (a copy),
 and logs that were edited by hand."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import small_tmpfs
-from hashing import moves
-from hashing.errors import HashingError
+from hashing.dedup import moves
+from hashing.core.errors import HashingError
 
 CROSS_DISK = """
 import errno, os, sys

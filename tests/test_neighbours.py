@@ -1,4 +1,4 @@
-"""Nearest-neighbour positives (hashing.neighbours): the table on hand-placed points, the draw, training."""
+"""Nearest-neighbour positives (hashing.train.neighbours): the table on hand-placed points, the draw, training."""
 
 import math
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hashing.neighbours import neighbour_table, partners
+from hashing.train.neighbours import neighbour_table, partners
 
 
 class Points(nn.Module):
@@ -46,8 +46,8 @@ def test_partner_is_the_image_or_one_of_its_neighbours_uniformly():
 
 
 def test_neighbours_need_the_contrastive_term():
-    from hashing.errors import HashingError
-    from hashing.objectives import Objective
+    from hashing.core.errors import HashingError
+    from hashing.train.objectives import Objective
 
     with pytest.raises(HashingError, match="contrastive"):
         Objective(reconstruction=1.0, contrastive=0.0, neighbours=5)
@@ -64,8 +64,8 @@ def test_neighbour_positives_make_short_codes_retrieve_better(tmp_path):
     codes stay good; what it adds on MNIST is for benchmarks/quality.py to say."""
     import json
 
-    from hashing.evaluation import evaluate
-    from hashing.train import train_on
+    from hashing.evaluate.classes import evaluate
+    from hashing.train.loop import train_on
 
     scores = {}
     for k in (20, 0):
@@ -78,8 +78,8 @@ def test_neighbour_positives_make_short_codes_retrieve_better(tmp_path):
 
 
 def test_a_recipes_neighbours_lapse_with_its_contrastive_term_but_an_explicit_one_is_refused():
-    from hashing.errors import HashingError
-    from hashing.recipes import resolve
+    from hashing.core.errors import HashingError
+    from hashing.train.recipes import resolve
 
     _, tcfg = resolve("default", "digits", 1437, contrastive=0.0, supervised=1.0)
     assert tcfg.objective.neighbours == 0
@@ -88,7 +88,7 @@ def test_a_recipes_neighbours_lapse_with_its_contrastive_term_but_an_explicit_on
 
 
 def test_a_recipe_with_a_decoder_draws_reconstructions_instead(tmp_path):
-    from hashing.train import train_on
+    from hashing.train.loop import train_on
 
     r = train_on("autoencoder", tmp_path / "run", "digits", progress=False, bits=16, epochs=1, max_images=256)
     assert r.picture == "reconstructions.png"

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from hashing.objectives import nt_xent
+from hashing.train.objectives import nt_xent
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ def copy_as(digits_index, dest, index_type: str = "flat"):
 
 @pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw", "milvus"])
 def test_remove_by_id_and_source_keeps_other_ids_and_never_shows_them_again(digits_index, tmp_path, index_type):
-    from hashing.inventory import describe, remove_items
+    from hashing.workflows.inventory import describe, remove_items
     from hashing.indexes import open_index
 
     if index_type == "milvus":
@@ -109,9 +109,9 @@ def test_delete_endpoint_removes_with_the_token_and_404s_an_unknown_id(digits_in
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from hashing.engine import Engine
+    from hashing.serve.engine import Engine
     from hashing.indexes import open_index
-    from hashing.service import create_app
+    from hashing.serve.app import create_app
 
     dest = tmp_path / "idx"
     shutil.copytree(digits_index, dest)
@@ -136,7 +136,7 @@ def test_delete_endpoint_removes_with_the_token_and_404s_an_unknown_id(digits_in
 @pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw", "milvus"])
 def test_an_id_beyond_int64_is_no_item_and_removes_nothing(digits_index, tmp_path, index_type):
     """An id of many digits (a paste gone wrong) is an unknown id like any other, not numpy's OverflowError."""
-    from hashing.inventory import describe
+    from hashing.workflows.inventory import describe
 
     if index_type == "milvus":
         pytest.importorskip("milvus_lite")
@@ -159,7 +159,7 @@ def test_an_id_beyond_int64_is_no_item_and_removes_nothing(digits_index, tmp_pat
 
 
 def test_remove_through_the_api_names_an_id_beyond_int64(digits_index, tmp_path):
-    from hashing.errors import HashingError
+    from hashing.core.errors import HashingError
     from hashing.indexes import open_index
 
     dest = tmp_path / "idx"

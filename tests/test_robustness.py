@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import one_line_error, run_hashing
-from hashing.data import load_dataset
-from hashing.images import read_image
+from hashing.images.datasets import load_dataset
+from hashing.images.reader import read_image
 
 
 def snapshot(path):

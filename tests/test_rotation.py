@@ -1,12 +1,13 @@
-"""Codes by ITQ of the learned features (HashConfig.codes = "itq", hashing.rotation)."""
+"""Codes by ITQ of the learned features (HashConfig.codes = "itq", hashing.model.rotation)."""
 
 import numpy as np
 import pytest
 import torch
 
-from hashing.errors import HashingError
-from hashing.model import HashAutoencoder, HashConfig, feature_dim
-from hashing.recipes import resolve
+from hashing.core.errors import HashingError
+from hashing.model.network import HashAutoencoder
+from hashing.model.config import HashConfig, feature_dim
+from hashing.train.recipes import resolve
 
 
 def _inputs(n: int, seed: int = 0):
@@ -15,8 +16,8 @@ def _inputs(n: int, seed: int = 0):
 
 
 def test_itq_codes_are_the_signs_of_an_itq_rotation_of_unit_features():
-    from hashing.baselines import ITQ
-    from hashing.rotation import fit_rotation
+    from hashing.codes.baselines import ITQ
+    from hashing.model.rotation import fit_rotation
 
     torch.manual_seed(0)
     model = HashAutoencoder(HashConfig(bits=32, codes="itq")).eval()
@@ -38,8 +39,8 @@ def test_itq_codes_are_the_signs_of_an_itq_rotation_of_unit_features():
 
 
 def test_the_rotation_travels_in_the_checkpoint_and_changes_its_fingerprint(tmp_path):
-    from hashing import checkpoint
-    from hashing.rotation import fit_rotation
+    from hashing.model import checkpoint
+    from hashing.model.rotation import fit_rotation
 
     torch.manual_seed(0)
     model = HashAutoencoder(HashConfig(bits=16, codes="itq")).eval()
@@ -54,9 +55,9 @@ def test_the_rotation_travels_in_the_checkpoint_and_changes_its_fingerprint(tmp_
 
 
 def test_a_model_trained_with_itq_codes_retrieves(tmp_path):
-    from hashing import checkpoint
-    from hashing.evaluation import evaluate
-    from hashing.train import train_on
+    from hashing.model import checkpoint
+    from hashing.evaluate.classes import evaluate
+    from hashing.train.loop import train_on
 
     out = tmp_path / "itq"
     r = train_on("default", out, "digits", progress=False, bits=64, epochs=2, seed=0, codes="itq")
@@ -90,7 +91,7 @@ def test_itq_settings_are_validated(settings, message):
 
 
 def test_too_few_images_for_the_rotation_is_a_one_line_error(tmp_path):
-    from hashing.train import train_on
+    from hashing.train.loop import train_on
 
     with pytest.raises(HashingError, match="at least 128 images"):
         train_on("default", tmp_path / "r", "digits", progress=False, bits=128, epochs=1, max_images=100, codes="itq")
@@ -100,10 +101,10 @@ def test_too_few_images_for_the_rotation_is_a_one_line_error(tmp_path):
 def test_data_parallel_training_leaves_the_rotation_out_of_its_broadcasts():
     # train() tells DDP to skip these names (rank 0 alone fits and saves them); a name that no
     # longer matches the model would skip nothing, silently.
-    from hashing.distributed import Group
-    from hashing.objectives import Objective
-    from hashing.rotation import BUFFERS
-    from hashing.train import Step
+    from hashing.train.distributed import Group
+    from hashing.train.objectives import Objective
+    from hashing.model.rotation import BUFFERS
+    from hashing.train.loop import Step
 
     step = Step(HashAutoencoder(HashConfig(bits=16, codes="itq")), Objective(), None, Group())
     assert {f"model.{name}" for name in BUFFERS} <= set(step.state_dict())

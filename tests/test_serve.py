@@ -22,7 +22,7 @@ def pngs(tmp_path_factory):
     """Six digits of the test split as PNG files, and their bytes."""
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     folder = tmp_path_factory.mktemp("queries")
     test = load_dataset("digits", "test")
@@ -35,7 +35,7 @@ def pngs(tmp_path_factory):
 
 def expected(paths, index, **kw) -> list[dict]:
     """What `hashing query --json` prints for these files, with the names a browser uploads."""
-    from hashing.retrieval import query_images
+    from hashing.workflows.query import query_images
 
     return [{**r.to_dict(), "image": p.name} for p, r in zip(paths, query_images(paths, str(index), **kw))]
 
@@ -49,8 +49,8 @@ def app_client(digits_index, tmp_path_factory):
     """The application in-process (FastAPI's test client) over a copy of the digits index, with a token."""
     from fastapi.testclient import TestClient
 
-    from hashing.engine import Engine
-    from hashing.service import create_app
+    from hashing.serve.engine import Engine
+    from hashing.serve.app import create_app
 
     index = tmp_path_factory.mktemp("served") / "idx"
     shutil.copytree(digits_index, index)
@@ -96,7 +96,7 @@ def test_search_by_codes_matches_search_by_image(app_client, pngs, digits_run):
 def test_items_and_their_images(app_client):
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     item = app_client.get("/items/17").json()
     train = load_dataset("digits", "train")
@@ -170,8 +170,8 @@ def test_a_file_name_cannot_choose_where_an_upload_is_stored(app_client, pngs):
 def test_additions_and_removals_can_be_switched_off(digits_index, pngs, options, words):
     from fastapi.testclient import TestClient
 
-    from hashing.engine import Engine
-    from hashing.service import create_app
+    from hashing.serve.engine import Engine
+    from hashing.serve.app import create_app
 
     engine = Engine(str(digits_index))
     try:
@@ -186,8 +186,8 @@ def test_additions_and_removals_can_be_switched_off(digits_index, pngs, options,
 
 def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(digits_index, pngs):
     """Many threads at once, with different k and radius: every answer is the one it gets alone."""
-    from hashing.engine import Engine
-    from hashing.images import read_image
+    from hashing.serve.engine import Engine
+    from hashing.images.reader import read_image
 
     engine = Engine(str(digits_index))
     try:
@@ -242,7 +242,7 @@ def test_a_real_server_answers_adds_and_keeps_additions_across_a_restart(digits_
 
 def test_a_real_server_over_milvus_lite_keeps_an_addition_through_kill_9(digits_run, pngs, tmp_path):
     pytest.importorskip("milvus_lite")
-    from hashing.retrieval import build_index
+    from hashing.workflows.index import build_index
 
     db = str(tmp_path / "served.db")
     build_index(digits_run, db, dataset="digits", split="test", progress=False)

@@ -28,7 +28,7 @@ def png_of(i: int, split: str = "test") -> bytes:
     """A digit of scikit-learn's digits as PNG bytes."""
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     buf = io.BytesIO()
     Image.fromarray(load_dataset("digits", split).images[i]).save(buf, "PNG")
@@ -44,7 +44,7 @@ def pixels(png: bytes) -> np.ndarray:
 def client_of(engine, **options):
     from fastapi.testclient import TestClient
 
-    from hashing.service import create_app
+    from hashing.serve.app import create_app
 
     return TestClient(create_app(engine, **options), raise_server_exceptions=False)
 
@@ -58,7 +58,7 @@ def index(digits_index, tmp_path):
 
 def uploads_in(folder) -> list[str]:
     """The upload files in a folder (not the owner mark, not anything else)."""
-    from hashing.engine import _UPLOAD_FILE
+    from hashing.serve.engine import _UPLOAD_FILE
 
     return sorted(p.name for p in folder.iterdir() if _UPLOAD_FILE.fullmatch(p.name)) if folder.exists() else []
 
@@ -70,8 +70,8 @@ def test_a_thumbnail_follows_a_rebuild_that_gives_its_id_another_file(digits_run
     """A read-only service, another process rebuilds the index: id 0 is another file now, and its
     thumbnail (server cache and browser cache alike) is the new file's; so is a file replaced under
     its name."""
-    from hashing.engine import Engine
-    from hashing.retrieval import build_index
+    from hashing.serve.engine import Engine
+    from hashing.workflows.index import build_index
 
     first, second = tmp_path / "first", tmp_path / "second"
     for folder, offset in ((first, 0), (second, 1)):
@@ -109,7 +109,7 @@ def test_a_thumbnail_follows_a_rebuild_that_gives_its_id_another_file(digits_run
 
 @pytest.fixture(scope="module")
 def writer_client(digits_index, tmp_path_factory):
-    from hashing.engine import Engine
+    from hashing.serve.engine import Engine
 
     dest = tmp_path_factory.mktemp("range") / "idx"
     shutil.copytree(digits_index, dest)
@@ -175,7 +175,7 @@ def test_an_unexpected_error_is_a_500_and_the_connection_stays_open():
     import uvicorn
     from fastapi import FastAPI
 
-    from hashing.service import Unexpected
+    from hashing.serve.app import Unexpected
 
     app = FastAPI()
     app.add_middleware(Unexpected)
@@ -220,7 +220,7 @@ def test_an_unexpected_error_is_a_500_and_the_connection_stays_open():
 def test_a_removed_items_upload_is_deleted_once_no_item_names_it(digits_index, digits_run, tmp_path, backend):
     """Uploads of one picture twice (one file, two items), and of another: removing the other deletes
     its file; removing one of the twins keeps the file the second still names; removing that deletes it."""
-    from hashing.engine import Engine
+    from hashing.serve.engine import Engine
     from hashing.indexes import open_index
 
     if backend == "faiss":
@@ -229,7 +229,7 @@ def test_a_removed_items_upload_is_deleted_once_no_item_names_it(digits_index, d
         folder = where / "uploads"
     else:
         pytest.importorskip("milvus_lite")
-        from hashing.retrieval import build_index
+        from hashing.workflows.index import build_index
 
         where = tmp_path / "served.db"
         build_index(digits_run, str(where), dataset="digits", split="test", progress=False)
@@ -319,7 +319,7 @@ def test_uploads_orphaned_by_a_kill_9_are_swept_at_the_next_start(index, tmp_pat
 def test_a_folder_that_may_hold_another_indexs_uploads_is_never_swept(index, tmp_path, case):
     """--uploads naming a folder another index uses: its files stay, at start and on removals, and the
     service says why in one line."""
-    from hashing.engine import UPLOADS_OWNER, Engine
+    from hashing.serve.engine import UPLOADS_OWNER, Engine
 
     shared = tmp_path / "shared"
     shared.mkdir()

@@ -85,8 +85,8 @@ def test_a_service_answers_503_at_once_while_its_milvus_server_is_away_and_recon
         milvus_server, digits_run, monkeypatch, tmp_path):
     from PIL import Image
 
-    from hashing.data import load_dataset
-    from hashing.retrieval import build_index
+    from hashing.images.datasets import load_dataset
+    from hashing.workflows.index import build_index
 
     monkeypatch.setenv("HASHING_MILVUS_TOKEN", milvus_server.token)
     build_index(digits_run, milvus_server.uri, dataset="digits", split="test", collection="away", progress=False)

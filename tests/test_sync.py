@@ -30,8 +30,8 @@ def items(location):
 @pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw", "milvus"])
 def test_sync_adds_removes_re_encodes_and_keeps_the_rest(digits_run, digit_files, tmp_path, index_type):
     from hashing.indexes import open_index
-    from hashing.retrieval import build_index
-    from hashing.sync import sync_index
+    from hashing.workflows.index import build_index
+    from hashing.workflows.sync import sync_index
 
     if index_type == "milvus":
         pytest.importorskip("milvus_lite")

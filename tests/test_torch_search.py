@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashing import torch_search
+from hashing.model import knn as torch_search
 from hashing.indexes.exact import hamming_distances as numpy_hamming
 
 

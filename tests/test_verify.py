@@ -1,4 +1,4 @@
-"""The pixel check of candidate pairs (hashing.verify) and the candidates it starts from: copies that
+"""The pixel check of candidate pairs (hashing.dedup.verify) and the candidates it starts from: copies that
 moved (rotated, cropped, captioned) pass, other pictures do not, and `hashing duplicates` uses it by
 default (--no-verify: the codes alone)."""
 
@@ -65,7 +65,7 @@ def pictures(tmp_path_factory):
 
 
 def test_copies_that_moved_match_and_other_pictures_do_not(pictures):
-    from hashing.verify import MATCH, describe, similarity
+    from hashing.dedup.verify import MATCH, describe, similarity
 
     _, paths = pictures
     views = {k: describe(str(p)) for k, p in paths.items()}
@@ -81,7 +81,7 @@ def test_copies_that_moved_match_and_other_pictures_do_not(pictures):
 
 
 def test_a_file_that_broke_since_it_was_encoded_matches_nothing(pictures, tmp_path):
-    from hashing.verify import describe, similarity
+    from hashing.dedup.verify import describe, similarity
 
     _, paths = pictures
     broken = tmp_path / "broken.png"
@@ -92,7 +92,7 @@ def test_a_file_that_broke_since_it_was_encoded_matches_nothing(pictures, tmp_pa
     assert describe(str(tmp_path / "vanished.png")).pixels is None
     # in `hashing duplicates`: a candidate that broke or vanished between encoding and the check is
     # in no group and is listed as skipped, with the reason
-    from hashing.duplicates import _checked_pairs
+    from hashing.dedup.find import _checked_pairs
 
     files = [str(paths[(0, "original")]), str(paths[(0, "grey")]), str(broken), str(tmp_path / "vanished.png")]
     i, j, unread = _checked_pairs(np.zeros((4, 8), np.uint8), files, 4, progress=False)
@@ -102,7 +102,7 @@ def test_a_file_that_broke_since_it_was_encoded_matches_nothing(pictures, tmp_pa
 
 
 def test_candidates_are_each_rows_nearest_within_the_radius(rng):
-    from hashing.grouping import neighbours_within
+    from hashing.codes.grouping import neighbours_within
     from hashing.indexes.exact import hamming_distances
 
     codes = rng.integers(0, 256, (300, 8), dtype=np.uint8)
@@ -150,8 +150,8 @@ def test_duplicates_checks_pairs_by_default_and_finds_copies_the_codes_miss(pict
 
 
 def test_without_opencv_the_check_is_a_one_line_error(monkeypatch):
-    from hashing.errors import HashingError
-    from hashing.verify import require_cv2
+    from hashing.core.errors import HashingError
+    from hashing.dedup.verify import require_cv2
 
     monkeypatch.setitem(sys.modules, "cv2", None)                        # import cv2 -> ImportError
     with pytest.raises(HashingError, match="--no-verify"):
@@ -173,7 +173,7 @@ def test_a_given_threshold_bounds_the_candidates(pictures, tmp_path):
 def test_blank_pictures_match_only_the_same_blank(pictures, tmp_path):
     from PIL import Image
 
-    from hashing.verify import MATCH, describe, similarity
+    from hashing.dedup.verify import MATCH, describe, similarity
 
     _, paths = pictures
     Image.new("L", (40, 30), 255).save(tmp_path / "white.png")

@@ -34,7 +34,7 @@ def uploads(tmp_path_factory):
 
     from PIL import Image
 
-    from hashing.data import load_dataset
+    from hashing.images.datasets import load_dataset
 
     test = load_dataset("digits", "test")
     out = []

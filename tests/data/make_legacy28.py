@@ -2,11 +2,12 @@
 import numpy as np, json, shutil
 from pathlib import Path
 from PIL import Image
-from hashing.recipes import resolve
-from hashing.train import train
-from hashing.data import load_dataset, read_image
-from hashing.codes import encode_array
-from hashing import checkpoint
+from hashing.train.recipes import resolve
+from hashing.train.loop import train
+from hashing.images.datasets import load_dataset
+from hashing.images.reader import read_image
+from hashing.model.encode import encode_array
+from hashing.model import checkpoint
 out = Path("tests/data/legacy28")
 shutil.rmtree(out, ignore_errors=True)
 data = load_dataset("digits", "train").head(512)

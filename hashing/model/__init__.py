@@ -1,0 +1,1 @@
+"""Layer 5, the network (above hashing.indexes, layer 4): its config, the encoder/decoder, the binarizer's estimators, ITQ codes, run folders (checkpoints), images to packed codes, Hamming k-NN in torch, device choice."""

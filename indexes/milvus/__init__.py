@@ -1,0 +1,1 @@
+"""Milvus as an index backend: the URI's parts (address), the writer lease on a server (lease), the index (index)."""
