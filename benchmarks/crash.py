@@ -104,7 +104,7 @@ def exercise(name: str, args: list, points: list[str], restore, judge, delays: l
 def train_model(run: Path, seed: int) -> None:
     from hashing.train.loop import train_on
 
-    train_on("default", run, "digits", progress=False, bits=16, epochs=1, seed=seed)
+    train_on("default", run, dataset="digits", progress=False, bits=16, epochs=1, seed=seed)
 
 
 def query_images_of(work: Path, n: int = 6) -> list[Path]:

@@ -88,7 +88,7 @@ def ours_checked(codes: np.ndarray, files: list[str], paths: list[str], radii, o
     t0 = time.perf_counter()
     i, j, d = neighbours_within(codes, max(radii), CANDIDATES)
     seen = np.unique(np.concatenate([i, j]))
-    views = dict(zip(seen.tolist(), verify.describe_all([paths[k] for k in seen], False)))
+    views = dict(zip(seen.tolist(), verify.views_of([paths[k] for k in seen], False)))
     ok = verify.check_pairs([views[a] for a in i], [views[b] for b in j], False) >= verify.MATCH
     secs = time.perf_counter() - t0
     out = {}
@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "duplicates_openclipart.md")
     a = p.parse_args()
     from hashing.model import checkpoint
-    from hashing.train.calibration import describe, recorded
+    from hashing.train.calibration import calibration_line, recorded
     from hashing.train.calibration import candidate_radius
     from hashing.dedup.find import HASH_THRESHOLDS
 
@@ -208,7 +208,7 @@ def main() -> None:
              f"{meta['pictures']} distinct openclipart pictures, {meta['sources_with_copies']} of them with "
              f"{meta['copies_per_source']} edited copies each ({len(tpairs)} true pairs of "
              f"{meta['files'] * (meta['files'] - 1) // 2} pairs).", "",
-             f"Model: {a.model}; {describe(config)}." + (f" Trained{f' by `{a.train_command}`' if a.train_command else ''} in {a.train_seconds:.0f} s."
+             f"Model: {a.model}; {calibration_line(config)}." + (f" Trained{f' by `{a.train_command}`' if a.train_command else ''} in {a.train_seconds:.0f} s."
                                                         if a.train_seconds else ""), "",
              "| method | threshold | precision | recall | F1 | predicted pairs | encode (+ check) s |", "|---|---|---|---|---|---|---|"]
     for method, label, s, secs in rows:

@@ -32,7 +32,7 @@ def timed(fn, device: torch.device) -> float:
 def main() -> None:
     import faiss
 
-    from hashing.indexes.exact import hamming_distances as hamming
+    from hashing.codes.hamming import distances as hamming
     from hashing.model.knn import METHODS, TorchFlat
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -86,7 +86,7 @@ def latencies(index, xq: np.ndarray, clients: int, k: int = 10) -> tuple[float, 
 
 
 def recall_at_10(index, xq: np.ndarray, xb: np.ndarray, alive: np.ndarray | None = None) -> float:
-    from hashing.indexes.exact import hamming_distances
+    from hashing.codes.hamming import distances as hamming_distances
 
     D, I = index.search(xq, 10)
     full = hamming_distances(xq, xb)
@@ -201,7 +201,7 @@ def sync_part(files: int, work: Path) -> list[str]:
     paths = noisy_digits(folder, files)
     run = work / "run"
     if not (run / "config.json").exists():
-        train_on("default", run, "digits", progress=False, bits=64, epochs=1, seed=0)
+        train_on("default", run, dataset="digits", progress=False, bits=64, epochs=1, seed=0)
     os.environ["HASHING_CACHE"] = tempfile.mkdtemp(prefix="living-cache-")     # the full build decodes everything
     shutil.rmtree(work / "idx", ignore_errors=True)
     t0 = time.perf_counter()
@@ -216,10 +216,10 @@ def sync_part(files: int, work: Path) -> list[str]:
         Image.open(p).rotate(90).save(p)
     noisy_digits(folder / "new", k, seed=5)
     t0 = time.perf_counter()
-    s = sync_index(run, str(work / "idx"), folder, progress=False)
+    s = sync_index(run, str(work / "idx"), images=folder, progress=False)
     sync = time.perf_counter() - t0
     t0 = time.perf_counter()
-    s2 = sync_index(run, str(work / "idx"), folder, progress=False)
+    s2 = sync_index(run, str(work / "idx"), images=folder, progress=False)
     noop = time.perf_counter() - t0
     rows = [f"| {files:,} files | {r.added:,} | {full:.1f} | {s.added} added, {s.removed} removed, {s.changed} "
             f"changed, {s.unchanged:,} unchanged | {sync:.2f} | {100 * sync / full:.1f}% | {noop:.2f} |"]

@@ -8,6 +8,10 @@ cluster. `milvus-server` binds a fixed default port for each of its ten services
 otherwise, so every port is chosen free here. It does not stop on SIGTERM within 10 s, so it
 runs in its own process group and `stop()` kills the whole group (SIGKILL): nothing is left
 running, whatever happened.
+
+Its internal clocks are set faster than Milvus's defaults (QUICK): a flush answers in about 0.5 s
+instead of 2.5 to 3 s, a Strong read waits for a 50 ms time tick instead of a 200 ms one, and a load
+is seen a little sooner. A client sees the same behaviour, sooner; `settings={}` keeps the defaults.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ import tempfile
 import time
 from pathlib import Path
 
+# Milvus settings (config keys, as `milvus-server --extra-config KEY=VALUE` takes them) that make it answer sooner.
+QUICK = {
+    # A flush waits until every segment allocation it seals has expired: 2000 ms by default. An allocation
+    # expires after the end timestamp of the insert it was made for, and a segment is flushed only once its
+    # channel's time tick passed that expiry (so after every message of the insert), whatever the value.
+    "dataCoord.segment.assignmentExpiration": 200,
+    "proxy.timeTickInterval": 50,            # ms (200): how far a Strong read may wait for the time tick
+    "queryCoord.checkInterval": 200,         # ms (1000): the load checkers
+    "queryCoord.distPullInterval": 200,      # ms (500): query nodes' segment distribution
+}
+
 PORTS = ("etcd-port", "root-coord-port", "proxy-port", "proxy-internal-port", "query-coord-port", "query-node-port",
          "index-coord-port", "index-node-port", "data-coord-port", "data-node-port")
 
@@ -34,11 +49,13 @@ def free_port() -> int:
 
 class MilvusServer:
     """One milvus-server process group with its data in `data` (a temporary folder by default). With
-    `auth`, the server requires a user: its built-in root (`token`: "root:Milvus")."""
+    `auth`, the server requires a user: its built-in root (`token`: "root:Milvus"). `settings`: Milvus
+    config keys and values (default QUICK; {} for Milvus's own defaults)."""
 
-    def __init__(self, data: str | os.PathLike | None = None, auth: bool = False):
+    def __init__(self, data: str | os.PathLike | None = None, auth: bool = False, settings: dict | None = None):
         self.own_data = data is None
         self.auth = auth
+        self.settings = dict(QUICK if settings is None else settings)
         self.token = "root:Milvus" if auth else ""
         self.data = Path(tempfile.mkdtemp(prefix="milvus-")) if data is None else Path(data)
         self.ports = {name: free_port() for name in PORTS}
@@ -62,6 +79,8 @@ class MilvusServer:
         args = [exe, "--data", str(self.data)] + [a for k, v in self.ports.items() for a in (f"--{k}", str(v))]
         if self.auth:
             args += ["--authorization-enabled", "true"]
+        for key, value in self.settings.items():
+            args += ["--extra-config", f"{key}={value}"]
         self.log = self.data / "server.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

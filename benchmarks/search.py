@@ -153,7 +153,7 @@ def run(kind: str, xb: np.ndarray, xq: np.ndarray, bits: int, types: list[str], 
     # numpy reference
     nq_np = int(np.clip(10**8 // len(xb), 3, 50))     # NumPy is slow: fewer queries at large N
     t0 = time.perf_counter()
-    from hashing.indexes.exact import hamming_distances as hamming
+    from hashing.codes.hamming import distances as hamming
     d = hamming(xq[:nq_np], xb)
     np_ms = (time.perf_counter() - t0) / nq_np * 1e3
     rows.append({"codes": kind, "N": len(xb), "index": "numpy", "build_s": 0.0, "bytes/code": bits / 8,

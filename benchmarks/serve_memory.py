@@ -112,7 +112,7 @@ def main() -> None:
         from hashing.workflows.index import build_index
         from hashing.train.loop import train_on
 
-        train_on("default", work / "run", "digits", progress=False, bits=64, epochs=1, seed=0)
+        train_on("default", work / "run", dataset="digits", progress=False, bits=64, epochs=1, seed=0)
         index = str(work / "idx")
         build_index(work / "run", index, dataset="digits", split="train", progress=False)
     small = small_png()

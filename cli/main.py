@@ -14,22 +14,31 @@ from hashing.evaluate.copies import COPY_BASELINES
 from hashing.cli.options import (FloatOrAuto, IntOrAuto, JsonObject, LibraryChoice, source_options, device_option, model_option,
                                  quiet_option, setting, wait_option)
 from hashing.images.datasets import SPLITS
+from hashing.dedup.find import HASHES, KEEP
 from hashing.images.edits import DEFAULT_EDITS, EDITS
+from hashing.images.reader import CHANNELS, DEFAULT_RESIZE, IMAGE_SUFFIXES, RESIZE
 from hashing.core.errors import HashingError, HashingWarning
 from hashing.indexes.backends import BACKENDS
+from hashing.indexes.base import DEFAULT_K
 from hashing.indexes.faiss import INDEX_TYPES
+from hashing.serve.limits import MAX_MEGAPIXELS, MAX_UPLOAD_MB, TOKEN_ENV
 from hashing.train.recipes import RECIPES
 
 class Group(click.Group):
     """Turns HashingError into a one-line message and exit code 1, never a traceback; a HashingWarning into
-    one line "warning: ..." on stderr."""
+    one line "warning: ..." on stderr. Both name the settings they mention by the running command's flags
+    (flag_names)."""
 
     def invoke(self, ctx):
         import warnings
 
+        def running() -> click.Command:      # the subcommand being run (this group while none is chosen yet)
+            name = ctx.invoked_subcommand
+            return (self.get_command(ctx, name) if name else None) or self
+
         def show(message, category, *args, **kwargs):
             if issubclass(category, HashingWarning):
-                click.echo(f"warning: {message}", err=True)
+                click.echo(f"warning: {flag_names(message, running())}", err=True)
             else:
                 shown(message, category, *args, **kwargs)
         shown = warnings.showwarning
@@ -37,23 +46,54 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except HashingError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(flag_names(e, running())) from None
         except OSError as e:            # the machine's, not ours: a full disk, a vanished folder, a dead mount
             raise click.ClickException(os_error_line(e)) from None
         finally:
             warnings.showwarning = shown
 
 
+def flag(command: click.Command, setting: str, on: bool = True) -> str | None:
+    """The option `command` takes for the library setting `setting` (the param of that name): its longest
+    --option (--move-to), or its only one (-k); with on=False the off switch of an on/off flag (--no-verify).
+    None when the command has no such option."""
+    for param in command.params:
+        if param.name == setting and isinstance(param, click.Option):
+            opts = param.opts if on else param.secondary_opts
+            long = [o for o in opts if o.startswith("--")]
+            return max(long, key=len) if long else opts[0] if opts else None
+    return None
+
+
+def flag_names(e: HashingError | HashingWarning, command: click.Command) -> str:
+    """A library message as `command` shows it: each setting it names (e.settings, written there as the bare
+    keyword: "radius must be ...", or "verify=False" for an on/off one) becomes that command's flag
+    ("--radius must be ...", "--no-verify"). Whole words only (not the k of "keep", nor a word inside a path
+    or a quoted value); a setting the command has no option for stays as it is."""
+    import re
+
+    message = str(e)
+    for name in getattr(e, "settings", ()):
+        word = rf"(?<![\w/\\.'\"-]){re.escape(name)}"
+        for value in (True, False):                     # verify=False -> --no-verify, verify=True -> --verify
+            option = flag(command, name, on=value)
+            if option is not None:
+                message = re.sub(rf"{word}={value}(?![\w-])", lambda _: option, message)
+        option = flag(command, name)
+        if option is not None:
+            message = re.sub(rf"{word}(?![\w/\\'\"-])", lambda _: option, message)
+    return message
+
+
 def os_error_line(e: OSError) -> str:
     """One line for an operating-system error. Every write commits by one rename at its end, so what was
     there before is unchanged."""
-    import errno
+    from hashing.core.errors import full_disk
 
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    if e.errno == errno.ENOSPC:
-        return f"no space left on device{where}; free some space and run again (nothing already there was changed)"
-    if e.errno == errno.EDQUOT:
-        return f"disk quota exceeded{where}; free some space and run again (nothing already there was changed)"
+    why = full_disk(e)
+    if why is not None:
+        return f"{why}{where}; free some space and run again (nothing already there was changed)"
     return f"{e.strerror or type(e).__name__}{where}"
 
 
@@ -148,13 +188,13 @@ RECIPE_HELP = "Named preset of architecture, objective and schedule; the options
 @click.option("--image-size", type=int, default=None,
               help="Images are resized to N x N, N from 16 to 256.  [default: 28 for a dataset; for --images the "
                    "folder's median shorter side, at most 32]")
-@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+@click.option("--channels", type=click.Choice([str(c) for c in CHANNELS]), default=None,
               help="1: grayscale, 3: colour.  [default: 1 for a dataset; for --images 3 if any sampled image has "
                    "colour, else 1]")
-@click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default=None,
+@click.option("--resize", type=click.Choice(RESIZE), default=None,
               help="How an image of another shape becomes square: crop = scale the shorter side to N and cut the "
                    "centre; pad = scale the longer side to N and centre on black; stretch = both sides to N.  "
-                   "[default: crop]")
+                   f"[default: {DEFAULT_RESIZE}]")
 @quiet_option
 def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     """Train a hashing model on a dataset or a folder of images; the run folder gets
@@ -172,7 +212,7 @@ def train(dataset, data_dir, images, out, recipe, quiet, channels, **settings):
     """
     from hashing.train.loop import train_on
 
-    r = train_on(recipe, out, dataset, images, data_dir, progress=not quiet,
+    r = train_on(recipe, out, dataset=dataset, images=images, data_dir=data_dir, progress=not quiet,
                  channels=None if channels is None else int(channels), **settings)
     if r.rank:
         return                                    # under torchrun rank 0 speaks for the job
@@ -205,7 +245,8 @@ def encode(run_dir, dataset, data_dir, images, split, strict, out, batch_size, d
     numpy.packbits order) and labels."""
     from hashing.workflows.encode import encode
 
-    r = encode(run_dir, out, dataset, images, split, data_dir, batch_size, device, progress=not quiet, strict=strict)
+    r = encode(run_dir, out, dataset=dataset, images=images, split=split, data_dir=data_dir, batch_size=batch_size,
+               device=device, progress=not quiet, strict=strict)
     click.echo(f"wrote {r.count} {r.bits}-bit codes to {r.out} ({r.images_per_second:.0f} images/s)")
     if r.skipped:
         click.echo(r.skipped)
@@ -241,8 +282,9 @@ def index(run_dir, dataset, data_dir, images, split, strict, out, index_type, ba
         _sync(run_dir, images, split, uri if uri is not None else out, collection, batch_size, wait, device, quiet,
               backend, dataset=dataset, append=append, strict=strict, index_type=index_type)
         return
-    r = build_index(run_dir, uri if uri is not None else out, dataset, split, images, data_dir, index_type, backend,
-                    collection, append, batch_size, device, progress=not quiet, strict=strict, wait=wait)
+    r = build_index(run_dir, uri if uri is not None else out, dataset=dataset, split=split, images=images,
+                    data_dir=data_dir, index_type=index_type, backend=backend, collection=collection, append=append,
+                    batch_size=batch_size, device=device, progress=not quiet, strict=strict, wait=wait)
     click.echo(f"indexed {r.added} items ({r.total} in all, {r.bits} bits, {r.index_type}) at {r.location} "
                f"({r.images_per_second:.0f} images/s)")
     if r.skipped:
@@ -261,7 +303,8 @@ def _sync(run_dir, images, split, location, collection, batch_size, wait, device
                                    f"settings{'; it reads --images' if name == 'dataset' else ''})")
     if images is None:
         raise click.UsageError("--sync needs --images FOLDER (the folder the index mirrors)")
-    r = sync_index(run_dir, location, images, split, collection, batch_size, device, progress=not quiet, wait=wait)
+    r = sync_index(run_dir, location, images=images, split=split, collection=collection, batch_size=batch_size,
+                   device=device, progress=not quiet, wait=wait)
     click.echo(r.summary())
     if r.skipped:
         click.echo(r.skipped)
@@ -283,7 +326,7 @@ def remove(ids, index_location, sources, collection, wait, quiet):
     an unknown id or source is an error and nothing is removed."""
     from hashing.workflows.inventory import remove_items
 
-    r = remove_items(index_location, list(ids), list(sources), collection, wait)
+    r = remove_items(index_location, list(ids), sources=list(sources), collection=collection, wait=wait)
     click.echo(f"removed {r.removed} item{'s' if r.removed != 1 else ''} from {r.location} ({r.total} left)")
 
 
@@ -303,9 +346,9 @@ def info(index_location, collection, with_items, as_json):
 
     if (Path(index_location) / "config.json").is_file() and not (Path(index_location) / "meta.json").exists():
         return _run_info(index_location, as_json)
-    from hashing.workflows.inventory import describe
+    from hashing.workflows.inventory import index_summary
 
-    d = describe(index_location, collection, with_items)
+    d = index_summary(index_location, collection=collection, items=with_items)
     if as_json:
         click.echo(json.dumps(d))
         return
@@ -327,9 +370,9 @@ def info(index_location, collection, with_items, as_json):
 
 
 def _run_info(run_dir: str, as_json: bool) -> None:
-    from hashing.train.calibration import CANDIDATES, describe_run, line
+    from hashing.train.calibration import CANDIDATES, run_summary, line
 
-    d = describe_run(run_dir)
+    d = run_summary(run_dir)
     if as_json:
         click.echo(json.dumps(d))
         return
@@ -356,7 +399,7 @@ def _run_info(run_dir: str, as_json: bool) -> None:
 @click.option("--collection", default=None, help="Milvus collection name (default: hashing).")
 @click.option("-k", "k", default=None, type=int,
               help="Number of neighbours per image; with --radius, at most this many of those within it.  "
-                   "[default: 10, or all within --radius]")
+                   f"[default: {DEFAULT_K}, or all within --radius]")
 @click.option("--radius", type=int, default=None, help="Return every item within this Hamming distance.")
 @click.option("--invert", is_flag=True, help="Invert the image first (for dark digits on a light background).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: [{image, results: [{id, distance, label, source, class}]}].")
@@ -370,9 +413,8 @@ def query(images, index_location, collection, k, radius, invert, as_json, grid):
     """
     from hashing.workflows.query import query_images
 
-    if k is None and radius is None:
-        k = 10
-    results = query_images(list(images), index_location, k, radius, collection, invert, grid)
+    results = query_images(list(images), index_location, k=k, radius=radius, collection=collection, invert=invert,
+                           grid=grid)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results]))
         return
@@ -405,11 +447,11 @@ def _shown(text: str) -> str:
               help="Keep a pair only when the two pictures' pixels match once aligned (rotation, scale, crop, a "
                    "caption allowed: OpenCV, the copies extra); --no-verify trusts the codes alone.")
 @click.option("--hash", "hash_name", default="model", show_default=True,
-              type=click.Choice(["model", "phash", "dhash", "pdq"]),
+              type=click.Choice(HASHES),
               help="model: the codes of --model; phash, dhash (imagehash, 64 bits), pdq (256 bits): a perceptual "
                    "hash of each file, to compare on your own pictures.")
 @click.option("--keep", default="largest", show_default=True,
-              type=click.Choice(["largest", "oldest", "newest", "shortest-path", "first"]),
+              type=click.Choice(KEEP),
               help="The file each group keeps: most pixels (then lossless over JPEG, then bytes), oldest or newest modification time, "
                    "shortest path, or the first found.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
@@ -466,11 +508,12 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
         raise click.UsageError("give at least one FOLDER (or --undo LOG)")
     from hashing.dedup.find import run
 
-    job = run(list(folders), run_dir, threshold, hash_name, keep, json_out, csv_out, report, move_to, dry_run,
-              batch_size, device, progress=not quiet, against=against, verify=verify)
+    job = run(list(folders), run_dir, threshold=threshold, hash_name=hash_name, keep=keep, json_out=json_out,
+              csv_out=csv_out, report=report, move_to=move_to, dry_run=dry_run, batch_size=batch_size, device=device,
+              progress=not quiet, against=against, verify=verify)
     found = job.found
     if not found.files and not found.skipped:
-        echo(f"no images ({', '.join(('.png', '.jpg', '.webp', '...'))}) under {', '.join(folders)}: "
+        echo(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {', '.join(folders)}: "
              f"nothing to compare")
         return
     for path, why in found.skipped:
@@ -507,13 +550,13 @@ def duplicates(folders, run_dir, threshold, verify, hash_name, keep, json_out, c
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 (or ::) answers other machines too.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port; 0 picks a free one (printed).")
-@click.option("--token", envvar="HASHING_TOKEN", default=None,
+@click.option("--token", envvar=TOKEN_ENV, default=None,
               help="Secret that POST /items must carry (Authorization: Bearer TOKEN); without one, additions are "
-                   "off.  [env: HASHING_TOKEN]")
+                   f"off.  [env: {TOKEN_ENV}]")
 @click.option("--read-only", is_flag=True, help="Refuse every addition, token or not.")
-@click.option("--max-upload", "max_upload_mb", default=10.0, show_default=True, type=float,
+@click.option("--max-upload", "max_upload_mb", default=MAX_UPLOAD_MB, show_default=True, type=float,
               help="Largest request body in MB (larger uploads get 413).")
-@click.option("--max-megapixels", default=16.0, show_default=True, type=float,
+@click.option("--max-megapixels", default=MAX_MEGAPIXELS, show_default=True, type=float,
               help="Largest image decoded, in megapixels (larger uploads are refused from their header).")
 @click.option("--uploads", type=click.Path(file_okay=False), default=None,
               help="Folder for images added through POST /items.  [default: INDEX/uploads for FAISS, "
@@ -529,7 +572,8 @@ def serve(index_location, collection, host, port, token, read_only, max_upload_m
     """
     from hashing.serve.app import serve as run
 
-    run(index_location, collection, host, port, token, read_only, max_upload_mb, uploads, device,
+    run(index_location, collection=collection, host=host, port=port, token=token, read_only=read_only,
+        max_upload_mb=max_upload_mb, uploads=uploads, device=device,
         on_ready=lambda line: click.echo(line, err=False) or sys.stdout.flush(), wait=wait,
         max_megapixels=max_megapixels)
     click.echo("stopped")
@@ -544,14 +588,14 @@ def estimators(plot):
 
     width = max(map(len, est.names()))
     for name in est.names():
-        click.echo(f"{name:<{width}}  {est.describe(name)}")
+        click.echo(f"{name:<{width}}  {est.summary_of(name)}")
     if plot:
         import torch
 
         from hashing.core.atomic import check_output_file
         from hashing.images.plots import estimator_curves
 
-        check_output_file(plot, "--plot")
+        check_output_file(plot, "plot")
 
         x = torch.linspace(-3, 3, 301)
         curves = {}
@@ -613,10 +657,10 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
     if task == "copies":
         from hashing.evaluate.copies import evaluate_copies
 
-        report = evaluate_copies(run_dir, dataset, data_dir, images, split, copies,
-                                 DEFAULT_EDITS if edits is None else edits.split(","),
-                                 COPY_BASELINES if names is None else names, seed, json_out, plots, device,
-                                 progress=not quiet)
+        report = evaluate_copies(run_dir, dataset=dataset, data_dir=data_dir, images=images, split=split,
+                                 copies=copies, edits=DEFAULT_EDITS if edits is None else edits.split(","),
+                                 baselines=COPY_BASELINES if names is None else names, seed=seed, json_out=json_out,
+                                 plots=plots, device=device, progress=not quiet)
         pictures, notes = "copies_recall.png, copies_edits.png", []
     else:
         given = [f"--{o}" for o, v in (("split", split), ("copies", copies), ("edits", edits)) if v is not None]
@@ -632,9 +676,9 @@ def evaluate(run_dir, dataset, data_dir, images, task, database_split, query_spl
                 raise click.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
             if not k_list or min(k_list) < 1:
                 raise click.BadParameter("--k needs positive integers")
-        report = run(run_dir, dataset, data_dir, database_split, query_split, k_list,
-                     BASELINES if names is None else names, plots, device, progress=not quiet, seed=seed,
-                     json_out=json_out, images=images)
+        report = run(run_dir, dataset=dataset, data_dir=data_dir, database_split=database_split,
+                     query_split=query_split, ks=k_list, baselines=BASELINES if names is None else names, plots=plots,
+                     device=device, progress=not quiet, seed=seed, json_out=json_out, images=images)
         pictures, notes = "pr_curve.png, precision_at_k.png, retrieval.png", report.notes()
     click.echo(report.table())
     for note in notes:

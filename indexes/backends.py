@@ -13,9 +13,9 @@ from hashing.core.errors import HashingError
 from hashing.indexes.base import BinaryIndex, IndexInfo
 from hashing.core.locks import WriterLock
 from hashing.indexes.lock import lock_path
+from hashing.indexes.milvus.address import is_lite_file, is_server_uri
 
 BACKENDS = {"faiss": "hashing.indexes.faiss:FaissIndex", "milvus": "hashing.indexes.milvus.index:MilvusIndex"}
-MILVUS_PREFIXES = ("http://", "https://", "tcp://")
 
 
 def backend_for(location: str, backend: str | None = None) -> str:
@@ -24,12 +24,12 @@ def backend_for(location: str, backend: str | None = None) -> str:
     loc = str(location)
     if not loc.strip():
         raise HashingError("the index location is empty: give a folder (FAISS), a .db file or an http(s) URI (Milvus)")
-    implied = "milvus" if loc.endswith(".db") or loc.startswith(MILVUS_PREFIXES) else "faiss"
+    implied = "milvus" if is_lite_file(loc) or is_server_uri(loc) else "faiss"
     if backend is None or V.choice("backend", backend, BACKENDS) == implied:
         return implied
     if backend == "faiss":
         raise HashingError(f"{loc} names a Milvus location (.db file or URI); a FAISS index is a folder: "
-                           f"choose a folder name without .db, or drop --backend faiss")
+                           f"choose a folder name without .db, or drop backend faiss", settings=("backend",))
     raise HashingError(f"{loc} names a folder, and a Milvus index lives in a .db file or at an http(s):// URI")
 
 
@@ -49,8 +49,8 @@ def writer_lock(location: str, collection: str | None = None, backend: str | Non
     name = backend_for(location, backend)
     what = f"the index {location}" + (f" (collection {collection})" if collection and name == "milvus" else "")
     path = lock_path(str(location), name, collection)
-    if str(location).startswith(MILVUS_PREFIXES):
-        from hashing.indexes.milvus.index import ServerWriterLock
+    if is_server_uri(location):
+        from hashing.indexes.milvus.server import ServerWriterLock
 
         return ServerWriterLock(path, what, str(location), collection)
     return WriterLock(path, what)

@@ -18,6 +18,14 @@ import numpy as np
 from hashing.core import validation as V
 from hashing.core.errors import HashingError
 
+DEFAULT_K = 10            # the neighbours a search returns when it asks for neither k nor a radius
+
+
+def search_terms(k: int | None, radius: int | None) -> tuple[int | None, int | None]:
+    """(k, radius) of a search as asked: the DEFAULT_K nearest when neither is given (the CLI, the
+    Python API and the service all ask through this)."""
+    return (DEFAULT_K, None) if k is None and radius is None else (k, radius)
+
 
 @dataclass
 class ModelRecord:
@@ -195,13 +203,16 @@ class BinaryIndex(abc.ABC):
             raise HashingError("the index is empty: add items with `hashing index` first")
         if k is not None:
             if k < 1:
-                raise HashingError(f"-k must be at least 1, got {k}")
+                raise HashingError(f"k must be at least 1, got {k}", settings=("k",))
             if k > self.count:
-                raise HashingError(f"-k {k} is larger than the index ({self.count} items); ask for at most {self.count}")
+                raise HashingError(f"k {k} is larger than the index ({self.count} items); ask for at most {self.count}",
+                                  settings=("k",))
             if self.MAX_K is not None and k > self.MAX_K:
-                raise HashingError(f"-k {k}: this backend returns at most {self.MAX_K} results per query")
+                raise HashingError(f"k {k}: this backend returns at most {self.MAX_K} results per query",
+                                   settings=("k",))
         if radius is not None and not 0 <= radius <= self.bits:
-            raise HashingError(f"--radius must be from 0 to {self.bits} (the code length), got {radius}")
+            raise HashingError(f"radius must be from 0 to {self.bits} (the code length), got {radius}",
+                              settings=("radius",))
 
     def check_queries(self, xq: np.ndarray, k: int | None = None, radius: int | None = None) -> np.ndarray:
         xq = self.check_codes(xq, "queries")
@@ -246,7 +257,7 @@ class BinaryIndex(abc.ABC):
         (at most k), for each query, as Hits."""
         if radius is not None:
             if k is not None and k < 1:
-                raise HashingError(f"-k must be at least 1, got {k}")
+                raise HashingError(f"k must be at least 1, got {k}", settings=("k",))
             return [self.hits(D[:k], I[:k]) for D, I in self.range_search(xq, radius)]
         D, I = self.search(xq, k)
         return [self.hits(d, i) for d, i in zip(D, I)]

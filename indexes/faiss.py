@@ -90,16 +90,16 @@ class FaissIndex(BinaryIndex):
         cls.check_location(location, creating=True, collection=collection)
         path = Path(location)
         if path.exists() and not path.is_dir():
-            raise HashingError(f"{path} exists and is not a folder; choose another --out")
+            raise HashingError(f"{path} exists and is not a folder; choose another out", settings=("out",))
         cls.check_type(info.index_type, info.bits)
         return cls(path, info, None, np.zeros(0, np.int64), np.zeros(0, np.int64), [], created=now())
 
     @classmethod
     def check_location(cls, location: str, creating: bool, collection: str | None = None) -> None:
         if collection is not None:
-            raise HashingError("--collection is for Milvus; a FAISS index is a folder")
+            raise HashingError("collection is for Milvus; a FAISS index is a folder", settings=("collection",))
         if creating:
-            check_output_folder(location, "--out", marker=MANIFEST, ours=OURS)
+            check_output_folder(location, "out", marker=MANIFEST, ours=OURS)
         elif (Path(location) / MANIFEST).is_symlink() and not (Path(location) / MANIFEST).exists():
             raise HashingError(f"{Path(location) / MANIFEST} is a broken symlink (or a loop), not a manifest; "
                                f"rebuild the index with `hashing index`")
@@ -118,11 +118,11 @@ class FaissIndex(BinaryIndex):
         try:
             index = faiss.index_binary_factory(bits, factory_string(index_type, n or 1))
         except (RuntimeError, KeyError, ValueError, IndexError):
-            raise HashingError(f"--index-type {index_type!r} is neither one of {', '.join(INDEX_TYPES)} nor a faiss "
-                               f"binary factory string") from None
+            raise HashingError(f"index_type {index_type!r} is neither one of {', '.join(INDEX_TYPES)} nor a faiss "
+                               f"binary factory string", settings=("index_type",)) from None
         if n is not None and isinstance(index, faiss.IndexBinaryIVF) and index.nlist > n:
-            raise HashingError(f"--index-type {index_type!r} has {index.nlist} inverted lists, more than the {n} items "
-                               f"it would be trained on; use fewer lists (e.g. ivf) or flat")
+            raise HashingError(f"index_type {index_type!r} has {index.nlist} inverted lists, more than the {n} items "
+                               f"it would be trained on; use fewer lists (e.g. ivf) or flat", settings=("index_type",))
 
     @classmethod
     def open(cls, location: str, collection: str | None = None) -> "FaissIndex":

@@ -24,6 +24,7 @@ import hashlib
 from pathlib import Path
 
 from hashing.core.paths import cache_dir
+from hashing.indexes.milvus.address import DEFAULT_COLLECTION, is_lite_file, parse_server_uri
 
 FOLDER_LOCK = ".writer.lock"
 
@@ -32,10 +33,9 @@ def lock_path(location: str, backend: str, collection: str | None = None) -> Pat
     """The lock file of the index at `location` (see the module's docstring)."""
     if backend == "faiss":
         return Path(location) / FOLDER_LOCK
-    if location.endswith(".db") and "://" not in location:
+    if is_lite_file(location):
         path = Path(location).absolute().resolve()       # a link to the file is the same index
         return path.parent / f".{path.name}.writer.lock"
-    from hashing.indexes.milvus.address import DEFAULT_COLLECTION, parse_server_uri
 
     # keyed by what the URI reaches, not how it is spelled (localhost = 127.0.0.1, no path = /default)
     identity = f"{parse_server_uri(location).key}\n{collection or DEFAULT_COLLECTION}"

@@ -57,7 +57,7 @@ def digits_run(tmp_path_factory):
     from hashing.train.loop import train_on
 
     out = tmp_path_factory.mktemp("runs") / "digits64"
-    train_on("default", out, "digits", progress=False, bits=64, epochs=3, seed=0)   # what `hashing train` runs
+    train_on("default", out, dataset="digits", progress=False, bits=64, epochs=3, seed=0)   # what `hashing train` runs
     return out
 
 
@@ -68,7 +68,7 @@ def copies_run(tmp_path_factory):
     from hashing.train.loop import train_on
 
     out = tmp_path_factory.mktemp("runs") / "digits-copies"
-    train_on("copies", out, "digits", progress=False, bits=64, epochs=3, seed=0)
+    train_on("copies", out, dataset="digits", progress=False, bits=64, epochs=3, seed=0)
     return out
 
 
@@ -86,8 +86,10 @@ def rng():
     return np.random.default_rng(0)
 
 
-def run_hashing(*args, **kwargs):
-    """The real console script (as a user runs it): (exit code, stdout, stderr)."""
+def run_hashing_process(*args, **kwargs):
+    """The real console script (as a user runs it), in a new process: (exit code, stdout, stderr).
+    kwargs go to subprocess.run (env=, cwd=, input=, timeout=). For the tests where a real process is
+    what is tested (kill -9, signals, the interpreter's start-up); mark those `system`."""
     import shutil
     import subprocess
     import sys
@@ -95,6 +97,116 @@ def run_hashing(*args, **kwargs):
     cmd = [shutil.which("hashing")] if shutil.which("hashing") else [sys.executable, "-m", "hashing"]
     p = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, **kwargs)
     return p.returncode, p.stdout, p.stderr
+
+
+class _OutOfTime(BaseException):
+    """Raised by SIGALRM in an in-process run that passes its timeout= (a BaseException: neither the
+    command's error handling nor click catches it)."""
+
+
+def run_hashing(*args, env: dict | None = None, cwd=None, input=None, timeout: float | None = None):
+    """The `hashing` command run in this process through click's CliRunner, as the console script
+    would run it: (exit code, stdout, stderr), stderr with the traceback of an uncaught exception, as
+    a real process prints it. env= (a whole environment, as for subprocess.run: only its differences
+    from os.environ are applied), cwd=, input= and timeout= (subprocess.TimeoutExpired) mean what they
+    mean to subprocess.run. What a command changes in this process and a process exit would undo is put
+    back: sys.argv (a lock holder's command line is read from it), the working folder, environment,
+    warnings filters and their once-registries, signal handlers, logging, torch's threads and random
+    generators, the commit-step counter of HASHING_CRASH_LOG and Milvus Lite servers left running.
+    HASHING_CRASH_AT kills the process that reaches its step, so a run with it is a real process."""
+    import os
+
+    environ = dict(os.environ) if env is None else {k: str(v) for k, v in env.items()}
+    if "HASHING_CRASH_AT" in environ:
+        return run_hashing_process(*args, env=environ, cwd=cwd, input=input, timeout=timeout)
+    changes = {k: v for k, v in environ.items() if os.environ.get(k) != v}
+    changes.update({k: None for k in os.environ if k not in environ})
+    argv = [str(a) for a in args]
+    with _as_a_process(argv, cwd, timeout):
+        from click.testing import CliRunner
+
+        from hashing.cli.main import cli
+
+        runner = CliRunner(capture="fd")
+        result = runner.invoke(cli, argv, prog_name="hashing", env=changes, input=input)
+    err = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        err += "".join(traceback.format_exception(*result.exc_info))
+    return result.exit_code, result.stdout, err
+
+
+@contextlib.contextmanager
+def _as_a_process(argv: list[str], cwd, timeout: float | None):
+    """Around one in-process run: a process's fresh state on the way in, the test's own on the way out."""
+    import logging
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import warnings
+
+    from hashing.core import atomic
+
+    saved_argv, saved_cwd, saved_steps, saved_env = sys.argv, os.getcwd(), atomic._steps, dict(os.environ)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)}
+    root = logging.getLogger()
+    loggers = {name: (lg.level, list(lg.handlers), lg.propagate, lg.disabled)
+               for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root_state, disabled = (root.level, list(root.handlers)), logging.root.manager.disable
+    threads, torch_rng, py_rng, np_rng = torch.get_num_threads(), torch.get_rng_state(), random.getstate(), np.random.get_state()
+    lite = sys.modules.get("hashing.indexes.milvus.lite")
+    lite_before = set(lite._scratch) if lite else set()
+
+    def out_of_time(*_):
+        raise _OutOfTime
+    sys.argv = ["hashing", *argv]
+    atomic._steps = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        if timeout is not None:
+            signal.signal(signal.SIGALRM, out_of_time)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        with warnings.catch_warnings():
+            # a new interpreter's filters (no -W, no PYTHONWARNINGS), and nothing "already shown"
+            warnings.resetwarnings()
+            for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            for option in sys.warnoptions:
+                warnings._setoption(option)
+            try:
+                yield
+            except _OutOfTime:
+                raise subprocess.TimeoutExpired(["hashing", *argv], timeout) from None
+    finally:
+        if timeout is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for s, h in handlers.items():
+            if h is not None:                                   # None: not set from Python
+                signal.signal(s, h)
+        sys.argv, atomic._steps = saved_argv, saved_steps
+        os.chdir(saved_cwd)
+        for name in set(os.environ) - set(saved_env):         # what the command set for itself (os.environ.setdefault)
+            del os.environ[name]
+        os.environ.update({k: v for k, v in saved_env.items() if os.environ.get(k) != v})
+        lite = sys.modules.get("hashing.indexes.milvus.lite")
+        for path in set(lite._scratch) - lite_before if lite else ():
+            lite.stop_server(path)                          # what the process's exit (atexit) would stop
+        logging.disable(disabled)
+        root.setLevel(root_state[0])
+        root.handlers[:] = root_state[1]
+        for name, lg in list(logging.Logger.manager.loggerDict.items()):
+            if isinstance(lg, logging.Logger) and name in loggers:
+                level, lg.handlers[:], lg.propagate, lg.disabled = loggers[name]
+                lg.setLevel(level)
+        torch.set_num_threads(threads)
+        torch.set_rng_state(torch_rng)
+        random.setstate(py_rng)
+        np.random.set_state(np_rng)
 
 
 @pytest.fixture

@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import hashing
 from hashing.images.datasets import load_dataset
 
 
+@pytest.mark.slow                   # the example trains a model (2 epochs) and checks what it finds
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## Python API"):]

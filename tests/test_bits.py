@@ -3,7 +3,7 @@ import pytest
 
 from hashing.codes.bits import from_lsb_first, pack, unpack
 from hashing.core.errors import HashingError
-from hashing.indexes.exact import hamming_distances as hamming
+from hashing.codes.hamming import distances as hamming
 from hashing.core.validation import code_bits
 
 

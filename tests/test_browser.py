@@ -10,6 +10,8 @@ import pytest
 
 from conftest import Server, importorskip_or_fail, skip_or_fail, write_digit_folder
 
+pytestmark = pytest.mark.system          # a real service process and a browser
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
 EVIL = "<img src=x onerror=window.pwned=1>.png"   # no quotes: browsers send them as %22

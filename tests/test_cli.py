@@ -2,15 +2,13 @@
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import run_hashing, run_hashing_process
 from hashing.cli.main import cli
 from hashing.images.datasets import load_dataset
 
@@ -29,14 +27,15 @@ def query_png(tmp_path_factory):
 
 def test_train_index_query_end_to_end(tmp_path, query_png):
     run, idx = tmp_path / "run", tmp_path / "idx"
-    r = invoke("train", "--dataset", "digits", "--out", run, "--bits", "32", "--epochs", "1", "--quiet")
+    r = invoke("train", "--dataset", "digits", "--out", run, "--bits", "32", "--epochs", "1", "--max-images", "100",
+               "--quiet")
     assert r.exit_code == 0, r.output
     files = json.loads((run / "config.json").read_text())["files"]
     # The default trains no decoder: its picture is test images and their nearest training images.
     assert {files["weights"], files["history"], "config.json", "neighbours.png"} == set(os.listdir(run))
     assert "neighbours.png" in r.output
     r = invoke("index", "--model", run, "--dataset", "digits", "--split", "train", "--out", idx, "--quiet")
-    assert r.exit_code == 0, r.output and "indexed 1437 items" in r.output
+    assert r.exit_code == 0 and "indexed 1437 items" in r.output, r.output
     r = invoke("query", query_png[0], "--index", idx, "-k", "7", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
@@ -58,20 +57,22 @@ def test_train_index_query_end_to_end(tmp_path, query_png):
 
 def test_train_options_reach_the_checkpoint(tmp_path):
     run = tmp_path / "run"
+    small = ("--max-images", "64")                            # what is checked is the config, not the weights
     r = invoke("train", "--dataset", "digits", "--out", run, "--bits", "16", "--epochs", "1", "--views", "crop",
-               "--schedule", "cosine", "--batch-size", "256", "--scale-lr", "--quiet")
+               "--schedule", "cosine", "--batch-size", "256", "--scale-lr", *small, "--quiet")
     assert r.exit_code == 0, r.output
     train = json.loads((run / "config.json").read_text())["train"]
     assert train["objective"]["views"] == "crop" and train["schedule"] == "cosine" and train["scale_lr"]
     assert train["epochs"] == 1 and train["batch_size"] == 256
     r = invoke("train", "--dataset", "digits", "--out", tmp_path / "cp", "--bits", "16", "--epochs", "1",
-               "--recipe", "copies", "--view-options", '{"rescale": [0.2, 0.5]}', "--quiet")
+               "--recipe", "copies", "--view-options", '{"rescale": [0.2, 0.5]}', *small, "--quiet")
     assert r.exit_code == 0, r.output
     objective = json.loads((tmp_path / "cp" / "config.json").read_text())["train"]["objective"]
     assert objective["view_options"] == {"brightness": [0.6, 2.2], "contrast": [0.6, 1.8], "blur": [0.5, 2.0],
                                          "rescale": [0.2, 0.5]}                         # recipe's, flag's
     r = invoke("train", "--dataset", "digits", "--out", tmp_path / "sup", "--bits", "16", "--epochs", "1",
-               "--recipe", "supervised", "--quiet")
+               "--recipe", "supervised", *small, "--quiet")
+    assert r.exit_code == 0, r.output
     train = json.loads((tmp_path / "sup" / "config.json").read_text())["train"]
     assert train["schedule"] == "cosine" and train["epochs"] == 1     # recipe default, flag wins
 
@@ -110,11 +111,28 @@ def test_index_a_folder_of_images(digits_run, tmp_path, query_png):
     assert own["label"] == 0 and own["class"] == "sub"                # ImageFolder: the first folder is the class
 
 
+@pytest.mark.system
+def test_the_console_script_trains_indexes_and_queries(tmp_path, query_png):
+    """The installed console script, each command a new process, end to end (the other tests run it in-process)."""
+    run, idx = tmp_path / "run", tmp_path / "idx"
+    code, out, err = run_hashing_process("train", "--dataset", "digits", "--out", run, "--bits", "32", "--epochs", "1",
+                                         "--max-images", "200", "--quiet")
+    assert code == 0 and (run / "config.json").is_file() and "neighbours.png" in out, err
+    code, out, err = run_hashing_process("index", "--model", run, "--dataset", "digits", "--split", "train", "--out", idx,
+                                         "--quiet")
+    assert code == 0 and "indexed 1437 items" in out, err
+    code, out, err = run_hashing_process("query", query_png[0], "--index", idx, "-k", "7", "--json")
+    assert code == 0 and "Traceback" not in err, err
+    res = json.loads(out)[0]["results"]
+    assert len(res) == 7 and all(x["source"].startswith("digits/train/") for x in res)
+    code, _, err = run_hashing_process("query", tmp_path / "nope.png", "--index", idx)
+    assert code != 0 and "Traceback" not in err and err.strip().startswith("Error") and len(err.strip().splitlines()) == 1, err
+
+
 def error_of(*args):
-    """Run the real console script: the user sees one line and a non-zero exit, never a traceback."""
-    cmd = [shutil.which("hashing")] if shutil.which("hashing") else [sys.executable, "-m", "hashing.cli.main"]
-    p = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True)
-    return p.returncode, p.stderr.strip()
+    """Run the command as the console script would: the user sees one line and a non-zero exit, never a traceback."""
+    code, _, err = run_hashing(*args)
+    return code, err.strip()
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "not-checkpoint", "k-too-large", "unknown-dataset",

@@ -99,8 +99,12 @@ def test_combo_puts_jpeg_last_and_uses_two_or_three_families():
 
 def test_perceptual_hashes_find_an_unedited_copy_at_distance_zero():
     pytest.importorskip("imagehash")
-    from hashing.indexes.exact import hamming_distances
-    from hashing.images.perceptual import PERCEPTUAL, hash_images
+    from hashing.codes.hamming import distances as hamming_distances
+    from hashing.codes.bits import pack
+    from hashing.images.perceptual import PERCEPTUAL, hasher
+
+    def hash_images(name, images):                     # PIL images -> packed codes (N, bits/8)
+        return pack(np.stack([hasher(name)(im) for im in images]))
 
     originals = [digit(i) for i in range(5)]
     copies = [Image.open(io.BytesIO(apply(im, plan("identity", np.random.default_rng(0))))) for im in originals]
@@ -120,13 +124,13 @@ def test_perceptual_hashes_find_an_unedited_copy_at_distance_zero():
 
 
 def test_copies_made_in_worker_processes_equal_those_made_here(monkeypatch):
-    from hashing.images import folders
+    from hashing.core import parallel
 
     refs = [np.asarray(digit(i)) for i in range(30)]
     spec = ImageSpec()
     sources = np.arange(0, 30, 2)
     here = make_queries(refs, sources, DEFAULT_EDITS, spec, ("phash",), seed=5, progress=False)
-    monkeypatch.setattr(folders, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 2)
     pooled = make_queries(refs, sources, DEFAULT_EDITS, spec, ("phash",), seed=5, progress=False)
     assert np.array_equal(here.arrays, pooled.arrays) and here.steps == pooled.steps
     assert np.array_equal(here.perceptual["phash"], pooled.perceptual["phash"])
@@ -258,7 +262,7 @@ def test_an_unedited_copy_is_found_by_every_method(copies_run):
     # A copy model: a class model's short codes tie whole kinds at distance 0 (docs/training.md, "Neighbour
     # positives"), so there "found at distance 0" need not mean "in the first 10".
     pytest.importorskip("imagehash")
-    report = evaluate_copies(copies_run, "digits", copies=60, edits=("identity",),
+    report = evaluate_copies(copies_run, dataset="digits", copies=60, edits=("identity",),
                              baselines=("phash", "dhash", "itq"), progress=False)
     for name, r in {"model": report.model, **report.baselines}.items():
         assert r["recall@10"] == pytest.approx(1.0), name        # at distance 0; ties with other digits aside

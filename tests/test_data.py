@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from hashing.images.datasets import load_dataset
-from hashing.images.folders import find_images
+from hashing.images.folders import image_files
 from hashing.images.reader import ImageSpec, read_image
 from hashing.core.errors import HashingError
 
@@ -40,7 +40,7 @@ def test_bad_images(tmp_path):
         read_image(tmp_path / "none.png")
     (tmp_path / "empty").mkdir()
     with pytest.raises(HashingError, match="no images"):
-        find_images(tmp_path / "empty")
+        image_files(tmp_path / "empty")
 
 
 def test_offline_mnist_is_a_user_error(tmp_path):

@@ -1,6 +1,7 @@
 """`hashing duplicates`: groups that never chain, the threshold a copies model calibrates when it is
 trained, JSON/CSV/HTML outputs, bad files skipped with a reason, and moves that a kill -9 cannot lose
-(a real subprocess killed at each step of the move, then undone)."""
+(a real subprocess killed at each step of the move, then undone). The command runs in-process (conftest's
+run_hashing) except where a real process is what is tested."""
 
 import json
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_line_error, run_hashing
+from conftest import one_line_error, run_hashing, run_hashing_process
 from hashing.core.errors import HashingError
 
 EVIL = "<img src=x onerror=window.pwned=1>.png"
@@ -37,7 +38,7 @@ def test_star_groups_never_chain():
 
 def test_pairs_match_brute_force(rng):
     from hashing.codes.grouping import pairs_within
-    from hashing.indexes.exact import hamming_distances
+    from hashing.codes.hamming import distances as hamming_distances
 
     codes = rng.integers(0, 256, (700, 8), dtype=np.uint8)
     codes[350:] = codes[:350] ^ (rng.random((350, 8)) < 0.02).astype(np.uint8) * rng.integers(1, 256, (350, 8), dtype=np.uint8)
@@ -128,13 +129,13 @@ def test_bad_input_is_one_line(collection, tmp_path):
 
 def test_training_calibrates_the_threshold_and_auto_uses_it(copies_run, collection, tmp_path):
     from hashing.model import checkpoint
-    from hashing.train.calibration import describe
+    from hashing.train.calibration import calibration_line
 
     config = checkpoint.read_config(copies_run)
     cal = config["calibration"]
     assert cal["fingerprint"] == config["fingerprint"] and 0 <= cal["threshold"] <= 64
     assert cal["copy_pairs"] > 1000 and set(cal["per_edit"]) >= {"jpeg", "crop", "combo"}
-    assert f"duplicate threshold: {cal['threshold']}" in describe(config)
+    assert f"duplicate threshold: {cal['threshold']}" in calibration_line(config)
     root, truth = collection
     out = tmp_path / "m.json"
     code, stdout, stderr = run_hashing("duplicates", root, "--model", copies_run, "--quiet", "--json", out,
@@ -152,12 +153,13 @@ def test_training_calibrates_the_threshold_and_auto_uses_it(copies_run, collecti
     for bad in (500, "abc", -1):
         damaged = {**config, "calibration": {**cal, "threshold": bad}}
         with pytest.raises(HashingError, match="calibration record is damaged"):
-            describe(damaged)
+            calibration_line(damaged)
     # a copy of a retrained model's weights: the record no longer matches, the fallback is said
     config["fingerprint"] = "0" * 16
-    assert "not calibrated" in describe(config)
+    assert "not calibrated" in calibration_line(config)
 
 
+@pytest.mark.system
 def test_a_kill_during_moves_loses_nothing_and_undo_restores(collection, tmp_path):
     import shutil
 
@@ -173,9 +175,9 @@ def test_a_kill_during_moves_loses_nothing_and_undo_restores(collection, tmp_pat
     for crash_at in (1, 3, 6):
         target = tmp_path / f"moved{crash_at}"
         env = {**os.environ, "HASHING_CRASH_AT": str(crash_at)}
-        code, _, _ = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
-                                 "--move-to", target, env=env)
-        assert code != 0                                      # killed
+        code, _, _ = run_hashing_process("duplicates", work, "--hash", "phash", "--threshold", "6", "--quiet",
+                                         "--move-to", target, env=env)
+        assert code == -9                                     # killed
         logs = list(target.glob("hashing-moves-*.jsonl"))
         assert len(logs) == 1
         for rel, data in before.items():                      # every file in its old place or in the target
@@ -207,6 +209,7 @@ def test_report_is_one_self_contained_page(collection, tmp_path):
     assert page.count('class="keep"') == len(found.groups)
 
 
+@pytest.mark.system
 def test_report_in_chromium_shows_every_group_with_its_thumbnails(collection, tmp_path):
     """The page in a real browser (headless Chromium, as tests/test_browser.py drives the service page):
     every thumbnail decodes, one kept file per group, and a file named like HTML is shown as text."""
@@ -430,6 +433,7 @@ def test_against_an_index_of_the_folder_itself_moves_nothing_and_a_group_keeps_a
     assert [f["keep"] for f in group] == [False, True] and group[1]["path"].endswith("new/003.png")
 
 
+@pytest.mark.system
 def test_names_that_are_not_utf8_are_written_by_every_output(collection, tmp_path):
     import shutil
 
@@ -442,7 +446,7 @@ def test_names_that_are_not_utf8_are_written_by_every_output(collection, tmp_pat
     dups = os.fsdecode(os.fsencode(tmp_path) + b"/dups\xfe")
     out, table, page = tmp_path / "d.json", tmp_path / "d.csv", tmp_path / "d.html"
     strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}           # a terminal that takes UTF-8 only
-    code, stdout, stderr = run_hashing("duplicates", work, "--hash", "phash", "--threshold", "4", "--quiet",
+    code, stdout, stderr = run_hashing_process("duplicates", work, "--hash", "phash", "--threshold", "4", "--quiet",
                                        "--json", out, "--csv", table, "--report", page, "--move-to", dups, env=strict)
     assert code == 0 and "Traceback" not in stderr, stderr
     assert "bad\\udcffcopy.png" in stdout and "dups\\udcfe" in stdout                # escaped, as the JSON writes it
@@ -451,7 +455,7 @@ def test_names_that_are_not_utf8_are_written_by_every_output(collection, tmp_pat
     assert "bad\\udcffcopy.png" in page.read_text(encoding="utf-8")         # the page: escaped, valid UTF-8
     assert not os.path.lexists(bad) and os.path.lexists(os.fsencode(dups) + b"/bad\xffcopy.png")
     (log,) = Path(dups).glob("hashing-moves-*.jsonl")
-    code, stdout, stderr = run_hashing("duplicates", "--undo", log, env=strict)
+    code, stdout, stderr = run_hashing_process("duplicates", "--undo", log, env=strict)
     assert code == 0 and "moved back 1 files" in stdout and "dups\\udcfe" in stdout, stderr
     assert os.path.lexists(bad)
 

@@ -222,7 +222,8 @@ def test_a_killed_decode_leaves_no_cache_to_trust(tmp_path, monkeypatch):
     monkeypatch.setattr(folders, "decode_files", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         folders.read_folder(paths, labels, ImageSpec(28), progress=False)
-    left = [f.name for f in (tmp_path / "cache").iterdir() if not f.name.startswith("digits-")]   # (data._digits)
+    left = [f.name for f in (tmp_path / "cache").rglob("*")                                 # every job's folder
+            if f.is_file() and not f.name.startswith("digits-")]                            # (datasets._digits)
     assert left == []                                                  # the temporary array is gone too
     monkeypatch.setattr(folders, "decode_files", real)
     assert len(folders.read_folder(paths, labels, ImageSpec(28), progress=False).images) == len(paths)
@@ -276,7 +277,7 @@ def test_colour_folder_at_32_and_64_round_trips(tmp_path, colour_folder, hashing
     for size in (32, 64):
         run, idx = tmp_path / f"run{size}", tmp_path / f"idx{size}"
         code, out, err = hashing_cli("train", "--images", colour_folder, "--out", run, "--bits", 16, "--epochs", 1,
-                                     "--image-size", size, "--quiet")
+                                     "--image-size", size, "--max-images", 32, "--quiet")      # weights: any will do
         assert code == 0 and f"{size}x{size}, 3 channels" in out, err
         cfg = json.loads((run / "config.json").read_text())
         assert cfg["model"]["channels"] == 3 and len(cfg["model"]["std"]) == 3
@@ -353,7 +354,7 @@ def _blas_threads(_job) -> int:
 def test_fork_map_workers_run_one_blas_thread_each():
     # OpenBLAS's pool inherited across fork made each np.dot in a worker ~20x slower than in the
     # parent: the pixel check of `hashing duplicates` spent 95 % of its time there (463 s of 481).
-    from hashing.images import folders
+    from hashing.core import parallel
 
-    jobs = list(range(folders.PARALLEL_FROM))
-    assert set(folders.fork_map(_blas_threads, jobs, progress=False)) == {1}
+    jobs = list(range(parallel.PARALLEL_FROM))
+    assert set(parallel.fork_map(_blas_threads, jobs, progress=False)) == {1}

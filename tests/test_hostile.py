@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -164,24 +162,33 @@ def test_a_full_disk_in_training_leaves_no_run(small_disk):
 
 
 # ---- a kill -9 in the very first save ----------------------------------------------------------------------
+# The killed commands are real processes, forks of test_crash.ForkServer (no interpreter start each); the
+# probe that lists the steps and the reruns run in this process.
 
 
-def crash_points(args, log, env=None):
-    env = {**os.environ, **(env or {}), "HASHING_CRASH_LOG": str(log)}
-    p = subprocess.run([sys.executable, "-m", "hashing", *map(str, args)], capture_output=True, text=True, env=env)
-    assert p.returncode == 0, p.stderr
+@pytest.fixture
+def forks():
+    from test_crash import shared_fork_server
+
+    return shared_fork_server()
+
+
+def crash_points(args, log):
+    code, _, err = run_hashing(*args, env={**os.environ, "HASHING_CRASH_LOG": str(log)})
+    assert code == 0, err
     return log.read_text().splitlines()
 
 
-def test_a_kill_in_the_first_save_of_an_index_leaves_nothing_that_stops_the_rerun(digits_run, digit_png, tmp_path):
+@pytest.mark.system
+def test_a_kill_in_the_first_save_of_an_index_leaves_nothing_that_stops_the_rerun(digits_run, digit_png, tmp_path,
+                                                                                  forks):
     args = ["index", "--model", digits_run, "--dataset", "digits", "--split", "test", "--quiet"]
     points = crash_points([*args, "--out", tmp_path / "probe"], tmp_path / "points.log")
     assert len(points) >= 5 and "renamed meta.json" in points[-1], points
     for n in range(1, len(points) + 1):
         out = tmp_path / f"idx{n}"
-        p = subprocess.run([sys.executable, "-m", "hashing", *map(str, args), "--out", str(out)], capture_output=True,
-                           env={**os.environ, "HASHING_CRASH_AT": str(n)})
-        assert p.returncode == -9
+        code, _, err = forks.run(*args, "--out", out, env={**os.environ, "HASHING_CRASH_AT": str(n)})
+        assert code == -9, (n, points[n - 1], err)
         code, _, err = run_hashing(*args, "--out", out)          # the rerun: no "other files", no "exists"
         assert code == 0, (n, points[n - 1], err)
         names = sorted(os.listdir(out))                           # one version, and the writer lock
@@ -190,14 +197,14 @@ def test_a_kill_in_the_first_save_of_an_index_leaves_nothing_that_stops_the_reru
         assert code == 0 and len(json.loads(out_json)[0]["results"]) == 10
 
 
-def test_a_kill_in_the_first_save_of_a_run_leaves_nothing_that_stops_the_rerun(tmp_path):
+@pytest.mark.system
+def test_a_kill_in_the_first_save_of_a_run_leaves_nothing_that_stops_the_rerun(tmp_path, forks):
     args = ["train", "--dataset", "digits", "--epochs", "1", "--bits", "64", "--max-images", "300", "--quiet"]
     points = crash_points([*args, "--out", tmp_path / "probe"], tmp_path / "points.log")
     n = next(i for i, line in enumerate(points, 1) if line.split(" ", 1)[1].startswith("renamed model"))
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "hashing", *args, "--out", str(out)], capture_output=True,
-                       env={**os.environ, "HASHING_CRASH_AT": str(n)})
-    assert p.returncode == -9 and any(f.name.endswith(".safetensors") for f in out.iterdir())
+    code, _, err = forks.run(*args, "--out", out, env={**os.environ, "HASHING_CRASH_AT": str(n)})
+    assert code == -9 and any(f.name.endswith(".safetensors") for f in out.iterdir()), err
     code, _, err = run_hashing(*args, "--out", out, timeout=300)
     assert code == 0, err
     assert (out / "config.json").is_file()

@@ -224,6 +224,7 @@ def write_colour_digits(root, seed: int = 3):
     return root
 
 
+@pytest.mark.slow                   # a quality gate: 12 epochs
 def test_colour_folder_learns_shapes_not_colours(tmp_path, hashing_cli):
     """Digits drawn in random colours: the colour-folder default (views in any colour, each image
     standardised) finds digits of the same kind, where pixel hashes see colours. Measured at these

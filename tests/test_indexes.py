@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from hashing.indexes.exact import hamming_distances as hamming
+from hashing.codes.hamming import distances as hamming
 from hashing.core.errors import HashingError
 from hashing.indexes import IndexInfo, ModelRecord, create, open_index
 from hashing.indexes.faiss import FaissIndex
@@ -122,6 +122,7 @@ def test_damaged_index_is_refused_and_old_files_survive_failed_save(tmp_path, rn
         FaissIndex.open(str(tmp_path / "idx"))
 
 
+@pytest.mark.system
 def test_indexes_never_imports_torch():
     code = "import hashing.indexes, hashing.indexes.faiss, hashing.indexes.milvus.index, hashing.core.locks, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from hashing.cli.main import cli
-from hashing.indexes.exact import hamming_distances as hamming
+from hashing.codes.hamming import distances as hamming
 from hashing.core.errors import HashingError
 from hashing.indexes import IndexInfo, create, open_index
 
@@ -59,6 +59,7 @@ def test_radius_search_equals_faiss(pair):
         assert d2.max() <= 6
 
 
+@pytest.mark.system
 def test_reopen_in_a_new_process_and_append(pair, tmp_path, rng):
     xb, _, milvus = pair
     milvus.close()
@@ -82,7 +83,7 @@ def test_reopen_in_a_new_process_and_append(pair, tmp_path, rng):
 
 
 def test_wrong_collection_and_unreachable_server(pair, tmp_path):
-    with pytest.raises(HashingError, match="no collection 'nope'"):
+    with pytest.raises(HashingError, match="no index 'nope'"):
         open_index(str(tmp_path / "m.db"), "nope")
     with pytest.raises(HashingError, match="cannot reach Milvus"):
         open_index("http://127.0.0.1:9")
@@ -107,7 +108,7 @@ def test_cli_milvus_backend_matches_faiss(digits_run, digits_index, tmp_path):
     assert {x["id"] for x in ra if x["distance"] < kth} == {x["id"] for x in rb if x["distance"] < kth}
     assert all(x["source"] == f"digits/train/{x['id']}" for x in ra)
     bad = CliRunner().invoke(cli, ["query", str(q), "--index", db, "--collection", "other"])
-    assert bad.exit_code == 1 and "no collection 'other'" in bad.output
+    assert bad.exit_code == 1 and "no index 'other'" in bad.output
 
 
 def test_failed_rebuild_leaves_the_collection_intact(digits_run, tmp_path):
@@ -148,7 +149,7 @@ class _NotReadyOnce:
 
 
 def test_a_collection_is_created_again_while_milvus_lite_is_not_ready_and_other_errors_pass():
-    from hashing.indexes.milvus.index import _create_collection
+    from hashing.indexes.milvus.client import create_collection as _create_collection
 
     client = _NotReadyOnce(fails=2)
     _create_collection(client, "c__v0", None, None)
@@ -161,6 +162,7 @@ def test_a_collection_is_created_again_while_milvus_lite_is_not_ready_and_other_
     assert 2 <= stuck.calls <= 4
 
 
+@pytest.mark.system
 def test_milvus_lite_servers_started_together_each_have_their_own_scratch_folder(tmp_path):
     """Milvus Lite's server keeps scratch files in $HOME/.cache/milvus and deletes that folder when it
     exits, so servers started together used to fail ("create dir ... failed"; CI, four at once), and
@@ -205,6 +207,7 @@ os.kill(os.getpid(), signal.SIGKILL)          # as a kill -9 of the Milvus Lite 
 """
 
 
+@pytest.mark.system
 def test_a_milvus_lite_file_killed_mid_write_opens_again_with_every_committed_item(pair, tmp_path):
     """A writer killed inside an SQLite transaction leaves a hot journal beside the .db file; a
     read-only look cannot roll it back, and the index could not be opened at all. Now the first

@@ -311,6 +311,7 @@ def test_cuda_refused_without_gpu():
     assert resolve_device("auto").type == "cpu"
 
 
+@pytest.mark.slow
 def test_supervised_recipe_reaches_its_measured_quality(tmp_path):
     """Hash centres from labels on digits, 64 bits, 5 epochs (cosine): measured mAP 0.990, P@100 0.989."""
     from hashing.model import checkpoint

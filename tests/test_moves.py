@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_tmpfs
+from conftest import run_hashing, small_tmpfs
 from hashing.dedup import moves
 from hashing.core.errors import HashingError
 
 CROSS_DISK = """
 import errno, os, sys
-from hashing import moves
+from hashing.dedup import moves
 if sys.argv[1] == "copy":                      # as if the target were on another disk: no hard links
     def no_link(*a, **k):
         raise OSError(errno.EXDEV, "cross-device link")
@@ -70,6 +70,7 @@ def test_a_second_mover_into_the_same_folder_is_refused_before_anything_moves(tm
     assert len(done.moved) == len(before) and files_in(target) == before
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("how, crash_at", [("link", 4), ("copy", 5), ("copy", 6)])
 def test_undo_leaves_alone_what_another_run_moved_into_the_folder_since(tmp_path, how, crash_at):
     # two folders with the same names and the same bytes: the second run takes the names the first
@@ -89,6 +90,7 @@ def test_undo_leaves_alone_what_another_run_moved_into_the_folder_since(tmp_path
     assert not [p for p in target.iterdir() if p.suffix == ".png" or p.name.endswith(moves.PART)]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("how", ["link", "copy"])
 def test_a_kill_at_every_step_loses_nothing_and_undo_restores(tmp_path, how):
     steps = 1 + 6 * (2 if how == "link" else 3)                  # the log, then each file's steps
@@ -313,9 +315,8 @@ def test_damage_after_the_last_move_logged_done_reports_what_it_cannot_tell(tmp_
     assert len(back.moved) == 5 and len(back.problems) == 1 and "5.png" in back.problems[0]
     assert "the log is damaged" in back.problems[0] and "cannot be told" in back.problems[0]
     assert files_in(target) == {"5.png": before["5.png"]}                  # reported, left where it is, not lost
-    p = subprocess.run([sys.executable, "-m", "hashing", "duplicates", "--undo", str(done.log)],
-                       capture_output=True, text=True)
-    assert p.returncode == 1 and "not moved back" in p.stdout and "Traceback" not in p.stderr, p.stderr
+    code, out, err = run_hashing("duplicates", "--undo", done.log)
+    assert code == 1 and "not moved back" in out and "Traceback" not in err, err
 
 
 def test_a_moved_or_renamed_target_folder_is_undone_from_where_it_is_now(tmp_path, monkeypatch):
@@ -355,25 +356,6 @@ def test_a_log_whose_move_leads_onto_its_own_file_through_a_link_is_refused(tmp_
 
 
 
-FULL_DISK = """
-import errno, os, shutil, sys
-real, calls = shutil.copy2, []
-def no_link(*a, **k):                          # the target on another disk
-    raise OSError(errno.EXDEV, "cross-device link")
-def copy(src, dst, **kw):                      # which is full after HASHING_TEST_ROOM files
-    calls.append(src)
-    if len(calls) > int(os.environ["HASHING_TEST_ROOM"]):
-        with open(dst, "wb") as f:
-            f.write(b"partial bytes")
-        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-    return real(src, dst, **kw)
-os.link, shutil.copy2 = no_link, copy
-from hashing.cli.main import main
-sys.argv = ["hashing", *sys.argv[1:]]
-main()
-"""
-
-
 def test_a_full_disk_while_moving_or_undoing_is_one_line_from_the_command(tmp_path):
     from PIL import Image
 
@@ -387,9 +369,11 @@ def test_a_full_disk_while_moving_or_undoing_is_one_line_from_the_command(tmp_pa
     before = files_in(pics)
 
     def hashing(room, *args):
-        p = subprocess.run([sys.executable, "-c", FULL_DISK, *map(str, args)], capture_output=True, text=True,
-                           env={**os.environ, "HASHING_TEST_ROOM": str(room)})
-        return p.returncode, p.stdout, p.stderr
+        """The command with the target on another disk (no hard links), which is full after `room` files."""
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(os, "link", no_link)
+            m.setattr(shutil, "copy2", copy_until_full(shutil.copy2, ok=room))
+            return run_hashing(*args)
 
     move = ("duplicates", pics, "--hash", "phash", "--threshold", "4", "--quiet", "--move-to", dups)
     code, _, err = hashing(1, *move)

@@ -55,6 +55,7 @@ def test_neighbours_need_the_contrastive_term():
         Objective(contrastive=1.0, neighbours=-1)
 
 
+@pytest.mark.slow
 def test_neighbour_positives_make_short_codes_retrieve_better(tmp_path):
     """The default recipe with and without its neighbour positives, 16 bits on digits, 3 epochs
     (so 2 with the table). Measured on the machine of stop 30 (seed 0 / 1): mAP 0.764 / 0.746 against
@@ -69,8 +70,8 @@ def test_neighbour_positives_make_short_codes_retrieve_better(tmp_path):
 
     scores = {}
     for k in (20, 0):
-        r = train_on("default", tmp_path / str(k), "digits", progress=False, bits=16, epochs=3, seed=0, neighbours=k)
-        scores[k] = evaluate(r.run_dir, "digits", baselines=(), progress=False).model["mAP"]
+        r = train_on("default", tmp_path / str(k), dataset="digits", progress=False, bits=16, epochs=3, seed=0, neighbours=k)
+        scores[k] = evaluate(r.run_dir, dataset="digits", baselines=(), progress=False).model["mAP"]
     assert scores[20] > scores[0] - 0.02 and scores[20] > 0.72, scores
     config = json.loads((tmp_path / "20" / "config.json").read_text())
     assert config["train"]["objective"]["neighbours"] == 20                  # recorded, as it ran
@@ -90,7 +91,7 @@ def test_a_recipes_neighbours_lapse_with_its_contrastive_term_but_an_explicit_on
 def test_a_recipe_with_a_decoder_draws_reconstructions_instead(tmp_path):
     from hashing.train.loop import train_on
 
-    r = train_on("autoencoder", tmp_path / "run", "digits", progress=False, bits=16, epochs=1, max_images=256)
+    r = train_on("autoencoder", tmp_path / "run", dataset="digits", progress=False, bits=16, epochs=1, max_images=256)
     assert r.picture == "reconstructions.png"
     assert sorted(p.name for p in (tmp_path / "run").glob("*.png")) == ["reconstructions.png"]
 

@@ -34,7 +34,7 @@ def copy_as(digits_index, dest, index_type: str = "flat"):
 
 @pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw", "milvus"])
 def test_remove_by_id_and_source_keeps_other_ids_and_never_shows_them_again(digits_index, tmp_path, index_type):
-    from hashing.workflows.inventory import describe, remove_items
+    from hashing.workflows.inventory import index_summary, remove_items
     from hashing.indexes import open_index
 
     if index_type == "milvus":
@@ -45,7 +45,7 @@ def test_remove_by_id_and_source_keeps_other_ids_and_never_shows_them_again(digi
     gone = [3, 10, 500]
     r = remove_items(dest, ids=gone[:2], sources=[sources[500]])
     assert (r.removed, r.total) == (3, n - 3)
-    d = describe(dest, items=True)
+    d = index_summary(dest, items=True)
     assert d["count"] == n - 3 and d["next_id"] == n
     kept = [i for i in range(n) if i not in gone]
     assert [it["id"] for it in d["items"]] == kept
@@ -136,14 +136,14 @@ def test_delete_endpoint_removes_with_the_token_and_404s_an_unknown_id(digits_in
 @pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw", "milvus"])
 def test_an_id_beyond_int64_is_no_item_and_removes_nothing(digits_index, tmp_path, index_type):
     """An id of many digits (a paste gone wrong) is an unknown id like any other, not numpy's OverflowError."""
-    from hashing.workflows.inventory import describe
+    from hashing.workflows.inventory import index_summary
 
     if index_type == "milvus":
         pytest.importorskip("milvus_lite")
     dest = tmp_path / ("idx.db" if index_type == "milvus" else "idx")
     copy_as(digits_index, dest, "flat" if index_type == "milvus" else index_type)
     def state():                    # what the index holds (a Milvus Lite file's size may change on any open)
-        return {k: v for k, v in describe(str(dest), items=True).items() if k != "disk_bytes"}
+        return {k: v for k, v in index_summary(str(dest), items=True).items() if k != "disk_bytes"}
 
     before = state()
     manifest = None if index_type == "milvus" else (dest / "meta.json").read_bytes()

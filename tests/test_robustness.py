@@ -1,4 +1,4 @@
-"""Bad files, bad options and bad places, as a hostile user tries them, through the console script:
+"""Bad files, bad options and bad places, as a hostile user tries them, through the command line:
 each is one `Error:` line and a non-zero exit, nothing already written changes, and nothing is
 created where a command only reads."""
 
@@ -194,6 +194,7 @@ def test_index_refuses_a_file_that_is_not_milvus(digits_run, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.system               # another process holds the Milvus Lite file
 def test_milvus_errors_are_our_one_line_with_the_real_cause(digits_run, digit_png, tmp_path):
     pytest.importorskip("milvus_lite")
     db = tmp_path / "m.db"

@@ -54,17 +54,18 @@ def test_the_rotation_travels_in_the_checkpoint_and_changes_its_fingerprint(tmp_
     assert torch.equal(loaded.model.binarize(x), model.binarize(x))
 
 
+@pytest.mark.slow
 def test_a_model_trained_with_itq_codes_retrieves(tmp_path):
     from hashing.model import checkpoint
     from hashing.evaluate.classes import evaluate
     from hashing.train.loop import train_on
 
     out = tmp_path / "itq"
-    r = train_on("default", out, "digits", progress=False, bits=64, epochs=2, seed=0, codes="itq")
+    r = train_on("default", out, dataset="digits", progress=False, bits=64, epochs=2, seed=0, codes="itq")
     assert r.model.cfg.codes == "itq"
     ck = checkpoint.load(out)
     assert ck.config.codes == "itq" and ck.model.encoder.projection.abs().sum() > 0     # fitted before the save
-    report = evaluate(out, "digits", baselines=("lsh",), progress=False)
+    report = evaluate(out, dataset="digits", baselines=("lsh",), progress=False)
     # measured 0.765 mAP (LSH 0.579) after 2 epochs
     assert report.model["mAP"] > 0.65 and report.model["mAP"] > report.baselines["lsh"]["mAP"] + 0.1
 
@@ -94,7 +95,7 @@ def test_too_few_images_for_the_rotation_is_a_one_line_error(tmp_path):
     from hashing.train.loop import train_on
 
     with pytest.raises(HashingError, match="at least 128 images"):
-        train_on("default", tmp_path / "r", "digits", progress=False, bits=128, epochs=1, max_images=100, codes="itq")
+        train_on("default", tmp_path / "r", dataset="digits", progress=False, bits=128, epochs=1, max_images=100, codes="itq")
     assert not (tmp_path / "r" / "config.json").exists()
 
 

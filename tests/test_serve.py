@@ -207,6 +207,7 @@ def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(digits_ind
 # ---- real server processes ---------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_a_real_server_answers_adds_and_keeps_additions_across_a_restart(digits_index, pngs, tmp_path):
     index = tmp_path / "idx"
     shutil.copytree(digits_index, index)
@@ -240,6 +241,7 @@ def test_a_real_server_answers_adds_and_keeps_additions_across_a_restart(digits_
                                                       headers={"Authorization": f"Bearer {TOKEN}"}), 403)
 
 
+@pytest.mark.system
 def test_a_real_server_over_milvus_lite_keeps_an_addition_through_kill_9(digits_run, pngs, tmp_path):
     pytest.importorskip("milvus_lite")
     from hashing.workflows.index import build_index
@@ -288,6 +290,7 @@ def test_serve_refuses_bad_starts_in_one_line(digits_index, tmp_path):
     assert code == 0 and "--token" in out and "HASHING_TOKEN" in out
 
 
+@pytest.mark.system
 def test_huge_uploads_are_refused_from_their_header_and_memory_stays_bounded(digits_index):
     """Eight 9000 x 9000 PNGs at once (81 megapixels each, 320 MB decoded as RGBA): each a 413 from
     its header, the peak memory of the service far below 1 GB, and small queries answered meanwhile

@@ -152,6 +152,7 @@ def test_k_beyond_int64_with_a_radius_is_at_most_k_and_codes_are_checked_alike(w
     assert "labels are -1" in error_of(r, 422)
 
 
+@pytest.mark.system
 def test_an_out_of_range_id_leaves_a_real_servers_connection_and_log_clean(digits_index, tmp_path):
     """Over one keep-alive connection: the 404s, then the next request answers (it was reset after the
     500); the service's log has no traceback."""
@@ -259,6 +260,7 @@ def test_a_removed_items_upload_is_deleted_once_no_item_names_it(digits_index, d
         assert idx.missing([twin_a, twin_b, other]) == [twin_a, twin_b, other]
 
 
+@pytest.mark.system
 def test_uploads_orphaned_by_a_kill_9_are_swept_at_the_next_start(index, tmp_path):
     """kill -9 right after an upload is stored (before its commit), and right after a removal's commit
     (before its file is deleted): each leaves a file that no item names; the next start removes it,

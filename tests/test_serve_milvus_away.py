@@ -6,7 +6,10 @@ with no error in between.
 The server goes away behind a TCP forwarder: stopping it refuses new connections and drops the open
 ones, as a kill -9 of the server does, and starting it again on the same port is the server's return.
 (A second milvus-server cannot run beside the session's: both bind the embedded etcd's fixed ports
-2379 and 2380.)"""
+2379 and 2380.)
+
+The service is a real process, stopped with SIGTERM as conftest.Server stops one, but forked by
+test_crash.ForkServer: no 5 to 8 s of imports before it listens."""
 
 import contextlib
 import socket
@@ -20,7 +23,40 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from conftest import Server  # noqa: E402
+from test_crash import shared_fork_server  # noqa: E402
+
+pytestmark = pytest.mark.system
+
+
+class Service:
+    """`hashing serve ARGS --port 0`, forked: its URL once it listens; stop() sends SIGTERM and gives
+    (exit code, the rest of stdout, stderr)."""
+
+    def __init__(self, *args, timeout: float = 120):
+        import re
+
+        self.job = shared_fork_server().start("serve", *args, "--port", "0")
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(r"^serving .*? at (\S+)", self.job.stdout_so_far(), re.M)):
+            if self.job.poll() is not None or time.monotonic() > deadline:
+                self.job.kill()
+                raise RuntimeError(f"hashing serve did not start: {self.job.output()[2]}")
+            time.sleep(0.05)
+        self.url = found.group(1).rstrip("/")
+
+    def stop(self) -> tuple[int, str, str]:
+        import signal
+
+        self.job.send_signal(signal.SIGTERM)
+        self.job.wait(60)
+        return self.job.output()
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.job.poll() is None:
+            self.stop()
 
 
 class Forwarder:
@@ -97,7 +133,7 @@ def test_a_service_answers_503_at_once_while_its_milvus_server_is_away_and_recon
     forwarder = Forwarder((target.hostname, target.port))
     forwarder.start()
     try:
-        with Server("--index", f"http://127.0.0.1:{forwarder.port}", "--collection", "away") as server, \
+        with Service("--index", f"http://127.0.0.1:{forwarder.port}", "--collection", "away") as server, \
                 httpx.Client(base_url=server.url, timeout=30) as c:
             want = c.post("/search", files=image, params={"k": 5})
             assert want.status_code == 200, want.text

@@ -52,7 +52,7 @@ def test_sync_adds_removes_re_encodes_and_keeps_the_rest(digits_run, digit_files
     broken.write_bytes(b"not an image any more")        # changed and unreadable: its old item stays
     shutil.copy(files[4], files[4].parent / "copy.png")
     (files[4].parent / "junk.png").write_bytes(b"junk")   # new and unreadable: skipped
-    r = sync_index(digits_run, loc, folder, progress=False)
+    r = sync_index(digits_run, loc, images=folder, progress=False)
     assert (r.added, r.removed, r.changed, r.unchanged) == (1, 1, 1, 27)
     assert r.kept_old == [str(broken)] and "junk.png" in r.skipped and str(broken.name) in r.skipped
     after, count2, next_id2 = items(loc)
@@ -67,10 +67,10 @@ def test_sync_adds_removes_re_encodes_and_keeps_the_rest(digits_run, digit_files
         assert not {before[key(gone)], before[key(edited)]} & set(I.ravel().tolist())
     # nothing to do: nothing is written
     broken.unlink()
-    r = sync_index(digits_run, loc, folder, progress=False)
+    r = sync_index(digits_run, loc, images=folder, progress=False)
     assert (r.added, r.removed, r.changed) == (0, 1, 0)
     stamp = (tmp_path / "idx" / "meta.json").stat().st_mtime_ns if index_type != "milvus" else None
-    r = sync_index(digits_run, loc, folder, progress=False)
+    r = sync_index(digits_run, loc, images=folder, progress=False)
     assert (r.added, r.removed, r.changed, r.unchanged) == (0, 0, 0, 29)
     if stamp is not None:
         assert (tmp_path / "idx" / "meta.json").stat().st_mtime_ns == stamp

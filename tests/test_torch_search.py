@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hashing.model import knn as torch_search
-from hashing.indexes.exact import hamming_distances as numpy_hamming
+from hashing.codes.hamming import distances as numpy_hamming
 
 
 def test_popcount64_matches_python_on_edge_words():
@@ -16,7 +16,7 @@ def test_hamming_matches_numpy_for_word_and_byte_widths(rng):
     for nbytes in (64, 9):
         xq = rng.integers(0, 256, (7, nbytes), dtype=np.uint8)
         xb = rng.integers(0, 256, (300, nbytes), dtype=np.uint8)
-        got = torch_search.popcount_distances(torch.from_numpy(xq), torch.from_numpy(xb), chunk=64).numpy()
+        got = torch_search._chunk_popcount(*(torch_search.as_words(torch.from_numpy(c)) for c in (xq, xb))).numpy()
         assert np.array_equal(got, numpy_hamming(xq, xb))
 
 

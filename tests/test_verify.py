@@ -65,10 +65,10 @@ def pictures(tmp_path_factory):
 
 
 def test_copies_that_moved_match_and_other_pictures_do_not(pictures):
-    from hashing.dedup.verify import MATCH, describe, similarity
+    from hashing.dedup.verify import MATCH, view_of, similarity
 
     _, paths = pictures
-    views = {k: describe(str(p)) for k, p in paths.items()}
+    views = {k: view_of(str(p)) for k, p in paths.items()}
     for s in range(3):
         original = views[(s, "original")]
         for name in ("rotate", "crop", "caption", "small", "grey"):
@@ -81,15 +81,15 @@ def test_copies_that_moved_match_and_other_pictures_do_not(pictures):
 
 
 def test_a_file_that_broke_since_it_was_encoded_matches_nothing(pictures, tmp_path):
-    from hashing.dedup.verify import describe, similarity
+    from hashing.dedup.verify import view_of, similarity
 
     _, paths = pictures
     broken = tmp_path / "broken.png"
     broken.write_bytes(paths[(0, "original")].read_bytes()[:80])
-    gone = describe(str(broken))
+    gone = view_of(str(broken))
     assert gone.pixels is None
-    assert similarity(gone, describe(str(paths[(0, "original")]))) == 0.0
-    assert describe(str(tmp_path / "vanished.png")).pixels is None
+    assert similarity(gone, view_of(str(paths[(0, "original")]))) == 0.0
+    assert view_of(str(tmp_path / "vanished.png")).pixels is None
     # in `hashing duplicates`: a candidate that broke or vanished between encoding and the check is
     # in no group and is listed as skipped, with the reason
     from hashing.dedup.find import _checked_pairs
@@ -103,7 +103,7 @@ def test_a_file_that_broke_since_it_was_encoded_matches_nothing(pictures, tmp_pa
 
 def test_candidates_are_each_rows_nearest_within_the_radius(rng):
     from hashing.codes.grouping import neighbours_within
-    from hashing.indexes.exact import hamming_distances
+    from hashing.codes.hamming import distances as hamming_distances
 
     codes = rng.integers(0, 256, (300, 8), dtype=np.uint8)
     codes[150:] = codes[:150] ^ (rng.random((150, 8)) < 0.03).astype(np.uint8) * rng.integers(1, 256, (150, 8),
@@ -154,7 +154,7 @@ def test_without_opencv_the_check_is_a_one_line_error(monkeypatch):
     from hashing.dedup.verify import require_cv2
 
     monkeypatch.setitem(sys.modules, "cv2", None)                        # import cv2 -> ImportError
-    with pytest.raises(HashingError, match="--no-verify"):
+    with pytest.raises(HashingError, match="verify=False"):
         require_cv2()
 
 
@@ -173,22 +173,22 @@ def test_a_given_threshold_bounds_the_candidates(pictures, tmp_path):
 def test_blank_pictures_match_only_the_same_blank(pictures, tmp_path):
     from PIL import Image
 
-    from hashing.dedup.verify import MATCH, describe, similarity
+    from hashing.dedup.verify import MATCH, view_of, similarity
 
     _, paths = pictures
     Image.new("L", (40, 30), 255).save(tmp_path / "white.png")
     Image.new("RGB", (300, 200), "white").save(tmp_path / "white-big.jpg", quality=90)
     Image.new("RGBA", (50, 50), (0, 0, 0, 0)).save(tmp_path / "clear.png")          # transparent: on white
     Image.new("L", (40, 30), 0).save(tmp_path / "black.png")
-    v = {p.stem: describe(str(p)) for p in tmp_path.iterdir()}
+    v = {p.stem: view_of(str(p)) for p in tmp_path.iterdir()}
     assert similarity(v["white"], v["white-big"]) >= MATCH and similarity(v["white"], v["clear"]) >= MATCH
     assert similarity(v["white"], v["black"]) < MATCH
-    assert similarity(v["white"], describe(str(paths[(0, "original")]))) < MATCH
+    assert similarity(v["white"], view_of(str(paths[(0, "original")]))) < MATCH
     # a frame around nothing trims to a blank inside, but is not a blank page
     from PIL import ImageDraw
 
     frame = Image.new("L", (200, 200), 255)
     ImageDraw.Draw(frame).rectangle((0, 0, 199, 199), outline=0, width=3)
     frame.save(tmp_path / "frame.png")
-    assert similarity(describe(str(tmp_path / "frame.png")), v["white"]) < MATCH
-    assert similarity(describe(str(tmp_path / "frame.png")), describe(str(tmp_path / "frame.png"))) >= MATCH
+    assert similarity(view_of(str(tmp_path / "frame.png")), v["white"]) < MATCH
+    assert similarity(view_of(str(tmp_path / "frame.png")), view_of(str(tmp_path / "frame.png"))) >= MATCH

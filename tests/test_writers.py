@@ -17,6 +17,8 @@ httpx = pytest.importorskip("httpx")
 
 from conftest import Server, one_line_error, run_hashing  # noqa: E402
 
+pytestmark = pytest.mark.system          # real service processes, kill -9
+
 TOKEN = "writer-token"
 
 

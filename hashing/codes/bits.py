@@ -4,8 +4,8 @@ Bit j of an item is stored in byte j // 8 at position 7 - (j % 8): numpy.packbit
 default ("big") order, which is also how FAISS binary indexes and Milvus BINARY_VECTOR
 read bytes. Every piece of code that turns 0/1 values into bytes or back calls `pack` or
 `unpack`; codes made in another order (faiss.IndexLSH packs least significant bit first)
-come in through `from_lsb_first`. hashing.model.knn reinterprets packed bytes as
-64-bit words or +-1 vectors for distances only: Hamming distance and inner products do
+come in through `from_lsb_first`. hashing.codes.hamming (NumPy) and hashing.model.knn (torch)
+reinterpret packed bytes as 64-bit words (knn also as +-1 vectors) for distances only: Hamming distance and inner products do
 not depend on where a bit sits, as long as both sides are read alike. numpy only: no torch.
 """
 

@@ -34,12 +34,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hashing.codes import hamming
+from hashing.codes.bits import unpack
 from hashing.core.errors import HashingError
 
 
 def check_threshold(threshold: int, bits: int) -> int:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or not 0 <= threshold <= bits:
-        raise HashingError(f"--threshold must be an integer from 0 to {bits} (the code length), got {threshold!r}")
+        raise HashingError(f"threshold must be an integer from 0 to {bits} (the code length), got {threshold!r}",
+                           settings=("threshold",))
     return int(threshold)
 
 
@@ -155,22 +158,13 @@ def _masks(b: int, r: int) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def _words(codes: np.ndarray) -> np.ndarray:
-    """(N, W) uint64 views of the codes, zero-padded to whole words (padding adds no distance)."""
-    n, width = codes.shape
-    pad = (-width) % 8
-    if pad:
-        codes = np.concatenate([codes, np.zeros((n, pad), np.uint8)], axis=1)
-    return np.ascontiguousarray(codes).view(np.uint64)
-
-
 def _mih(codes: np.ndarray, threshold: int, m: int, b: int, progress: bool, desc: str):
     """Multi-index hashing over m disjoint b-bit substrings (the module's docstring)."""
     from tqdm import tqdm
 
     n, width = codes.shape
     r = threshold // m
-    words = _words(codes)
+    words = hamming.words(codes)
     masks = _masks(b, r)
     weights = (1 << np.arange(b, dtype=np.int64))
     found_i, found_j, found_d = [], [], []
@@ -178,7 +172,7 @@ def _mih(codes: np.ndarray, threshold: int, m: int, b: int, progress: bool, desc
               leave=False) as bar:
         for t in range(m):
             lo, hi = t * b // 8, ((t + 1) * b + 7) // 8                            # the bytes holding the substring
-            sub = np.unpackbits(codes[:, lo:hi], axis=1)[:, t * b - 8 * lo:(t + 1) * b - 8 * lo]
+            sub = unpack(codes[:, lo:hi])[:, t * b - 8 * lo:(t + 1) * b - 8 * lo]
             keys = sub.astype(np.int64) @ weights                                  # (N,) this substring's value
             del sub
             order = np.argsort(keys, kind="stable")
@@ -195,7 +189,7 @@ def _mih(codes: np.ndarray, threshold: int, m: int, b: int, progress: bool, desc
                     pa, pb = a, other[a].astype(np.int64)
                 if len(pa):
                     i, j = _cross(order, first, counts, pa, pb, same=mask == 0)
-                    d = np.bitwise_count(words[i] ^ words[j]).sum(axis=1)
+                    d = hamming.paired(words[i], words[j])
                     ok = d <= threshold
                     found_i.append(np.minimum(i, j)[ok])
                     found_j.append(np.maximum(i, j)[ok])
@@ -273,4 +267,4 @@ def star_groups(n: int, i: np.ndarray, j: np.ndarray, priority: np.ndarray | Non
 
 def distances_to(codes: np.ndarray, rows: np.ndarray, to: int) -> np.ndarray:
     """Hamming distances (len(rows),) int from codes[to] to codes[rows]."""
-    return np.bitwise_count(codes[rows] ^ codes[to]).sum(axis=1).astype(np.int64)
+    return hamming.paired(codes[rows], codes[to])

@@ -104,26 +104,29 @@ def remove(path: Path) -> None:
 
 
 def check_writable_location(path: str | os.PathLike, what: str) -> Path:
-    """Before any work: `path` can be created, i.e. its nearest existing ancestor is a folder we may write."""
+    """Before any work: `path` can be created, i.e. its nearest existing ancestor is a folder we may write.
+    `what`: the setting that gave the path ("out", "json_out"), as the messages name it (HashingError.settings);
+    the same in check_output_file and check_output_folder."""
     path = Path(path)
     if str(path).strip() in ("", "."):
-        raise HashingError(f"{what} is empty; give a path")
+        raise HashingError(f"{what} is empty; give a path", settings=(what,))
     parent = path.parent
     while not parent.exists():
         if parent.is_symlink():
-            raise HashingError(f"{parent} is a broken symlink; {what} {path} cannot be created")
+            raise HashingError(f"{parent} is a broken symlink; {what} {path} cannot be created", settings=(what,))
         parent = parent.parent
     if not parent.is_dir():
-        raise HashingError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
+        raise HashingError(f"{what} {path} cannot be created: {parent} is a file, not a folder", settings=(what,))
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise HashingError(f"{what} {path} cannot be created: no permission to write in {parent}")
+        raise HashingError(f"{what} {path} cannot be created: no permission to write in {parent}",
+                           settings=(what,))
     try:                    # /proc, /sys, read-only mounts: os.access says yes, only a real file says no
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".hashing-probe-", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise HashingError(f"{what} {path} cannot be created: {parent} does not take new files "
-                           f"({e.strerror})") from None
+                           f"({e.strerror})", settings=(what,)) from None
     return path
 
 
@@ -134,7 +137,7 @@ def check_output_file(path: str | os.PathLike | None, what: str) -> None:
     target = writable_target(path)
     if target.exists():
         if not os.access(target, os.W_OK) or not os.access(target.parent, os.W_OK | os.X_OK):
-            raise HashingError(f"{what} {path}: no permission to replace it")
+            raise HashingError(f"{what} {path}: no permission to replace it", settings=(what,))
     else:
         check_writable_location(target, what)
 
@@ -159,11 +162,12 @@ def check_output_folder(path: str | os.PathLike | None, what: str, marker: str |
     check_writable_location(path, what)
     if path.exists():
         if not path.is_dir():
-            raise HashingError(f"{what} {path} exists and is not a folder")
+            raise HashingError(f"{what} {path} exists and is not a folder", settings=(what,))
         if not os.access(path, os.W_OK | os.X_OK):
-            raise HashingError(f"{what} {path}: no permission to write in it")
+            raise HashingError(f"{what} {path}: no permission to write in it", settings=(what,))
         if marker and not (path / marker).is_file() and any(not leftover(p.name, ours) for p in path.iterdir()):
-            raise HashingError(f"{what} {path} is a folder of other files (no {marker}); choose a new or empty folder")
+            raise HashingError(f"{what} {path} is a folder of other files (no {marker}); choose a new or empty "
+                               f"folder", settings=(what,))
 
 
 def commit_manifest(folder: Path, manifest: str, content: dict, ours: tuple[str, ...]) -> None:

@@ -48,9 +48,10 @@ def command_line(argv: list[str] | None = None) -> str:
 class WriterLock:
     """An exclusive, non-blocking (or bounded-wait) lock on `path`, naming its holder in the file."""
 
-    def __init__(self, path: str | os.PathLike, what: str, busy: str | None = None):
-        """`busy`: the one-line refusal when another process holds it ({holder} names it)."""
-        self.path, self.what, self.busy = Path(path), what, busy
+    def __init__(self, path: str | os.PathLike, what: str, busy: str | None = None, settings: tuple[str, ...] = ()):
+        """`busy`: the one-line refusal when another process holds it ({holder} names it); `settings`: those
+        that `what` and `busy` name (HashingError.settings)."""
+        self.path, self.what, self.busy, self.settings = Path(path), what, busy, tuple(settings)
         self._fd: int | None = None
 
     @property
@@ -62,12 +63,13 @@ class WriterLock:
         import fcntl
 
         if wait < 0 or wait != wait:
-            raise HashingError(f"--wait must be 0 or more seconds, got {wait}")
+            raise HashingError(f"wait must be 0 or more seconds, got {wait}", settings=("wait",))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise HashingError(f"{self.what}: cannot open its lock file {self.path} ({e.strerror})") from None
+            raise HashingError(f"{self.what}: cannot open its lock file {self.path} ({e.strerror})",
+                              settings=self.settings) from None
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -79,13 +81,15 @@ class WriterLock:
                     os.close(fd)
                     waited = f" (waited {wait:g} s)" if wait else ""
                     if self.busy:
-                        raise HashingError(self.busy.format(holder=holder)) from None
+                        raise HashingError(self.busy.format(holder=holder), settings=self.settings) from None
                     raise HashingError(f"{self.what} is being written by {holder}{waited}; only one writer at a "
-                                       f"time: wait for it, stop it, or add --wait SECONDS") from None
+                                       f"time: let it finish, stop it, or add wait SECONDS",
+                                       settings=(*self.settings, "wait")) from None
                 time.sleep(0.05)
             except OSError as e:
                 os.close(fd)
-                raise HashingError(f"{self.what}: cannot lock {self.path} ({e.strerror})") from None
+                raise HashingError(f"{self.what}: cannot lock {self.path} ({e.strerror})",
+                                   settings=self.settings) from None
         self._fd = fd
         record = {"pid": os.getpid(), "command": command_line(),
                   "since": datetime.now().astimezone().isoformat(timespec="seconds")}

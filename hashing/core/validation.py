@@ -15,13 +15,15 @@ SEED_MAX = 2**32 - 1       # numpy's RandomState takes seeds below 2**32
 INT64_MAX = 2**63 - 1      # item ids and counts are int64 (numpy arrays, Milvus's INT64 primary key)
 
 
-def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-    """An int (not a bool, not a string) within [lo, hi]."""
+def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None, *, setting: bool = False) -> int:
+    """An int (not a bool, not a string) within [lo, hi]. `setting`: `name` is a setting the caller was given
+    (the CLI names its flag: HashingError.settings), not a field of a stored record."""
+    settings = (name,) if setting else ()
     if isinstance(value, bool) or not isinstance(value, int):
-        raise HashingError(f"{name} must be an integer, got {value!r}")
+        raise HashingError(f"{name} must be an integer, got {value!r}", settings=settings)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         span = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise HashingError(f"{name} must be an integer {span}, got {value}")
+        raise HashingError(f"{name} must be an integer {span}, got {value}", settings=settings)
     return int(value)
 
 

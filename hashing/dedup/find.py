@@ -28,6 +28,7 @@ import numpy as np
 
 from hashing.train.calibration import CANDIDATES, candidate_radius
 from hashing.core.errors import HashingError
+from hashing.core.paths import distinct_files, file_key
 
 HASHES = ("model", "phash", "dhash", "pdq")
 # The perceptual hashes' usual thresholds: imagededup's default max_distance_threshold for its 64-bit
@@ -93,8 +94,7 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
     --move-to folder) are left out."""
     from hashing.images.folders import image_files
 
-    seen: dict = {}
-    out, aliases, dropped = [], 0, []
+    out, dropped = [], []
     skip = None if exclude is None else os.path.realpath(exclude).rstrip(os.sep) + os.sep
     for folder in folders:
         p = Path(folder)
@@ -106,21 +106,11 @@ def collect(folders: list[str], exclude: str | None = None) -> tuple[list[str], 
             continue                                  # a folder without images: nothing to add
         if skip is not None:
             paths = [path for path, where in zip(paths, located(paths)) if not where.startswith(skip)]
-        for path in paths:
-            try:
-                st = os.stat(path)
-            except OSError as e:
-                dropped.append((path, f"cannot be read ({e.strerror or e})"))
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                aliases += 1
-                k = seen[key]
-                if os.path.islink(out[k]) and not os.path.islink(path):
-                    out[k] = path                      # the file itself rather than a link to it
-                continue
-            seen[key] = len(out)
-            out.append(path)
+        out.extend(paths)
+    kept, failed = distinct_files(out)                 # each file once, by the file itself rather than a link to it
+    dropped += [(out[i], f"cannot be read ({why})") for i, why in failed]
+    aliases = len(out) - len(kept) - len(failed)
+    out = [out[i] for i in kept]
     return out, aliases, [(path, f"{path}: {why}") for path, why in dict(dropped).items()]
 
 
@@ -145,15 +135,6 @@ def resolved(paths: list[str]) -> list[str]:
     return [os.path.realpath(p) if os.path.islink(p) else where for p, where in zip(paths, located(paths))]
 
 
-def same_file_key(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the file a path leads to, None when it leads nowhere."""
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
-
-
 def check_move_target(folders: list[str], move_to: str) -> str | None:
     """--move-to must not be one of the scanned folders or hold one (its files would be moved into
     themselves); inside one it is left out of the scan: that folder is returned (else None)."""
@@ -164,22 +145,21 @@ def check_move_target(folders: list[str], move_to: str) -> str | None:
         common = os.path.commonpath([target, real])
         if common == target:
             what = "is" if real == target else "holds"
-            raise HashingError(f"--move-to {move_to} {what} the folder {folder} you are scanning: give a folder "
-                               f"outside it (or inside it: that folder is then left out of the scan)")
+            raise HashingError(f"move_to {move_to} {what} the folder {folder} you are scanning: give a folder "
+                               f"outside it (or inside it: that folder is then left out of the scan)",
+                               settings=("move_to",))
         if common == real and holder is None:
             holder = folder
     return holder
 
 
 def _perceptual_one(job) -> tuple[np.ndarray | None, str]:
-    from hashing.images.reader import is_gray, load_picture, to_gray, to_rgb
+    from hashing.images.reader import as_picture
     from hashing.images.perceptual import hasher
 
     path, name = job
     try:
-        im = load_picture(path)
-        im = to_gray(im) if is_gray(im) else to_rgb(im)
-        return hasher(name)(im), ""
+        return hasher(name)(as_picture(path)), ""
     except HashingError as e:
         return None, str(e)
 
@@ -205,17 +185,11 @@ def encode_perceptual(paths: list[str], name: str, progress: bool) -> tuple[np.n
 def encode_model(model, paths: list[str], batch_size: int, progress: bool) -> tuple[np.ndarray, list[int], list]:
     """The same as encode_perceptual, with the model through the folder reader (its decode cache when one exists)."""
     from hashing.images import folders
-    from hashing.model.encode import encode_array, encode_batches
+    from hashing.model.encode import encode_batches
 
     as_paths = [Path(p) for p in paths]
-    labels = np.full(len(paths), -1, np.int64)
-    got = folders.cached(as_paths, labels, model.cfg.spec)
-    if got is not None:
-        codes = encode_array(model, got.images, batch_size, progress, desc="encoding").codes
-        read = got.read
-    else:
-        batches, read = folders.iter_image_batches(as_paths, batch_size, model.cfg.spec, progress=progress)
-        codes = encode_batches(model, batches, len(paths), progress, desc="encoding").codes
+    batches, read = folders.image_batches(as_paths, batch_size, model.cfg.spec, progress=progress)
+    codes = encode_batches(model, batches, len(paths), progress, desc="encoding").codes
     row = {p: i for i, p in enumerate(as_paths)}
     return codes, [row[p] for p in read.kept], [(str(p), why) for p, why in read.skipped]
 
@@ -270,7 +244,7 @@ def keep_order(paths: list[str], rule: str) -> np.ndarray:
         lossless = np.array([h[1] for h in headers], dtype=np.float64)
         size = np.array([0 if st is None else st.st_size for st in stats], dtype=np.float64)
         return np.lexsort((np.arange(n), -size, -lossless, -pixels, gone)).argsort()
-    raise HashingError(f"unknown --keep {rule!r}: choose from {', '.join(KEEP)}")
+    raise HashingError(f"unknown keep {rule!r}: choose from {', '.join(KEEP)}", settings=("keep",))
 
 
 LOSSY = ("JPEG", "MPO")          # formats whose re-save loses detail: a lossless file of as many pixels is kept first
@@ -287,16 +261,16 @@ def _header(path: str) -> tuple[int, bool]:
         return 0, False
 
 
-def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
+def find_duplicates(folders: list[str], run_dir: str | None = None, *, threshold="auto", hash_name: str = "model",
                     keep: str = "largest", batch_size: int = 256, device: str = "auto",
                     progress: bool = True, exclude: str | None = None, verify: bool = True) -> Found:
     """Every group of copies among the images under `folders` (see the module's docstring)."""
     from hashing.codes.grouping import distances_to, pairs_within, star_groups
 
     if hash_name not in HASHES:
-        raise HashingError(f"unknown --hash {hash_name!r}: choose from {', '.join(HASHES)}")
+        raise HashingError(f"unknown hash_name {hash_name!r}: choose from {', '.join(HASHES)}", settings=("hash_name",))
     if keep not in KEEP:
-        raise HashingError(f"unknown --keep {keep!r}: choose from {', '.join(KEEP)}")
+        raise HashingError(f"unknown keep {keep!r}: choose from {', '.join(KEEP)}", settings=("keep",))
     if not folders:
         raise HashingError("give at least one folder")
     t0 = time.perf_counter()
@@ -304,7 +278,8 @@ def find_duplicates(folders: list[str], run_dir: str | None = None, threshold="a
     if hash_name == "model":
         if run_dir is None:
             raise HashingError("duplicates needs a copies model: train one with `hashing train --images FOLDER "
-                               "--recipe copies --out RUN`, then give --model RUN (or use --hash phash|dhash|pdq)")
+                               "--recipe copies --out RUN`, then give run_dir RUN (or use hash_name phash|dhash|pdq)",
+                               settings=("run_dir", "hash_name"))
         from hashing.model import checkpoint
         from hashing.model.device import resolve_device
 
@@ -368,7 +343,7 @@ def _checked_pairs(codes: np.ndarray, files: list[str], radius: int,
     if not len(i):
         return i, j, []
     seen = np.unique(np.concatenate([i, j]))                  # only files with a candidate are looked at
-    views = dict(zip(seen.tolist(), verify.describe_all([files[k] for k in seen], progress)))
+    views = dict(zip(seen.tolist(), verify.views_of([files[k] for k in seen], progress)))
     score = verify.check_pairs([views[a] for a in i], [views[b] for b in j], progress)
     ok = score >= verify.MATCH
     unread = [(files[k], f"unreadable at the pixel check, after it was encoded: {v.unread}")
@@ -379,7 +354,7 @@ def _checked_pairs(codes: np.ndarray, files: list[str], radius: int,
 AGAINST_K = 8       # --against: the nearest items asked for per file (its own item, if any, is one of them)
 
 
-def find_in_index(folders: list[str], index_location: str, threshold="auto", collection: str | None = None,
+def find_in_index(folders: list[str], index_location: str, *, threshold="auto", collection: str | None = None,
                   batch_size: int = 256, device: str = "auto", progress: bool = True,
                   exclude: str | None = None) -> Found:
     """`--against INDEX`: the files under `folders` that already have a copy in an index (nothing is added to
@@ -422,12 +397,12 @@ def find_in_index(folders: list[str], index_location: str, threshold="auto", col
 
     def key(path):                                       # (dev, inode), each source looked at once
         if path not in keys:
-            keys[path] = same_file_key(path)
+            keys[path] = file_key(path)
         return keys[path]
 
     indexed = 0
     for path, real, h in zip(files, resolved(files), hits):
-        mine = same_file_key(path)
+        mine = file_key(path)
         if real in sources or mine is not None and any(key(x.source) == mine for x in h):
             indexed += 1                                 # an item of the index itself: not its own copy
             continue
@@ -471,7 +446,7 @@ class Job:
     notes: list[str] = field(default_factory=list)                  # one line each, for the user
 
 
-def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_name: str = "model",
+def run(folders: list[str], run_dir: str | None = None, *, threshold="auto", hash_name: str = "model",
         keep: str = "largest", json_out=None, csv_out=None, report=None, move_to=None, dry_run: bool = False,
         batch_size: int = 256, device: str = "auto", progress: bool = True, against: str | None = None,
         verify: bool = True) -> Job:
@@ -481,34 +456,40 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
 
     from hashing.images.reader import IMAGE_SUFFIXES
 
-    outputs = [(path, what) for path, what in ((json_out, "--json"), (csv_out, "--csv"), (report, "--report"))
+    outputs = [(path, what, ending) for path, what, ending in
+               ((json_out, "json_out", "json"), (csv_out, "csv_out", "csv"), (report, "report", "html"))
                if path is not None]
-    for path, what in outputs:
+    for path, what, ending in outputs:
         check_output_file(path, what)
         if Path(path).suffix.lower() in IMAGE_SUFFIXES:
             raise HashingError(f"{what} {path} is named like a picture ({Path(path).suffix}): writing there could "
-                               f"replace one of your images; give a name ending .{what[2:].replace('report', 'html')}")
+                               f"replace one of your images; give a name ending .{ending}", settings=(what,))
         real = os.path.realpath(path)                   # an output is written through a link, to its target
         if Path(real).suffix.lower() in IMAGE_SUFFIXES:
             raise HashingError(f"{what} {path} is a link to {real}, named like a picture: writing there could "
-                               f"replace one of your images; give a file of its own")
-    for k, (path, what) in enumerate(outputs):
-        for other, other_what in outputs[k + 1:]:
+                               f"replace one of your images; give a file of its own", settings=(what,))
+    for k, (path, what, _) in enumerate(outputs):
+        for other, other_what, _ in outputs[k + 1:]:
             if os.path.realpath(path) == os.path.realpath(other):       # a link to the other one too
-                raise HashingError(f"{what} and {other_what} are the same file ({path}): give each its own")
+                raise HashingError(f"{what} and {other_what} are the same file ({path}): give each its own",
+                                   settings=(what, other_what))
     if dry_run and move_to is None:
-        raise HashingError("--dry-run shows what --move-to DIR would move: give --move-to too")
+        raise HashingError("dry_run shows what move_to DIR would move: give move_to too",
+                           settings=("dry_run", "move_to"))
     inside = None
     if move_to is not None:
         inside = check_move_target(folders, move_to)
         moves.check_target([], move_to)
     if against is not None:
         if hash_name != "model":
-            raise HashingError("--against INDEX compares with the codes of the index's own model: leave out --hash")
-        found = find_in_index(folders, against, threshold, None, batch_size, device, progress, move_to)
+            raise HashingError("against INDEX compares with the codes of the index's own model: leave out hash_name",
+                               settings=("against", "hash_name"))
+        found = find_in_index(folders, against, threshold=threshold, batch_size=batch_size, device=device,
+                              progress=progress, exclude=move_to)
     else:
-        found = find_duplicates(folders, run_dir, threshold, hash_name, keep, batch_size, device, progress, move_to,
-                                verify)
+        found = find_duplicates(folders, run_dir, threshold=threshold, hash_name=hash_name, keep=keep,
+                                batch_size=batch_size, device=device, progress=progress, exclude=move_to,
+                                verify=verify)
     job = Job(found)
     if inside is not None and os.path.isdir(move_to):
         job.notes.append(f"left out of the scan: {move_to} (the --move-to folder, inside {inside})")
@@ -528,7 +509,7 @@ def run(folders: list[str], run_dir: str | None = None, threshold="auto", hash_n
         job.written.append(str(report))
     if move_to is not None:
         read = set(found.files)                         # not an --against item: its source need not be a file
-        gone = [m.path for g in found.groups for m in g if m.path in read and same_file_key(m.path) is None]
+        gone = [m.path for g in found.groups for m in g if m.path in read and file_key(m.path) is None]
         if gone:
             job.notes.append(f"{len(gone)} file(s) of the groups no longer there (moved or removed by another process "
                              f"since this run read them; first {gone[0]}): not moved")
@@ -543,7 +524,7 @@ def to_move(groups: list[list[Member]]) -> list[str]:
     (compared as files, not names: another path or a hard link to it is the same file), never one file
     twice, and never the last file of a group still on disk (a group's kept file gone since it was
     found: its first other file stays in its place)."""
-    key = {m.path: same_file_key(m.path) for g in groups for m in g}
+    key = {m.path: file_key(m.path) for g in groups for m in g}
     kept = {key[m.path] for g in groups for m in g if m.keep} - {None}
     out, taken = [], set()
     for g in groups:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hashing.core.atomic import crashpoint
-from hashing.core.errors import HashingError
+from hashing.core.errors import HashingError, full_disk
 
 FORMAT = "hashing-moves/2"          # /2: part-files named after the log, {"copied": n} records
 FORMATS = ("hashing-moves/1", FORMAT)
@@ -100,9 +100,9 @@ def _lock(folder: Path, doing: str):
     """The one-mover lock of `folder` (held until released or the process ends)."""
     from hashing.core.locks import WriterLock
 
-    return WriterLock(folder / LOCK, f"--move-to {folder}",
+    return WriterLock(folder / LOCK, f"move_to {folder}",
                       busy=f"{folder}: another `hashing duplicates` is moving files there or back ({{holder}}); "
-                           f"run again when it has finished; nothing was {doing}").acquire()
+                           f"run again when it has finished; nothing was {doing}", settings=("move_to",)).acquire()
 
 
 def _part(dst: Path, tag: str | None) -> Path:
@@ -117,8 +117,8 @@ def check_target(moves: list[tuple[str, str]], target: str | os.PathLike) -> Non
 
     target = Path(target)
     if target.exists() and not target.is_dir():
-        raise HashingError(f"--move-to {target} is a file, not a folder")
-    check_output_folder(target, "--move-to")
+        raise HashingError(f"move_to {target} is a file, not a folder", settings=("move_to",))
+    check_output_folder(target, "move_to")
     existing = target
     while not existing.exists():
         existing = existing.parent
@@ -138,8 +138,8 @@ def check_target(moves: list[tuple[str, str]], target: str | os.PathLike) -> Non
     free = shutil.disk_usage(existing).free
     needed = to_copy + (1 << 20)                      # the log and the folders
     if needed > free:
-        raise HashingError(f"--move-to {target}: {needed / 1e6:.1f} MB needed on its disk, {free / 1e6:.1f} MB free; "
-                           f"nothing was moved")
+        raise HashingError(f"move_to {target}: {needed / 1e6:.1f} MB needed on its disk, {free / 1e6:.1f} MB free; "
+                           f"nothing was moved", settings=("move_to",))
 
 
 def new_log_path(target: Path) -> Path:
@@ -161,9 +161,6 @@ def _write(f, text: str) -> None:
 
 def _append(f, record: dict) -> None:
     _write(f, json.dumps(record) + "\n")
-
-
-NO_ROOM = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}
 
 
 def _gone(e: OSError, src: Path) -> bool:
@@ -203,7 +200,7 @@ def _move_all(moves: list[tuple[str, str]], target: Path) -> Moved:
         except OSError as e:
             f.close()
             log.unlink(missing_ok=True)
-            why = NO_ROOM.get(e.errno, e.strerror or str(e))
+            why = full_disk(e) or e.strerror or str(e)
             raise HashingError(f"cannot write the undo log {log} ({why}); nothing was moved") from None
         crashpoint("wrote the move log")
         undo_line = f"hashing duplicates --undo {log}"
@@ -216,10 +213,10 @@ def _move_all(moves: list[tuple[str, str]], target: Path) -> Moved:
                 except OSError as e:
                     state = (f"{len(done.moved)} of {len(moves)} files were moved before it, the others are in their "
                              f"old places, every file is whole in one place or the other")
-                    if e.errno in NO_ROOM:                # the copy, or the log's record of a move just made
+                    if full_disk(e):                      # the copy, or the log's record of a move just made
                         this = ("its partial copy removed, the file still in its old place" if os.path.lexists(src)
                                 else f"the file already in {target}")
-                        raise HashingError(f"{NO_ROOM[e.errno]} on the disk of {target} while moving {src} ({this}): "
+                        raise HashingError(f"{full_disk(e)} on the disk of {target} while moving {src} ({this}): "
                                            f"{state}; free some space and run again, or put them back with: "
                                            f"{undo_line}") from None
                     if _gone(e, Path(src)):
@@ -388,7 +385,7 @@ def read_log(path: str | os.PathLike) -> Log:
         where = os.path.realpath(os.path.dirname(dst))
         if not (os.path.isabs(src) and os.path.isabs(dst)) or os.path.commonpath([folder, where]) != folder \
                 or _entry(src) == _entry(dst):
-            raise HashingError(_outside(record, n))
+            raise HashingError(_outside(record, n), settings=("move_to",))
     return record
 
 
@@ -417,7 +414,7 @@ def _outside(record: Log, n: int) -> str:
     dsts = [d for _, d in record.moves]
     where = os.path.commonpath([os.path.dirname(d) for d in dsts]) if all(map(os.path.isabs, dsts)) else None
     if where and os.path.isabs(src) and _entry(src) != _entry(dst) and not os.path.exists(where):
-        return (f"{record.path}: its moves lead into {where}, which no longer exists: if the --move-to folder was moved "
+        return (f"{record.path}: its moves lead into {where}, which no longer exists: if the move_to folder was moved "
                 f"or renamed since the run, move it back to where it was and run the undo there; nothing was moved back")
     return (f"{record.path}: move {n} ({src} -> {dst}) does not lead into the log's folder {record.path.parent}: "
             f"an edited log; nothing was moved back")
@@ -443,7 +440,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
 
 
-def undo(log: str | os.PathLike, dry_run: bool = False) -> Moved:
+def undo(log: str | os.PathLike, *, dry_run: bool = False) -> Moved:
     """Put back every file the log's run moved (the module's protocol); `dry_run`: say what would
     move back, change nothing."""
     record = read_log(log)
@@ -542,9 +539,9 @@ def _undo(record: Log, dry_run: bool) -> Moved:
         try:
             _move(d, s, f"{tag}.undo" if tag else None)
         except OSError as e:
-            if e.errno in NO_ROOM:
+            if full_disk(e):
                 folder = record.path.parent
-                raise HashingError(f"{NO_ROOM[e.errno]} on the disk of {s.parent} while moving back {dst} (its partial "
+                raise HashingError(f"{full_disk(e)} on the disk of {s.parent} while moving back {dst} (its partial "
                                    f"copy removed, the file still in {folder}): {len(out.moved)} files were moved back "
                                    f"before it, the others are still in {folder}, every file whole in one place or the "
                                    f"other; free some space and run `hashing duplicates --undo {record.path}` "

@@ -6,7 +6,7 @@ other pictures only so well: at the copies model's calibrated threshold a rotate
 caption is rarely within it, and look-alike pictures share codes. Looking at the pixels of the few
 candidate pairs is both stricter and more forgiving than any threshold.
 
-For each file (`describe`): the picture in grey (transparency on white), its plain margins trimmed
+For each file (`view_of`): the picture in grey (transparency on white), its plain margins trimmed
 (`images.trimmed`: a frame, the empty page around clip art), its ORB keypoints found with its longer
 side at `SIDE` pixels (Rublee et al., "ORB: an efficient alternative to SIFT or SURF", ICCV 2011:
 FAST corners with 256-bit binary descriptors), and its pixels kept at `KEEP_SIDE`. For a pair
@@ -80,11 +80,11 @@ def require_cv2():
         import cv2
     except ImportError:
         raise HashingError("checking pairs needs OpenCV: pip install 'hashing[copies]' "
-                           "(or pass --no-verify to trust the codes alone)") from None
+                           "(or pass verify=False to trust the codes alone)", settings=("verify",)) from None
     return cv2
 
 
-def describe(path: str) -> View:
+def view_of(path: str) -> View:
     """A file -> its View (never raises for a file that vanished or broke since it was encoded)."""
     cv2 = require_cv2()
     from hashing.images.reader import load_picture, to_gray, trimmed
@@ -112,18 +112,18 @@ def describe(path: str) -> View:
     return View(kept, points, descriptors, plain=plain)
 
 
-def _describe_one(path: str) -> View:
+def _view_of_one(path: str) -> View:
     import cv2
 
     cv2.setNumThreads(1)          # one process per core already (folders.fork_map)
-    return describe(path)
+    return view_of(path)
 
 
-def describe_all(paths: list[str], progress: bool = True) -> list[View]:
+def views_of(paths: list[str], progress: bool = True) -> list[View]:
     from hashing.core.parallel import fork_map
 
     require_cv2()
-    return list(fork_map(_describe_one, paths, progress, "checking: keypoints"))
+    return list(fork_map(_view_of_one, paths, progress, "checking: keypoints"))
 
 
 def _stats(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

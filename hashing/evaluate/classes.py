@@ -149,7 +149,7 @@ def _curves(s: Scores) -> dict:
     return out
 
 
-def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None,
+def evaluate(run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
              database_split: str = "train", query_split: str = "test", ks=None,
              baselines=("lsh", "pcah", "itq", "l2"), plots: str | Path | None = None, device: str = "auto",
              progress: bool = True, seed: int = 0, json_out: str | Path | None = None,
@@ -165,23 +165,22 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
     from hashing.codes import baselines as B
     from hashing.model import checkpoint
     from hashing.model.encode import encode_array
-    from hashing.images.datasets import load_split
+    from hashing.images.datasets import check_source, load_split
     from hashing.model.device import resolve_device
 
     baselines = B.check_names(baselines)
     if database_split == query_split:
-        raise HashingError(f"--database-split and --query-split are both {query_split}: every query would find "
-                           f"itself; choose two different splits")
-    check_output_file(json_out, "--json")
-    check_output_folder(plots, "--plots")
+        raise HashingError(f"database_split and query_split are both {query_split}: every query would find "
+                           f"itself; choose two different splits", settings=("database_split", "query_split"))
+    check_output_file(json_out, "json_out")
+    check_output_folder(plots, "plots")
+    check_source(dataset, images)
     if images is not None:
         from hashing.images.folders import layout
 
         if not layout(images).has_splits:
             raise HashingError(f"evaluate needs {Path(images) / 'train'} (the database) and "
                                f"{Path(images) / 'test'} (the queries); {images} has no such folders")
-    elif dataset is None:
-        raise HashingError("give exactly one of --dataset or --images")
     model = checkpoint.load(run_dir, resolve_device(device)).model
     bits, spec = model.cfg.bits, model.cfg.spec
     db = load_split(dataset, images, database_split, database_split, data_dir, spec, progress=progress)
@@ -189,8 +188,8 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
     if ks is None:
         ks = tuple(k for k in DEFAULT_KS if k <= len(db))            # the defaults that this database can answer
     elif max(ks) > len(db):
-        raise HashingError(f"--k {max(ks)} is more than the database's {len(db)} images ({database_split}); "
-                           f"ask for at most {len(db)}")
+        raise HashingError(f"ks {max(ks)} is more than the database's {len(db)} images ({database_split}); "
+                           f"ask for at most {len(db)}", settings=("ks",))
     q_rows, no_match = answerable(qs.labels, db.labels, query_split, database_split)
     q_images, q_labels = qs.images[q_rows] if len(q_rows) < len(qs) else qs.images, qs.labels[q_rows]
     db_labels = np.where(db.labels >= 0, db.labels, -2)          # -2 equals no query's label

@@ -45,7 +45,8 @@ def check_baselines(names) -> tuple[str, ...]:
     allowed = (*PERCEPTUAL, *HASHERS)
     for name in names:
         if name not in allowed:
-            raise HashingError(f"unknown baseline {name!r} for --task copies: choose from {', '.join(allowed)}")
+            raise HashingError(f"unknown baseline {name!r} for task copies: choose from {', '.join(allowed)}",
+                               settings=("task",))
     return tuple(names)
 
 
@@ -60,33 +61,23 @@ class CopyQueries:
     steps: list = field(default_factory=list)    # (Q,) str: the edit's steps and parameters
 
 
-def _original(ref):
-    """A database item as the picture its copies are made from: a dataset array or an image file (L or RGB)."""
-    from PIL import Image
-
-    from hashing.images.reader import is_gray, load_picture, to_gray, to_rgb
-
-    if isinstance(ref, np.ndarray):
-        return Image.fromarray(ref)
-    im = load_picture(ref)
-    return to_gray(im) if is_gray(im) else to_rgb(im)
-
-
 def _hash_original(job) -> dict:
+    from hashing.images.reader import as_picture
+
     ref, names = job
-    im = _original(ref)
+    im = as_picture(ref)                          # a database item as the picture its copies are made from
     return {name: hasher(name)(im) for name in names}
 
 
 def _make_query(job) -> tuple[np.ndarray, dict, str]:
     """(original, edit, rng key, spec, hash names) -> (the copy as the model reads it, hash bits, steps)."""
     from hashing.images.edits import make_copy
-    from hashing.images.reader import fit_image, load_picture
+    from hashing.images.reader import as_picture, fit_image, load_picture
 
     ref, edit, key, spec, names = job
-    data, steps = make_copy(_original(ref), edit, np.random.default_rng(key))
+    data, steps = make_copy(as_picture(ref), edit, np.random.default_rng(key))
     im = load_picture(data, "copy")
-    return fit_image(im, spec), {name: hasher(name)(im) for name in names}, " + ".join(s.describe() for s in steps)
+    return fit_image(im, spec), {name: hasher(name)(im) for name in names}, " + ".join(s.label() for s in steps)
 
 
 def make_queries(refs: list, sources: np.ndarray, edits: tuple[str, ...], spec, names: tuple[str, ...],
@@ -111,7 +102,7 @@ def score(xb: np.ndarray, xq: np.ndarray, source: np.ndarray, edit: np.ndarray, 
           overall: np.ndarray) -> dict:
     """Rank the database (xb, packed) for every query (xq) and score it; `overall` (Q,) bool marks the
     queries pooled into the overall numbers and the non-copy pairs that set the threshold."""
-    from hashing.indexes.exact import hamming_distances
+    from hashing.codes.hamming import distances as hamming_distances
 
     q = len(xq)
     chunk = max(1, (1 << 23) // len(xb))                     # bounds the (chunk, N) distance and block temporaries
@@ -179,7 +170,7 @@ class CopyReport:
 DEFAULT_COPIES = 1000
 
 
-def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None,
+def evaluate_copies(run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
                     images: str | Path | None = None, split: str | None = None, copies: int | None = None,
                     edits=DEFAULT_EDITS, baselines=COPY_BASELINES, seed: int = 0, json_out: str | Path | None = None,
                     plots: str | Path | None = None, device: str = "auto", progress: bool = True) -> CopyReport:
@@ -188,7 +179,7 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
     from hashing.model import checkpoint
     from hashing.core.atomic import check_output_file, check_output_folder, write_json
     from hashing.model.encode import encode_array
-    from hashing.images.datasets import load_split
+    from hashing.images.datasets import check_source, load_split
     from hashing.model.device import resolve_device
     from hashing.evaluate.classes import baseline_codes, fitting_sample, pixels
     from hashing.images.reader import conform
@@ -196,13 +187,12 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
     edits = check_edits(edits)
     baselines = check_baselines(baselines)
     if copies is not None and copies < 1:
-        raise HashingError(f"--copies must be at least 1, got {copies}")
+        raise HashingError(f"copies must be at least 1, got {copies}", settings=("copies",))
     if not 0 <= seed < 2**32:
-        raise HashingError(f"--seed must be in 0..2**32-1, got {seed}")
-    check_output_file(json_out, "--json")
-    check_output_folder(plots, "--plots")
-    if (dataset is None) == (images is None):
-        raise HashingError("give exactly one of --dataset or --images")
+        raise HashingError(f"seed must be in 0..2**32-1, got {seed}", settings=("seed",))
+    check_output_file(json_out, "json_out")
+    check_output_folder(plots, "plots")
+    check_source(dataset, images)
     model = checkpoint.load(run_dir, resolve_device(device)).model
     bits, spec = model.cfg.bits, model.cfg.spec
     if dataset is not None:
@@ -217,8 +207,8 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
     if copies is None:
         copies = min(DEFAULT_COPIES, len(db))
     elif copies > len(db):
-        raise HashingError(f"--copies {copies} is more than the {len(db)} images of {db.name} {db.split}; "
-                           f"ask for at most {len(db)}")
+        raise HashingError(f"copies {copies} is more than the {len(db)} images of {db.name} {db.split}; "
+                           f"ask for at most {len(db)}", settings=("copies",))
     rng = np.random.default_rng(seed)
     sources = np.sort(rng.choice(len(db), size=copies, replace=False))
     names = tuple(n for n in baselines if n in PERCEPTUAL)
@@ -287,7 +277,7 @@ def evaluate_copies(run_dir: str | Path, dataset: str | None = None, data_dir: s
 
 def write_copy_plots(report: CopyReport, out: Path, refs: list, qs: CopyQueries, spec, n_sources: int = 6) -> None:
     """copies_recall.png (recall@1 per edit, every method) and copies_edits.png (sources and their copies)."""
-    from hashing.images.reader import fit_image
+    from hashing.images.reader import as_picture, fit_image
     from hashing.images.plots import bar_groups, copies_grid
 
     out.mkdir(parents=True, exist_ok=True)
@@ -296,5 +286,5 @@ def write_copy_plots(report: CopyReport, out: Path, refs: list, qs: CopyQueries,
     bar_groups({m: [r["edits"][e]["recall@1"] for e in edits] for m, r in rows.items()}, edits,
                out / "copies_recall.png", "recall@1", "recall@1 of the source, per edit")
     shown = list(dict.fromkeys(qs.source.tolist()))[:n_sources]
-    copies_grid([fit_image(_original(refs[s]), spec) for s in shown],
+    copies_grid([fit_image(as_picture(refs[s]), spec) for s in shown],
                 [[qs.arrays[i] for i in np.flatnonzero(qs.source == s)] for s in shown], out / "copies_edits.png")

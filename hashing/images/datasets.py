@@ -65,6 +65,12 @@ class ImageSet:
                                    sources=None if self.sources is None else self.sources[:n])
 
 
+def check_source(dataset: str | None, images: str | os.PathLike | None) -> None:
+    """Exactly one source of images: a built-in dataset or an image folder (every command that reads one)."""
+    if (dataset is None) == (images is None):
+        raise HashingError("give exactly one of dataset or images", settings=("dataset", "images"))
+
+
 def load_split(dataset: str | None = None, images: str | os.PathLike | None = None, split: str | None = None,
                default_split: str = "train", data_dir: str | None = None, spec: ImageSpec | None = None,
                strict: bool = False, progress: bool = True) -> ImageSet:
@@ -74,8 +80,7 @@ def load_split(dataset: str | None = None, images: str | os.PathLike | None = No
     split and refuses an explicit `split`. A dataset keeps its own 28x28 grayscale when
     `spec` is None; a folder needs a spec (hashing.images.folders.inspect suggests one).
     """
-    if (dataset is None) == (images is None):
-        raise HashingError("give exactly one of --dataset or --images")
+    check_source(dataset, images)
     if dataset is not None:
         ds = load_dataset(dataset, split or default_split, data_dir)
         return ds if spec is None else dataclasses.replace(ds, images=conform(ds.images, spec))
@@ -118,14 +123,15 @@ def _torchvision(name: str, split: str, data_dir) -> ImageSet:
     if data_dir is not None and not raw.is_dir():
         raise HashingError(
             f"{name} not found: expected the IDX files under {raw} "
-            f"(torchvision layout {folder}/raw/*-ubyte); check --data-dir")
+            f"(torchvision layout {folder}/raw/*-ubyte); check data_dir", settings=("data_dir",))
     try:
         ds = cls(str(root), train=(split == "train"), download=data_dir is None)
     except Exception as e:  # torchvision raises RuntimeError or URLError, depending on what failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = ("pass --data-dir DIR with the IDX files in DIR/" + folder + "/raw"
+        hint = ("pass data_dir DIR with the IDX files in DIR/" + folder + "/raw"
                 if data_dir is None else "check the files under " + str(raw))
-        raise HashingError(f"{name} ({split}) could not be loaded ({first}); {hint}") from None
+        raise HashingError(f"{name} ({split}) could not be loaded ({first}); {hint}",
+                           settings=("data_dir",) if data_dir is None else ()) from None
     return ImageSet(name, split, ds.data.numpy().astype(np.uint8), ds.targets.numpy().astype(np.int64),
                     str(root.resolve()))
 
@@ -185,13 +191,13 @@ def folder_spec(images: str | os.PathLike, size: int | None = None, channels: in
     """The ImageSpec to train on a folder with: what was given, the rest chosen from the folder's
     training files (hashing.images.folders.inspect: median shorter side up to 64, colour or not), crop."""
     from hashing.images import folders
-    from hashing.images.reader import MAX_SIZE, MIN_SIZE, RESIZE
+    from hashing.images.reader import CHANNELS, DEFAULT_RESIZE, MAX_SIZE, MIN_SIZE, RESIZE
     from hashing.core import validation as V
 
     if size is not None:
         V.integer("image_size", size, MIN_SIZE, MAX_SIZE)
     if channels is not None:
-        V.choice("channels", channels, (1, 3))
+        V.choice("channels", channels, CHANNELS)
     if resize is not None:
         V.choice("resize", resize, RESIZE)
     if size is None or channels is None:
@@ -199,7 +205,7 @@ def folder_spec(images: str | os.PathLike, size: int | None = None, channels: in
         paths, _ = folders.labelled_files(lay, folders.choose_split(lay, None, "train"))
         auto_size, auto_channels = folders.inspect(paths)
         size, channels = size or auto_size, channels or auto_channels
-    return ImageSpec(size, channels, resize or "crop", trim=trim)
+    return ImageSpec(size, channels, resize or DEFAULT_RESIZE, trim=trim)
 
 
 def load_source(source: str, datasets: dict[str, str | None], spec: ImageSpec = ImageSpec()) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import string
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -38,13 +39,29 @@ EDITS = (*SINGLE, "combo", "flip", "identity")
 DEFAULT_EDITS = (*SINGLE, "combo", "flip")
 SEPARATE = ("flip",)        # families left out of the overall numbers when others are present
 
+# The ranges the edits draw from (uniformly; the docstring's table), (low, high) each: the protocol's,
+# and the training views' that imitate it (hashing.train.views.random_copy reads them from here).
+RANGES = MappingProxyType({
+    "jpeg": (20, 70),                   # quality, a whole number, both ends included
+    "rescale": (0.3, 0.6),              # the downscaled side, a fraction of the original's
+    "crop": (0.70, 0.95),               # the area kept, a fraction
+    "crop_aspect": (3 / 4, 4 / 3),      # the crop's aspect over the original's (drawn log-uniformly)
+    "rotate": (-10.0, 10.0),            # degrees about the centre
+    "brightness": (0.6, 1.4),           # brightness factor
+    "contrast": (0.6, 1.4),             # contrast factor, after the brightness
+    "blur": (0.5, 1.5),                 # Gaussian radius, pixels per 64 px of the shorter side (at least pixels)
+    "noise": (5.0, 20.0),               # Gaussian sigma, grey levels
+    "overlay": (0.04, 0.12),            # the rectangle's area, a fraction
+    "overlay_aspect": (1 / 2, 2.0),     # the rectangle's aspect (drawn log-uniformly)
+})
+
 
 @dataclass(frozen=True)
 class Step:
     family: str
     params: tuple[float, ...]
 
-    def describe(self) -> str:
+    def label(self) -> str:
         return f"{self.family}({', '.join(f'{p:.3g}' for p in self.params)})"
 
 
@@ -70,16 +87,20 @@ def plan(edit: str, rng: np.random.Generator) -> list[Step]:
 
 
 def _draw(family: str, rng: np.random.Generator) -> Step:
-    u = rng.uniform
+    u, R = rng.uniform, RANGES
+
+    def log_u(lo: float, hi: float) -> float:
+        return np.exp(u(np.log(lo), np.log(hi)))
+
     params = {
-        "jpeg": lambda: (float(rng.integers(20, 71)),),
-        "rescale": lambda: (u(0.3, 0.6),),
-        "crop": lambda: (u(0.70, 0.95), np.exp(u(np.log(3 / 4), np.log(4 / 3))), u(0, 1), u(0, 1)),
-        "rotate": lambda: (u(-10, 10),),
-        "brightness": lambda: (u(0.6, 1.4), u(0.6, 1.4)),
-        "blur": lambda: (u(0.5, 1.5),),
-        "noise": lambda: (u(5, 20), float(rng.integers(2**31))),
-        "overlay": lambda: (float(rng.random() < 0.5), u(0.04, 0.12), np.exp(u(np.log(1 / 2), np.log(2))),
+        "jpeg": lambda: (float(rng.integers(R["jpeg"][0], R["jpeg"][1] + 1)),),
+        "rescale": lambda: (u(*R["rescale"]),),
+        "crop": lambda: (u(*R["crop"]), log_u(*R["crop_aspect"]), u(0, 1), u(0, 1)),
+        "rotate": lambda: (u(*R["rotate"]),),
+        "brightness": lambda: (u(*R["brightness"]), u(*R["contrast"])),
+        "blur": lambda: (u(*R["blur"]),),
+        "noise": lambda: (u(*R["noise"]), float(rng.integers(2**31))),
+        "overlay": lambda: (float(rng.random() < 0.5), u(*R["overlay"]), log_u(*R["overlay_aspect"]),
                             u(0, 1), u(0, 1), float(rng.integers(2**31))),
         "flip": lambda: (),
         "identity": lambda: (),

@@ -38,6 +38,7 @@ from typing import Iterator
 import numpy as np
 
 from hashing.core import paths
+from hashing.core.paths import distinct_files
 from hashing.core.errors import HashingError
 from hashing.core.parallel import fork_map
 from hashing.images.reader import IMAGE_SUFFIXES, MIN_SIZE, ImageSpec, is_gray, read_image_noting
@@ -66,17 +67,13 @@ def memory_budget() -> int:
     return int(value)
 
 
-def find_images(folder: str | os.PathLike, dropped: list | None = None) -> list[Path]:
-    """Every image file (by suffix) under `folder`, recursively, in a stable (sorted) order.
+def image_files(folder: str | os.PathLike, dropped: list | None = None) -> list[str]:
+    """Every image file (by suffix) under `folder`, recursively, in a stable (sorted) order, as strings
+    (40,000 Path objects cost a tenth of a second: sync lists whole folders).
 
     Hidden files and folders (a leading dot) are skipped, as are links to folders; broken links,
     link loops and folders that cannot be listed are left out and, with `dropped`, added to it as
     (path, why)."""
-    return [Path(f) for f in image_files(folder, dropped)]
-
-
-def image_files(folder: str | os.PathLike, dropped: list | None = None) -> list[str]:
-    """find_images as strings (40,000 Path objects cost a tenth of a second: sync lists whole folders)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise HashingError(f"not a folder: {folder}" if not os.path.exists(folder) else f"{folder} is a file, not a folder")
@@ -146,11 +143,12 @@ def choose_split(lay: Layout, split: str | None, default: str | None) -> str | N
     if lay.has_splits:
         chosen = split or default
         if chosen not in ("train", "test"):
-            raise HashingError(f"{lay.root} has train/ and test/ folders: give --split train or --split test")
+            raise HashingError(f"{lay.root} has train/ and test/ folders: give split train or split test",
+                               settings=("split",))
         return chosen
     if split is not None:
-        raise HashingError(f"{lay.root} has no train/ and test/ folders, so there is no --split {split} "
-                           f"(leave --split out to use the whole folder)")
+        raise HashingError(f"{lay.root} has no train/ and test/ folders, so there is no split {split} "
+                           f"(leave split out to use the whole folder)", settings=("split",))
     return None
 
 
@@ -162,18 +160,15 @@ def labelled_files(lay: Layout, split: str | None) -> tuple[list[Path], np.ndarr
 
 def split_files(lay: Layout, split: str | None) -> tuple[list[str], list[str], np.ndarray]:
     """(the split's image files, their resolved paths, their labels), a file reached twice (a link
-    to another file of the split) once: at its own path (else its first link in sorted order)."""
+    to another file of the split, a hard link) once (hashing.core.paths.distinct_files): at its own
+    path (else its first link in sorted order). A file that cannot be looked at stays, for the reader
+    to skip with its reason."""
     top = lay.split_root(split)
     files = image_files(top)
-    keys = resolved_paths(files, top)
-    if len(set(keys)) < len(keys):
-        chosen: dict[str, int] = {}
-        for i, k in enumerate(keys):
-            if k not in chosen or os.path.islink(files[chosen[k]]) and not os.path.islink(files[i]):
-                chosen[k] = i
-        kept = sorted(chosen.values())
-        files, keys = [files[i] for i in kept], [keys[i] for i in kept]
-    return files, keys, class_labels(files, top, lay.classes)
+    kept, failed = distinct_files(files)
+    if len(kept) + len(failed) < len(files):
+        files = [files[i] for i in sorted(kept + [i for i, _ in failed])]
+    return files, resolved_paths(files, top), class_labels(files, top, lay.classes)
 
 
 def resolved_paths(files: list[str], top: str | os.PathLike) -> list[str]:
@@ -257,6 +252,21 @@ def iter_image_batches(paths: list[Path], batch_size: int, spec: ImageSpec, inve
         if buf:
             yield np.stack(buf)
     return batches(), read
+
+
+def image_batches(paths: list[Path], batch_size: int, spec: ImageSpec, strict: bool = False,
+                  progress: bool = False) -> tuple[Iterator[np.ndarray], FolderRead]:
+    """The files decoded at `spec` in batches of at most batch_size, from the decode cache when `train`
+    or `evaluate` already decoded exactly these files at this spec, else decoded as they stream by
+    (iter_image_batches; `progress`: its decoding bar). The FolderRead is complete once the batches are
+    (at once from the cache); `strict`: an unreadable file is an error instead of skipped."""
+    got = cached(paths, np.full(len(paths), -1, np.int64), spec)
+    if got is None:
+        return iter_image_batches(paths, batch_size, spec, strict=strict, progress=progress)
+    if strict and got.read.skipped:
+        raise HashingError(got.read.skipped[0][1])
+    images = got.images
+    return (images[s:s + batch_size] for s in range(0, len(images), batch_size)), got.read
 
 
 def inspect(paths: list[Path], sample: int = 64) -> tuple[int, int]:

@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 
-from hashing.codes.bits import pack
 from hashing.core.errors import HashingError
 
 PERCEPTUAL = {"phash": 64, "dhash": 64, "ahash": 64, "whash": 64, "pdq": 256}     # name -> bits
@@ -48,9 +47,3 @@ def hasher(name: str) -> Callable[[object], np.ndarray]:
     fn = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
           "whash": imagehash.whash}[name]
     return lambda im: np.asarray(fn(im).hash, dtype=np.uint8).ravel()
-
-
-def hash_images(name: str, images) -> np.ndarray:
-    """PIL images -> packed codes (N, bits/8) uint8."""
-    f = hasher(name)
-    return pack(np.stack([f(im) for im in images]))

@@ -48,6 +48,9 @@ from hashing.core.errors import HashingError, TooLarge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RESIZE = ("crop", "pad", "stretch")
+DEFAULT_RESIZE = "crop"                     # the rule a new model is given (HashConfig, folder_spec, train)
+LEGACY_RESIZE = "stretch"                   # the rule before one was recorded: old configs, ImageSpec(), read_image(p, size)
+CHANNELS = (1, 3)                           # grayscale, RGB
 BACKGROUNDS = ("white", "black")            # what transparency is composited on; "black": older models
 MIN_SIZE, MAX_SIZE = 16, 256
 ORIENTATION = 0x0112                        # the EXIF tag that says how the stored pixels are turned
@@ -57,7 +60,7 @@ ORIENTATION = 0x0112                        # the EXIF tag that says how the sto
 class ImageSpec:
     size: int = 28
     channels: int = 1
-    resize: str = "stretch"
+    resize: str = LEGACY_RESIZE             # a bare ImageSpec(size) reads as models before the rule did
     background: str = "white"
     exif: bool = True
     trim: bool = False
@@ -197,7 +200,7 @@ def thumbnail_png(path: str | os.PathLike, size: int) -> bytes:
         im.draft(im.mode, (size, size))              # JPEG: decode at a reduced scale when it is large
         im.load()
         im = upright(im)
-        return png_bytes(to_gray(im) if is_gray(im) else to_rgb(im), size)
+        return png_bytes(gray_or_rgb(im), size)
 
 
 def upright(im):
@@ -238,7 +241,7 @@ def _fit_first_frame(im, spec: ImageSpec, invert: bool, max_pixels: int | None =
     if max_pixels is not None and im.width * im.height > max_pixels:
         raise TooLarge(f"image too large: {name} is {im.width} x {im.height} "
                            f"({im.width * im.height / 1e6:.1f} megapixels); this service decodes at most "
-                           f"{max_pixels / 1e6:g} (--max-megapixels): send a smaller copy")
+                           f"{max_pixels / 1e6:g} (max_megapixels): send a smaller copy", settings=("max_megapixels",))
     im.seek(0)
     im.load()
     return fit_image(upright(im) if spec.exif else im, spec, invert)
@@ -289,6 +292,21 @@ def to_rgb(im, background: str = "white"):
     wide = _wide_to_8bit(im)
     im = wide if wide is not None else im
     return im if im.mode == "RGB" else im.convert("RGB")                           # no copy of a large RGB image
+
+
+def gray_or_rgb(im):
+    """A loaded PIL image as mode 'L' when it carries no colour (is_gray), else 'RGB'; transparency on white."""
+    return to_gray(im) if is_gray(im) else to_rgb(im)
+
+
+def as_picture(ref):
+    """An item as the picture that copies are made from and perceptual hashes read: a uint8 array (a
+    dataset's image) as it is, an image file (a path or its bytes) by load_picture, in 'L' or 'RGB'."""
+    from PIL import Image
+
+    if isinstance(ref, np.ndarray):
+        return Image.fromarray(ref)
+    return gray_or_rgb(load_picture(ref))
 
 
 def is_gray(im, tolerance: int = 8) -> bool:

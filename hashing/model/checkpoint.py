@@ -66,7 +66,8 @@ def save(run_dir: str | Path, model: HashAutoencoder, train: dict | None = None,
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise HashingError(f"training diverged: {bad[0]} has non-finite values; nothing was saved (lower --lr)")
+        raise HashingError(f"training diverged: {bad[0]} has non-finite values; nothing was saved (lower lr)",
+                           settings=("lr",))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = serialize(state)

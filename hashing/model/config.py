@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from hashing.core import validation as V
 from hashing.core.errors import HashingError
-from hashing.images.reader import BACKGROUNDS, MAX_SIZE, MIN_SIZE, RESIZE, ImageSpec
+from hashing.images.reader import BACKGROUNDS, CHANNELS, DEFAULT_RESIZE, LEGACY_RESIZE, MAX_SIZE, MIN_SIZE, RESIZE, ImageSpec
 from hashing.model import estimators
 
 HEADS = ("batchnorm", "relu")
@@ -30,7 +30,7 @@ class HashConfig:
     width: int = 64                  # channels of the first conv; doubles per stage up to 8x
     image_size: int = 28             # images are size x size (hashing.images.reader.fit_image makes them so)
     channels: int = 1                # 1: grayscale, 3: RGB
-    resize: str = "crop"             # how another shape becomes square: hashing.images.reader.RESIZE
+    resize: str = DEFAULT_RESIZE     # how another shape becomes square: hashing.images.reader.RESIZE
     background: str = "white"        # what transparency is composited on: hashing.images.reader.BACKGROUNDS
     exif: bool = True                # apply a photo's EXIF orientation before anything else
     trim: bool = False               # cut plain margins before the resize (hashing.images.reader.trimmed)
@@ -50,7 +50,7 @@ class HashConfig:
         V.choice("head", self.head, HEADS)
         V.integer("width", self.width, 1, 1024)
         V.integer("image_size", self.image_size, MIN_SIZE, MAX_SIZE)
-        V.choice("channels", self.channels, (1, 3))
+        V.choice("channels", self.channels, CHANNELS)
         V.choice("resize", self.resize, RESIZE)
         V.choice("background", self.background, BACKGROUNDS)
         for name in ("exif", "trim"):
@@ -97,7 +97,7 @@ class HashConfig:
 
 
 # How configs that do not record an image rule read images: the rules before each was recorded.
-LEGACY_IMAGE_RULES = {"resize": "stretch", "background": "black", "exif": False}
+LEGACY_IMAGE_RULES = {"resize": LEGACY_RESIZE, "background": "black", "exif": False}
 
 
 def stages(size: int) -> list[int]:

@@ -21,5 +21,6 @@ def resolve_device(name: str) -> "torch.device":
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise HashingError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+        raise HashingError("device cuda was asked for but no CUDA GPU is available; use device auto or cpu",
+                           settings=("device",))
     return torch.device(name)

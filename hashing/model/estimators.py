@@ -361,7 +361,7 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def describe(name: str) -> str:
+def summary_of(name: str) -> str:
     return RULES[name][1] if name in RULES else REGISTRY[name].summary
 
 

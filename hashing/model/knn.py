@@ -62,15 +62,6 @@ def _chunk_matmul(q_pm1: torch.Tensor, b_pm1: torch.Tensor) -> torch.Tensor:
     return ((bits - dot.float()) / 2).round().to(torch.int32)
 
 
-def popcount_distances(xq: torch.Tensor, xb: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-    """(nq, bits/8), (nb, bits/8) uint8 -> (nq, nb) int32 Hamming distances (XOR + popcount)."""
-    q, b = as_words(xq), as_words(xb)
-    out = torch.empty((q.shape[0], b.shape[0]), dtype=torch.int32, device=q.device)
-    for s in range(0, b.shape[0], chunk):
-        out[:, s:s + chunk] = _chunk_popcount(q, b[s:s + chunk])
-    return out
-
-
 class TorchFlat:
     """Exact Hamming k-NN over a database of packed codes held as torch tensors.
 

@@ -52,7 +52,8 @@ def check(n: int, bits: int, dim: int) -> None:
     """Before training: PCA to `bits` dimensions needs that many images (and features)."""
     if sample_size(n, dim) < bits:
         raise HashingError(f"codes 'itq' fits a {bits}-bit rotation on the training images' features and needs at "
-                           f"least {bits} images; this split has {n} (use fewer bits, more images, or --codes layer)")
+                           f"least {bits} images; this split has {n} (use fewer bits, more images, or codes layer)",
+                           settings=("codes",))
 
 
 @torch.inference_mode()

@@ -36,21 +36,19 @@ from typing import Annotated
 
 from hashing.core import validation as V
 from hashing.serve.engine import Engine, Unavailable, UnknownItem
-from hashing.core.errors import HashingError, TooLarge
+from hashing.serve.limits import MAX_IMAGES, MAX_MEGAPIXELS, MAX_UPLOAD_MB, TOKEN_ENV
+from hashing.core.errors import HashingError, TooLarge, full_disk
+from hashing.indexes.base import DEFAULT_K, search_terms
 from hashing.workflows.query import QueryResult
 
 WEB = Path(__file__).parent / "web"
-MAX_UPLOAD_MB = 10.0
-MAX_IMAGES = 256                     # files in one request
-MAX_MEGAPIXELS = 16.0                # the largest upload decoded (after a JPEG's reduced-scale decode)
 LARGE_PIXELS = 2_000_000             # images above this are decoded one at a time (bounded memory)
 THUMBNAIL_SIZES = (16, 1024)
-TOKEN_ENV = "HASHING_TOKEN"
 HEALTH_WAIT = 0.5                    # seconds /health waits for the worker before it answers from what it knows
 POLL = 0.25                          # seconds between a waiting request's looks at whether the server is away
 
 
-def create_app(engine: Engine, token: str | None = None, read_only: bool = False,
+def create_app(engine: Engine, *, token: str | None = None, read_only: bool = False,
                max_upload_mb: float = MAX_UPLOAD_MB, max_megapixels: float = MAX_MEGAPIXELS):
     """The FastAPI application over an open engine (which the caller closes)."""
     from fastapi import FastAPI, File, Form, Query, Request
@@ -88,10 +86,9 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, e: OSError):
-        import errno
-
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):         # an addition on a full disk: nothing was committed
-            return JSONResponse({"detail": "no space left on the service's disk; the addition was not stored"},
+        why = full_disk(e)
+        if why is not None:                                # an addition on a full disk: nothing was committed
+            return JSONResponse({"detail": f"{why} on the service's disk; the addition was not stored"},
                                 status_code=507)
         return JSONResponse({"detail": f"internal error (OSError: {e.strerror}); see the service's log"},
                             status_code=500)
@@ -107,12 +104,11 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
     # ---- helpers ---------------------------------------------------------------------------------
 
     def check_search(k: int | None, radius: int | None) -> tuple[int | None, int | None]:
-        if k is None and radius is None:
-            k = 10
+        k, radius = search_terms(k, radius)
         try:
             engine.check_search(k, radius)
         except HashingError as e:
-            raise fail(422, str(e).replace("-k ", "k ").replace("--radius", "radius")) from None
+            raise fail(422, str(e)) from None      # it names k and radius, as the request's fields are named
         return k, radius
 
     async def read_uploads(files: list[UploadFile]) -> tuple[list[bytes], list[str]]:
@@ -193,7 +189,8 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
         body = {"status": "ok", "items": count, "bits": engine.bits, "backend": engine.backend,
                 "model": rec.run_dir, "fingerprint": rec.fingerprint,
                 "image": dataclasses.asdict(engine.spec),
-                "classes": engine.classes, "additions": "off" if read_only or not token or not engine.writer else "token"}
+                "classes": engine.classes, "additions": "off" if read_only or not token or not engine.writer else "token",
+                "k": DEFAULT_K}                                  # the neighbours a search without k or radius gets
         reason = engine.down
         if reason is not None:
             return JSONResponse({**body, "status": "unavailable", "detail": reason}, status_code=503,
@@ -202,7 +199,7 @@ def create_app(engine: Engine, token: str | None = None, read_only: bool = False
 
     @app.post("/search")
     async def search(image: Annotated[list[UploadFile], File(description="one or more image files")],
-                     k: Annotated[int | None, Query(description="neighbours per image (default 10)")] = None,
+                     k: Annotated[int | None, Query(description=f"neighbours per image (default {DEFAULT_K})")] = None,
                      radius: Annotated[int | None, Query(description="every item within this Hamming distance, "
                                                                      "instead of k")] = None,
                      invert: Annotated[bool, Query(description="invert gray levels first")] = False):
@@ -468,11 +465,11 @@ def _version() -> str:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or a one-line error (port in use, unknown host, no permission)."""
     if not 0 <= port <= 65535:
-        raise HashingError(f"--port must be from 0 to 65535, got {port}")
+        raise HashingError(f"port must be from 0 to 65535, got {port}", settings=("port",))
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise HashingError(f"--host {host!r} cannot be resolved ({e.strerror})") from None
+        raise HashingError(f"host {host!r} cannot be resolved ({e.strerror})", settings=("host",)) from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -481,13 +478,14 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        why = "is in use; choose another --port" if e.errno == 98 else f"cannot be used ({e.strerror})"
-        raise HashingError(f"{host} port {port} {why}") from None
+        why = "is in use; choose another port" if e.errno == 98 else f"cannot be used ({e.strerror})"
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"     # not "port", the setting's word
+        raise HashingError(f"{where} {why}", settings=("port",)) from None
     sock.set_inheritable(True)
     return sock
 
 
-def serve(index: str, collection: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+def serve(index: str, *, collection: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, read_only: bool = False, max_upload_mb: float = MAX_UPLOAD_MB,
           uploads: str | None = None, device: str = "auto", on_ready=print, wait: float = 0.0,
           max_megapixels: float = MAX_MEGAPIXELS) -> None:
@@ -507,9 +505,11 @@ def serve(index: str, collection: str | None = None, host: str = "127.0.0.1", po
         raise HashingError(f"`hashing serve` needs the serve extra ({e.name} is missing): "
                            f"pip install 'hashing[serve]' (or -e '.[serve]' in a checkout)") from None
     if not math.isfinite(max_upload_mb) or max_upload_mb <= 0:
-        raise HashingError(f"--max-upload must be a number of MB above 0, got {max_upload_mb}")
+        raise HashingError(f"max_upload_mb must be a number of MB above 0, got {max_upload_mb}",
+                           settings=("max_upload_mb",))
     if not math.isfinite(max_megapixels) or max_megapixels <= 0:
-        raise HashingError(f"--max-megapixels must be a number above 0, got {max_megapixels}")
+        raise HashingError(f"max_megapixels must be a number above 0, got {max_megapixels}",
+                           settings=("max_megapixels",))
     sock = bind(host, port)
     try:
         engine = Engine(index, collection, device, uploads, writer=bool(token) and not read_only, wait=wait)
@@ -517,7 +517,8 @@ def serve(index: str, collection: str | None = None, host: str = "127.0.0.1", po
         sock.close()
         raise
     try:
-        app = create_app(engine, token, read_only, max_upload_mb, max_megapixels)
+        app = create_app(engine, token=token, read_only=read_only, max_upload_mb=max_upload_mb,
+                         max_megapixels=max_megapixels)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                                timeout_graceful_shutdown=5))
         port = sock.getsockname()[1]

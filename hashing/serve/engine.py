@@ -55,7 +55,8 @@ import numpy as np
 from hashing.core import validation as V
 from hashing.core.atomic import atomic_path
 from hashing.core.errors import HashingError
-from hashing.indexes.backends import MILVUS_PREFIXES, backend_for, open_index, writer_lock
+from hashing.indexes.backends import backend_for, open_index, writer_lock
+from hashing.indexes.milvus.address import is_lite_file, is_server_uri
 from hashing.indexes.base import Hit
 
 # Images per forward pass when many requests wait at once; HASHING_MAX_BATCH=1 turns batching off
@@ -114,7 +115,7 @@ def uploads_folder(location: str) -> Path | None:
     Lite file; None for a Milvus server (give a folder)."""
     if backend_for(location) == "faiss":
         return Path(location) / "uploads"
-    if location.endswith(".db"):
+    if is_lite_file(location):
         return Path(location + ".uploads")
     return None
 
@@ -154,7 +155,7 @@ class Engine:
         self.uploads_note: str | None = None   # why removed items' files stay in the uploads folder, if they do
         self._owns_uploads = False             # whether this engine deletes files there
         self._refs: Counter | None = None      # upload file -> items that name it (counted when first needed)
-        self.server = self.backend == "milvus" and self.location.startswith(MILVUS_PREFIXES)
+        self.server = is_server_uri(self.location)
         self._down: str | None = None          # why the server is taken to be away (None: up)
         self._busy_since: float | None = None  # when the worker's current round began
         self._reconnecting = False
@@ -204,9 +205,9 @@ class Engine:
     def check_search(self, k: int | None, radius: int | None) -> None:
         """Refuse a k or radius this index cannot answer (HashingError), before any work."""
         if k is None and radius is None:
-            raise HashingError("give k, radius, or both (at most k within radius)")
+            raise HashingError("give k, radius, or both (at most k within radius)", settings=("k", "radius"))
         if radius is not None and k is not None and k < 1:
-            raise HashingError(f"-k must be at least 1, got {k}")
+            raise HashingError(f"k must be at least 1, got {k}", settings=("k",))
         self.index.check_searchable(k if radius is None else None, radius)
 
     def search(self, arrays: np.ndarray | None = None, codes: np.ndarray | None = None, k: int | None = None,
@@ -218,16 +219,19 @@ class Engine:
         """Uploaded images (decoded arrays and the files' bytes) -> Future of their new ids, once the
         files and the index's new version are on disk."""
         if not self.writer:
-            raise HashingError("this service only reads the index: additions need a writer (start it with --token)")
+            raise HashingError("this service only reads the index: additions need a writer (start it with token)",
+                              settings=("token",))
         if self.uploads is None:
-            raise HashingError("additions need a folder for the uploaded files: start the service with --uploads DIR")
+            raise HashingError("additions need a folder for the uploaded files: start the service with uploads DIR",
+                              settings=("uploads",))
         return self._submit("add", arrays=arrays, blobs=blobs, names=names, labels=labels)
 
     def remove(self, ids: list[int]) -> Future:
         """Future of the number removed, once the index's new version is on disk (and the removed items'
         uploaded files are gone); UnknownItem (and nothing removed) if any id names no item."""
         if not self.writer:
-            raise HashingError("this service only reads the index: removals need a writer (start it with --token)")
+            raise HashingError("this service only reads the index: removals need a writer (start it with token)",
+                              settings=("token",))
         self._check_ids(ids, "; nothing was removed")
         return self._submit("remove", ids=ids)
 
@@ -532,7 +536,7 @@ class Engine:
 
     def _lost(self, e: BaseException) -> bool:
         """Whether a failure is the index's server being away (or its connection lost): the one-line
-        errors of hashing.indexes.milvus.index for a call that failed or a connection refused."""
+        errors of hashing.indexes.milvus.client (guarded) for a call that failed or a connection refused."""
         if not self.server or not isinstance(e, HashingError):
             return False
         text = str(e)

@@ -39,27 +39,15 @@ def copy_edits() -> tuple[str, ...]:
     return (*SINGLE, "combo")
 
 
-def _picture(ref):
-    """A training item (a file path or a uint8 array) as a PIL image in L or RGB."""
-    from PIL import Image
-
-    from hashing.images.reader import is_gray, load_picture, to_gray, to_rgb
-
-    if isinstance(ref, np.ndarray):
-        return Image.fromarray(ref)
-    im = load_picture(ref)
-    return to_gray(im) if is_gray(im) else to_rgb(im)
-
-
 def _copy(job) -> np.ndarray | None:
     """(source ref, edit, rng key, spec) -> the copy as the model reads its file, or None if unreadable."""
     from hashing.images.edits import make_copy
     from hashing.core.errors import HashingError
-    from hashing.images.reader import fit_image, load_picture
+    from hashing.images.reader import as_picture, fit_image, load_picture
 
     ref, edit, key, spec = job
     try:
-        data, _ = make_copy(_picture(ref), edit, np.random.default_rng(key))
+        data, _ = make_copy(as_picture(ref), edit, np.random.default_rng(key))
         return fit_image(load_picture(data, "copy"), spec)
     except HashingError:
         return None
@@ -72,7 +60,7 @@ def calibrate(model, images: np.ndarray, refs: list, fingerprint: str, seed: int
     from hashing.codes import metrics
     from hashing.model.encode import encode_array
     from hashing.core.parallel import fork_map
-    from hashing.indexes.exact import hamming_distances
+    from hashing.codes.hamming import distances as hamming_distances, paired
 
     t0 = time.perf_counter()
     n, bits, spec = len(images), model.cfg.bits, model.cfg.spec
@@ -86,7 +74,7 @@ def calibrate(model, images: np.ndarray, refs: list, fingerprint: str, seed: int
     edit = np.tile(np.array(edits), len(chosen))[ok]
     xq = encode_array(model, np.stack([m for m in made if m is not None]), progress=False).codes
     xb = encode_array(model, np.asarray(images), progress=False).codes
-    positive = np.bitwise_count(xq ^ xb[source]).sum(axis=1)
+    positive = paired(xq, xb[source])
     near = float(np.median(positive))
     negatives = np.zeros(bits + 1)
     excluded = 0
@@ -117,8 +105,8 @@ def recorded(config: dict, fingerprint: str) -> dict | None:
 
     if not number(t, True) or t < 0 or (number(bits, True) and t > bits) or not number(cal.get("fpr")) \
             or not number(cal.get("copy_pairs"), True) or not number(cal.get("copy_pairs_within")):
-        raise HashingError(f"config.json's calibration record is damaged (threshold {t!r} for {bits}-bit codes; "
-                           f"edited by hand?): retrain the run, or give --threshold")
+        raise HashingError(f"config.json's calibration record is damaged (calibration.threshold {t!r} for {bits}-bit "
+                           f"codes; edited by hand?): retrain the run, or give threshold", settings=("threshold",))
     return cal
 
 
@@ -142,7 +130,7 @@ def fallback(bits: int) -> int:
     return max(1, bits // 8)
 
 
-def describe(config: dict, fingerprint: str | None = None) -> str:
+def calibration_line(config: dict, fingerprint: str | None = None) -> str:
     """One line for `hashing info` and `hashing train`: the run's duplicate threshold and where it comes from."""
     fingerprint = fingerprint or config.get("fingerprint")
     bits = (config.get("model") or {}).get("bits", 64)
@@ -159,7 +147,7 @@ def line(cal: dict) -> str:
             f"training images; {100 * cal['copy_pairs_within']:.1f} % of {cal['copy_pairs']} edited copies within it)")
 
 
-def describe_run(run_dir: str | Path) -> dict:
+def run_summary(run_dir: str | Path) -> dict:
     """What `hashing info RUN` prints of a run folder: its model, how it reads an image, how it was
     trained and, for `hashing duplicates`, its threshold (the calibration record, or bits/8 without one)."""
     from dataclasses import asdict

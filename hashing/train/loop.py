@@ -34,7 +34,7 @@ import torch
 
 from hashing.model import checkpoint
 from hashing.model import rotation
-from hashing.images.datasets import ImageSet
+from hashing.images.datasets import ImageSet, check_source
 from hashing.train.distributed import Group
 from hashing.core.errors import HashingError, HashingWarning
 from hashing.model.network import HashAutoencoder
@@ -147,7 +147,7 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
     labels = torch.from_numpy(data.labels).to(device)          # (N,)
     if tcfg.objective.needs_labels and not bool((labels >= 0).any()):
         raise HashingError("the supervised term needs labels: put the training images in class folders "
-                           "(FOLDER/CLASS/image.png), or use a recipe without --supervised")
+                           "(FOLDER/CLASS/image.png), or use a recipe without supervised", settings=("supervised",))
     bs = min(tcfg.batch_size, n // world)
     if cfg.codes == "itq":
         rotation.check(n, cfg.bits, feature_dim(cfg))
@@ -241,7 +241,8 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
         names = sorted(parts_sum)
         totals = group.mean(torch.stack([run_loss, *(parts_sum[k] for k in names)]).float()) / steps
         if not torch.isfinite(totals[0]):
-            raise HashingError(f"training diverged (loss is {totals[0].item()}) in epoch {epoch + 1}; lower --lr")
+            raise HashingError(f"training diverged (loss is {totals[0].item()}) in epoch {epoch + 1}; lower lr",
+                               settings=("lr",))
         history.epoch(totals[0].item(), {k: v.item() for k, v in zip(names, totals[1:])}, time.perf_counter() - t0)
         if group.main:
             if cfg.codes == "itq":
@@ -253,7 +254,7 @@ def train(cfg: HashConfig, tcfg: TrainConfig, data: ImageSet, out: str | Path, p
                        world=world, batch_size=bs)
 
 
-def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: str | Path | None = None,
+def train_on(recipe: str, out: str | Path, *, dataset: str | None = None, images: str | Path | None = None,
              data_dir: str | None = None, progress: bool = True, **settings) -> TrainResult:
     """`hashing train`: the train split of a built-in `dataset` or of the image folder `images`,
     the recipe resolved with `settings`, training, and a picture from the test split:
@@ -269,12 +270,13 @@ def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: s
     from hashing.core.atomic import check_output_folder
     from hashing.model.device import resolve_device
 
-    check_output_folder(out, "--out", marker=checkpoint.CONFIG, ours=checkpoint.OURS)   # before any data or epoch
+    check_output_folder(out, "out", marker=checkpoint.CONFIG, ours=checkpoint.OURS)   # before any data or epoch
+    check_source(dataset, images)
     if settings.get("image_size") is not None:                  # before a folder is read at that size
         from hashing.images.reader import MAX_SIZE, MIN_SIZE
         from hashing.core.validation import integer
 
-        integer("--image-size", settings["image_size"], MIN_SIZE, MAX_SIZE)
+        integer("image_size", settings["image_size"], MIN_SIZE, MAX_SIZE, setting=True)
     group = distributed.start(resolve_device(settings.get("device") or "auto").type)
     existed = Path(out).exists()
     try:
@@ -296,7 +298,7 @@ def train_on(recipe: str, out: str | Path, dataset: str | None = None, images: s
 def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | Path | None, data_dir: str | None,
               progress: bool, group: Group, settings: dict) -> TrainResult:
     from hashing.images.datasets import folder_spec, load_split
-    from hashing.images.reader import ImageSpec
+    from hashing.images.reader import DEFAULT_RESIZE, ImageSpec
     from hashing.train.recipes import get as get_recipe
     from hashing.train.recipes import resolve
 
@@ -308,7 +310,7 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
         spec = group.main_first(lambda: folder_spec(images, settings.get("image_size"), channels, resize, trim))
     elif any(settings.get(k) is not None for k in ("image_size", "channels")) or settings.get("trim"):
         spec = ImageSpec(settings.get("image_size") or 28, settings.get("channels") or 1,
-                         settings.get("resize") or "crop", trim=bool(settings.get("trim")))
+                         settings.get("resize") or DEFAULT_RESIZE, trim=bool(settings.get("trim")))
     else:
         spec = None                                        # the dataset as it is: 28x28 grayscale
     # Rank 0 first: it decodes an image folder into the cache, the other ranks then read the cache.
@@ -325,7 +327,8 @@ def _train_on(recipe: str, out: str | Path, dataset: str | None, images: str | P
     if group.main and (note := small_data_note(len(data), cfg.bits)):
         import warnings
 
-        warnings.warn(note, HashingWarning, stacklevel=2)         # after train()'s own checks: never beside an error
+        # after train()'s own checks: never beside an error
+        warnings.warn(HashingWarning(note, settings=("bits",)), stacklevel=2)
     if group.main and tcfg.objective.views == "copies":
         from hashing.train.calibration import calibrate
 
@@ -352,12 +355,13 @@ MIN_IMAGES_PER_BIT = 2
 
 
 def small_data_note(n_images: int, bits: int) -> str:
-    """'' when a split of `n_images` is enough for `bits`-bit codes, else what to do about it."""
+    """'' when a split of `n_images` is enough for `bits`-bit codes, else what to do about it (naming the
+    setting bits, as HashingError.settings do)."""
     if n_images >= MIN_IMAGES_PER_BIT * bits:
         return ""
     fitting = max(8, 8 * (n_images // MIN_IMAGES_PER_BIT // 8))
-    return (f"{n_images} training images for {bits}-bit codes (fewer than {MIN_IMAGES_PER_BIT} per bit): many bits "
-            f"will be constant or noise; use --bits {min(fitting, bits)} or fewer, or train on more images")
+    return (f"{n_images} training images for {bits}-bit codes (fewer than {MIN_IMAGES_PER_BIT} per bit): much of "
+            f"each code will be constant or noise; use bits {min(fitting, bits)} or fewer, or train on more images")
 
 
 def _picture_images(dataset, images, data_dir, spec, data: ImageSet, n: int = 32) -> ImageSet:

@@ -75,7 +75,8 @@ class Objective:
             raise HashingError(f"asymmetric must be true or false, got {self.asymmetric!r}")
         self.neighbours = V.integer("neighbours", self.neighbours, 0, 1000)
         if self.neighbours and not self.contrastive:
-            raise HashingError("neighbours chooses the contrastive term's positives: give --contrastive a weight")
+            raise HashingError("neighbours chooses the positives of the two-view term: give contrastive a weight",
+                               settings=("neighbours", "contrastive"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -106,17 +106,12 @@ _COLOUR_FOLDER = {"standardise": True, "views": "photo", "epochs": "auto",
 
 # The copies recipe on image folders (`hashing train --images F --recipe copies`, what `hashing
 # duplicates` wants): the edits people make to real pictures beyond the protocol's, as views
-# (augment.random_copy): a solid border, greyscale, a caption band, gamma; and about
+# (hashing.train.views.random_copy): a solid border, greyscale, a caption band, gamma; and about
 # FOLDER_SAMPLES images seen instead of 64 epochs (a few thousand files train in minutes). Where
 # the user does not say, it reads a folder in grey (a greyscale copy is then the same picture),
 # with plain margins trimmed (a frame, or the empty page around clip art, is cut before the
-# resize: images.trimmed) and stretched to the square (a crop that changes the aspect keeps all it
-# shows): Recipe.folder. On the openclipart duplicates benchmark (6,000 files, 64 bits, 32 x 32,
-# 20 epochs, about 3.5 min on 2 cores; benchmarks/duplicates.py) F1 at the calibrated threshold /
-# at the best one: 0.468 / 0.511 (10 epochs of the protocol's views, colour, before) -> 0.534 /
-# 0.632 (these views) -> 0.587 / 0.613 (grey: greyscale copies found 0.47 -> 1.00) -> 0.616 /
-# 0.647 (trimmed: borders 0.04 -> 0.89, crops 0.03 -> 0.27; downscale 0.94 -> 0.71, captions 0.22
-# -> 0.09) -> 0.646 / 0.646 (stretched).
+# resize: hashing.images.reader.trimmed) and stretched to the square (a crop that changes the aspect keeps all it
+# shows): Recipe.folder. How each of these was measured: docs/experiments.md, "The copies recipe".
 _COPIES_FOLDER = {"epochs": "auto", "view_options": {"p_border": 0.2, "p_grey": 0.2, "p_caption": 0.2,
                                                      "gamma": [0.6, 1.6]}}
 

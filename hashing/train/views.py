@@ -43,7 +43,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from hashing.images.edits import SINGLE
+from hashing.images.edits import RANGES, SINGLE
 from hashing.model.network import gaussian_taps
 
 
@@ -235,12 +235,12 @@ def copy_plan(b: int, probs: dict[str, float], p_single: float, u,
     return torch.where(single[:, None], one, each)
 
 
-def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[float, float] = (0.7, 1.0),
-                degrees: float = 10.0, p_rotate: float = 0.5, p_rescale: float = 0.3, p_blur: float = 0.3,
+def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[float, float] = (RANGES["crop"][0], 1.0),
+                degrees: float = RANGES["rotate"][1], p_rotate: float = 0.5, p_rescale: float = 0.3, p_blur: float = 0.3,
                 p_brightness: float = 0.5, p_overlay: float = 0.3, p_noise: float = 0.3, p_jpeg: float = 0.4,
                 p_single: float = 0.5, single_weights: Mapping[str, float] = SINGLE_WEIGHTS,
-                rescale: tuple[float, float] = (0.3, 0.6), blur: tuple[float, float] = (0.5, 1.5),
-                brightness: tuple[float, float] = (0.6, 1.4), contrast: tuple[float, float] = (0.6, 1.4),
+                rescale: tuple[float, float] = RANGES["rescale"], blur: tuple[float, float] = RANGES["blur"],
+                brightness: tuple[float, float] = RANGES["brightness"], contrast: tuple[float, float] = RANGES["contrast"],
                 gamma: tuple[float, float] = (1.0, 1.0), p_border: float = 0.0, p_grey: float = 0.0,
                 p_caption: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): each image edited as a copy of it might be (see above).
@@ -270,7 +270,7 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
 
     crop = chosen("crop").view(b)
     a = torch.where(crop, u(*area), 1.0)
-    r = torch.where(crop, torch.exp(u(math.log(3 / 4), math.log(4 / 3))), 1.0)
+    r = torch.where(crop, torch.exp(u(*(math.log(v) for v in RANGES["crop_aspect"]))), 1.0)
     sx, sy = (a * r).sqrt().clamp(max=1.0), (a / r).sqrt().clamp(max=1.0)      # kept fraction of each side
     ang = u(-degrees, degrees) * (math.pi / 180) * chosen("rotate").view(b)
     cos, sin = torch.cos(ang), torch.sin(ang)
@@ -296,8 +296,8 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
     if p_grey > 0 and c == 3:
         luma = (p * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
         p = torch.where((u(0, 1) < p_grey)[:, None, None, None], luma.expand_as(p), p)
-    pa = u(0.04, 0.12)
-    pr = torch.exp(u(math.log(1 / 2), math.log(2)))
+    pa = u(*RANGES["overlay"])
+    pr = torch.exp(u(*(math.log(v) for v in RANGES["overlay_aspect"])))
     pw, ph = (pa * pr).sqrt().clamp(max=1.0), (pa / pr).sqrt().clamp(max=1.0)  # fractions of the side
     left, top = u(0, 1) * (1 - pw), u(0, 1) * (1 - ph)
     ys = (torch.arange(h, device=dev) + 0.5) / h
@@ -308,9 +308,9 @@ def random_copy(x: torch.Tensor, mean: Norm = 0.5, std: Norm = 0.5, area: tuple[
     p = torch.where(chosen("overlay") & inside[:, None], colour, p)
     if p_caption > 0:
         p = _caption(p, u(0, 1) < p_caption, u, generator)
-    noise = torch.randn(p.shape, device=dev, generator=generator) * (u(5, 20) / 255)[:, None, None, None]
+    noise = torch.randn(p.shape, device=dev, generator=generator) * (u(*RANGES["noise"]) / 255)[:, None, None, None]
     p = torch.where(chosen("noise"), (p + noise).clamp(0, 1), p)
-    p = torch.where(chosen("jpeg"), jpeg(p, u(20, 70)), p)
+    p = torch.where(chosen("jpeg"), jpeg(p, u(*RANGES["jpeg"])), p)
     return ((p - mean) / std).to(x.dtype)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from hashing.core.atomic import atomic_path, check_output_file
 from hashing.core.errors import HashingError
-from hashing.images.datasets import ImageSet, load_dataset
+from hashing.images.datasets import ImageSet, check_source, load_dataset
 from hashing.images.reader import conform
 from hashing.model import checkpoint
 from hashing.model.device import resolve_device
@@ -46,8 +46,7 @@ def plan_split(dataset: str | None, images: str | Path | None, split: str | None
                data_dir: str | None):
     """Check the source (and the split it has) before any encoding: a dataset's split, loaded
     (ImageSet), or a folder's split as (paths, labels, classes), its files not yet read."""
-    if (dataset is None) == (images is None):
-        raise HashingError("give exactly one of --dataset or --images")
+    check_source(dataset, images)
     if images is None:
         return load_dataset(dataset, split or default_split, data_dir)
     from hashing.images import folders
@@ -70,29 +69,22 @@ def encode_split(model, planned, batch_size: int, progress: bool, strict: bool) 
         return Encoding(enc.codes, ds.labels, [ds.source(i) for i in range(len(ds))], [],
                         {f"{ds.name}/{ds.split}": ds.data_dir}, enc.images_per_second, "")
     paths, labels, classes = planned
-    got = folders.cached(paths, labels, model.cfg.spec)
-    if got is not None:
-        if strict and got.read.skipped:
-            raise HashingError(got.read.skipped[0][1])
-        enc = encode_array(model, got.images, batch_size, progress, desc="encoding images")
-        read, kept_labels = got.read, got.labels
-    else:
-        batches, read = folders.iter_image_batches(paths, batch_size, model.cfg.spec, strict=strict)
-        enc = encode_batches(model, batches, len(paths), progress, desc="encoding images")
-        row = {p: i for i, p in enumerate(paths)}
-        kept_labels = labels[[row[p] for p in read.kept]] if read.kept else labels[:0]
+    batches, read = folders.image_batches(paths, batch_size, model.cfg.spec, strict=strict)
+    enc = encode_batches(model, batches, len(paths), progress, desc="encoding images")
+    row = {p: i for i, p in enumerate(paths)}
+    kept_labels = labels[[row[p] for p in read.kept]] if read.kept else labels[:0]
     if not read.kept:
         raise HashingError(f"none of the {len(paths)} images could be read ({read.summary(1)})")
     return Encoding(enc.codes, kept_labels, [str(p.resolve()) for p in read.kept], classes, {},
                     enc.images_per_second, read.summary())
 
 
-def encode(run_dir: str | Path, out: str | Path, dataset: str | None = None, images: str | Path | None = None,
+def encode(run_dir: str | Path, out: str | Path, *, dataset: str | None = None, images: str | Path | None = None,
            split: str | None = None, data_dir: str | None = None, batch_size: int = 1024, device: str = "auto",
            progress: bool = True, strict: bool = False) -> EncodeResult:
     """Write CODES.npz: `codes` (N, bits/8) uint8, `labels` (N,) int64 (-1: unlabelled) and,
     for a folder, `sources` (the files, in the order of the codes) and `classes`."""
-    check_output_file(out, "--out")
+    check_output_file(out, "out")
     planned = plan_split(dataset, images, split, "test", data_dir)
     model = checkpoint.load(run_dir, resolve_device(device)).model
     enc = encode_split(model, planned, batch_size, progress, strict)

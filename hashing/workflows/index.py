@@ -11,6 +11,7 @@ from hashing.core.locks import holding
 from hashing.images.datasets import ImageSet
 from hashing.indexes import IndexInfo, create, open_index
 from hashing.indexes.backends import backend_class, backend_for, writer_lock
+from hashing.indexes.milvus.address import is_lite_file
 from hashing.model import checkpoint
 from hashing.model.device import resolve_device
 from hashing.workflows.encode import encode_split, plan_split
@@ -27,7 +28,7 @@ class IndexResult:
     skipped: str = ""          # FolderRead.summary() of an --images run: '' when every file was read
 
 
-def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split: str | None = None,
+def build_index(run_dir: str | Path, out: str, *, dataset: str | None = None, split: str | None = None,
                 images: str | Path | None = None, data_dir: str | None = None, index_type: str = "flat",
                 backend: str | None = None, collection: str | None = None, append: bool = False,
                 batch_size: int = 1024, device: str = "auto", progress: bool = True,
@@ -47,7 +48,7 @@ def build_index(run_dir: str | Path, out: str, dataset: str | None = None, split
     kind.check_location(out, creating=not append, collection=collection)
     ckpt = checkpoint.load(run_dir, resolve_device(device))
     model, record = ckpt.model, ckpt.record()
-    new_file = not append and kind.__name__ == "MilvusIndex" and str(out).endswith(".db") and not Path(out).exists()
+    new_file = not append and is_lite_file(out) and not Path(out).exists()
     with holding(writer_lock(out, collection, backend), wait), removed_on_failure(Path(out) if new_file else None):
         if append:
             index = open_index(out, collection, backend)

@@ -23,13 +23,13 @@ class RemoveResult:
     total: int
 
 
-def remove_items(location: str, ids: list[int] = (), sources: list[str] = (), collection: str | None = None,
+def remove_items(location: str, ids: list[int] = (), *, sources: list[str] = (), collection: str | None = None,
                  wait: float = 0.0) -> RemoveResult:
     """Remove items by id and/or by source (the stored source, or a path that resolves to it)."""
     from hashing.core.locks import holding
 
     if not ids and not sources:
-        raise HashingError("name the items to remove: ids, or --source PATH")
+        raise HashingError("name the items to remove: ids, or sources PATH", settings=("sources",))
     with holding(writer_lock(location, collection), wait):
         with open_index(location, collection) as index:
             chosen = [int(i) for i in ids]
@@ -58,7 +58,7 @@ def ids_of_sources(index, sources: list[str]) -> list[int]:
     return out
 
 
-def describe(location: str, collection: str | None = None, items: bool = False) -> dict:
+def index_summary(location: str, *, collection: str | None = None, items: bool = False) -> dict:
     """What `hashing info` prints: {"count", "bits", "backend", "index_type", "model": {...}, "created",
     "updated", "disk_bytes", ..., "items": [{"id", "source", "label", "class"}, ...] (with items=True)}.
     An item's class is the name of its label among the index's classes (a folder's subfolder), None

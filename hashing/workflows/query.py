@@ -13,6 +13,7 @@ from hashing.core.errors import HashingError
 from hashing.images.datasets import load_source
 from hashing.images.reader import ImageSpec, read_image
 from hashing.indexes import BinaryIndex, Hit, open_index
+from hashing.indexes.base import search_terms
 from hashing.model.checkpoint import load_model_for
 from hashing.model.encode import encode_array
 
@@ -32,14 +33,13 @@ class QueryResult:
         return {"image": self.image, "results": [{**h.to_dict(), "class": self.class_of(h)} for h in self.hits]}
 
 
-def query_images(paths: list[str | os.PathLike], index_location: str, k: int | None = None,
+def query_images(paths: list[str | os.PathLike], index_location: str, *, k: int | None = None,
                  radius: int | None = None, collection: str | None = None, invert: bool = False,
                  grid: str | Path | None = None) -> list[QueryResult]:
-    """Encode each image with the index's model and return its neighbours: the k nearest (default 10),
-    every item within radius, or with both at most k of those within radius. Reads, never writes."""
-    if k is None and radius is None:
-        k = 10
-    check_output_file(grid, "--grid")
+    """Encode each image with the index's model and return its neighbours: the k nearest (default
+    indexes.base.DEFAULT_K, 10), every item within radius, or with both at most k of those within radius. Reads, never writes."""
+    k, radius = search_terms(k, radius)
+    check_output_file(grid, "grid")
     index = open_index(index_location, collection)
     try:
         return _query(index, paths, k, radius, invert, grid)

@@ -96,7 +96,7 @@ def plan_sync(index, files: list[str], keys: list[str], root: Path, progress: bo
     return Plan(new, changed, unchanged, sorted(gone), {s: i for s, (i, _) in under.items()}, now, key_of)
 
 
-def sync_index(run_dir: str | Path, location: str, images: str | Path, split: str | None = None,
+def sync_index(run_dir: str | Path, location: str, *, images: str | Path, split: str | None = None,
                collection: str | None = None, batch_size: int = 1024, device: str = "auto",
                progress: bool = True, wait: float = 0.0) -> SyncResult:
     """Bring the index at `location` in step with the folder `images` (see the module's docstring)."""

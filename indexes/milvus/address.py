@@ -27,6 +27,28 @@ DEFAULT_PORT = 19530
 DEFAULT_DATABASE = "default"
 DEFAULT_COLLECTION = "hashing"     # the collection of an index when none is named
 DATABASE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+SERVER_PREFIXES = tuple(f"{scheme}://" for scheme in SCHEMES)
+
+
+def is_server_uri(location) -> bool:
+    """Whether a location names a Milvus server (http://, https://, tcp://) rather than a path."""
+    return str(location).startswith(SERVER_PREFIXES)
+
+
+def is_lite_file(location) -> bool:
+    """Whether a location names a Milvus Lite database: a path ending in .db (the one rule for it)."""
+    return str(location).endswith(".db") and not is_server_uri(location)
+
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+
+
+def check_collection_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or "__v" in name or name.endswith("_meta"):
+        raise HashingError(f"collection {name!r}: use letters, digits and underscores, starting with a letter "
+                           f"or underscore, at most 200 characters (and not ending in _meta or holding __v)",
+                           settings=("collection",))
+    return name
 
 
 @dataclass(frozen=True)

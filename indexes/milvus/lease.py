@@ -60,7 +60,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def describe(record: dict) -> str:
+def holder_line(record: dict) -> str:
     """Who holds a lease, as its holder wrote it."""
     try:
         return (f"pid {int(record['pid'])} on {record['host']} (`{record['command']}`, since {record['since']})")
@@ -144,10 +144,11 @@ class Lease:
             if time.monotonic() >= deadline:
                 if other is None:
                     raise HashingError(f"{self.what}: could not take the writer lease on the server (other writers "
-                                       f"kept taking it); try again, or add --wait SECONDS")
+                                       f"kept taking it); try again, or add wait SECONDS", settings=("wait",))
                 waited = f" (waited {wait:g} s)" if wait else ""
-                raise HashingError(f"{self.what} is being written by {describe(other)}{waited}; only one writer at a "
-                                   f"time, on any machine: wait for it, stop it, or add --wait SECONDS")
+                raise HashingError(f"{self.what} is being written by {holder_line(other)}{waited}; only one writer at a "
+                                   f"time, on any machine: let it finish, stop it, or add wait SECONDS",
+                                   settings=("wait",))
             time.sleep(0.5)
 
     @property
@@ -199,5 +200,5 @@ def check_no_other(client, name: str, what: str, guard) -> None:
     probe = Lease(client, name, what, guard, lambda: None)
     other = probe._other(probe.read())
     if other is not None:
-        raise HashingError(f"{what} is being written by {describe(other)}; only one writer at a time, on any "
+        raise HashingError(f"{what} is being written by {holder_line(other)}; only one writer at a time, on any "
                            f"machine: wait for it or stop it")
