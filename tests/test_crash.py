@@ -173,7 +173,8 @@ class ForkServer:
         self.lock = threading.Lock()
         if self.proc.stdout.readline().strip() != "ready":
             self.log.seek(0)
-            raise RuntimeError(f"the fork server did not start (exit code {self.proc.wait()}): {self.log.read()[-2000:]}")
+            raise RuntimeError(f"the fork server did not start (exit code {self.proc.wait()}): "
+                               f"{self.log.read()[-2000:]}")
 
     def _ask(self, request: dict):
         with self.lock:

@@ -284,7 +284,7 @@ def test_the_writer_lock_is_the_same_for_every_spelling_of_the_address(milvus_se
         assert "being written by pid" in line, line
 
 
-def on_another_machine(forks, *args, cache):
+def on_another_machine(forks, *args, cache, hostname: str = "other-machine"):
     """`hashing ARGS` started as if on another machine: its own host name (a UTS namespace, as
     `unshare --uts`) and its own lock folder `cache`, so only the lease on the server can keep it out.
     Needs root (CI runs as root). A Forked process (wait(), output())."""
@@ -295,7 +295,7 @@ def on_another_machine(forks, *args, cache):
 
         skip_or_fail("another host name needs root (a UTS namespace of its own)")
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "HASHING_CACHE": str(cache)}
-    return forks.start(*args, env=env, hostname="other-machine")
+    return forks.start(*args, env=env, hostname=hostname)
 
 
 def test_a_writer_on_another_machine_is_refused_by_the_lease_on_the_server(milvus_server, digits_run, folder,
@@ -406,7 +406,8 @@ def test_writers_on_three_machines_at_once_take_turns_and_lose_nothing(milvus_se
     base = len(info(uri, "race")[1])
     append = ["index", "--model", digits_run, "--images", files, "--out", uri, "--collection", "race", "--append",
               "--wait", "240", "--quiet"]
-    jobs = [on_another_machine(forks, *append, cache=tmp_path / f"cache{i}") for i in range(3)]
+    jobs = [on_another_machine(forks, *append, cache=tmp_path / f"cache{i}", hostname=f"machine-{i}")
+            for i in range(3)]
     results = [job.output() for job in jobs]
     assert all(code == 0 for code, _, _ in results), results
     d, items = info(uri, "race")
